@@ -1,0 +1,261 @@
+"""Text corpora and token windows.
+
+Sources of text, all read through `datasets` so that a user's own data plugs in the same way:
+- the shipped corpora under data/corpora (named splits below, following DESIGN §3);
+- any UTF-8 text file (.txt or .txt.gz): `text_file(path)`;
+- any `datasets` data set, local folder or hub id (online): `hub_dataset("wikitext", ...)`.
+
+Named splits:
+    austen-train   five Austen novels, first 95% of each one's tokens (training, calibration)
+    austen-val     the last 5% of the same five novels (validation; never the test novel)
+    persuasion     Persuasion, the in-domain test novel, never trained or calibrated on
+    brown          the whole Brown Corpus, out-of-domain test
+    brown-<genre>  one Brown genre, e.g. brown-fiction-mystery
+    austen-<novel> one whole novel, e.g. austen-emma
+
+Each document becomes one token stream; windows are cut from a stream without overlap and never
+cross a document boundary. `token_windows` picks a seeded, deterministic subset of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+AUSTEN_TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
+AUSTEN_TEST_NOVEL = "persuasion"
+BROWN_GENRES = (
+    "a_press_reportage", "b_press_editorial", "c_press_reviews", "d_religion", "e_skill_hobbies",
+    "f_popular_lore", "g_belles_lettres", "h_government", "j_learned", "k_fiction_general",
+    "l_fiction_mystery", "m_fiction_science", "n_fiction_adventure", "p_fiction_romance", "r_humor",
+)
+VALIDATION_SHARE = 0.05  # tail of each training novel held out as austen-val
+
+
+def data_dir() -> Path:
+    """The project's data/ folder: $SPONLIB_DATA if set, else the one beside the package."""
+    if os.environ.get("SPONLIB_DATA"):
+        return Path(os.environ["SPONLIB_DATA"]).expanduser()
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where text comes from, and which share of each document's tokens to use."""
+
+    name: str  # shown in tables and result files
+    files: tuple[Path, ...] = ()  # local text files, one document each
+    hub: tuple[str, str | None, str, str] | None = None  # (path, config, split, column)
+    span: tuple[float, float] = (0.0, 1.0)  # [start, end) share of each document's tokens
+
+    def describe(self) -> dict:
+        """Provenance for result files."""
+        out: dict = {"name": self.name, "span": list(self.span)}
+        if self.files:
+            out["files"] = [_display_path(f) for f in self.files]
+        if self.hub:
+            out["hub"] = dict(zip(("path", "config", "split", "column"), self.hub))
+        return out
+
+    def documents(self) -> list[tuple[str, str]]:
+        """(document name, text) pairs, read through `datasets`."""
+        if self.hub:
+            return [(self.name, _read_hub(*self.hub))]
+        return [(_stem(path), _read_text_file(path)) for path in self.files]
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    document: str
+    offset: int  # position of ids[0] in the document's full token sequence
+    ids: np.ndarray  # (n,) int64
+
+
+@dataclass
+class Windows:
+    """A batch of equal-length token windows and where each came from."""
+
+    ids: torch.Tensor  # (N, L) int64
+    origins: list[tuple[str, int]]  # (document, token offset) of each window
+    source: str
+    window_len: int
+    seed: int
+    available: int  # windows the source holds in all
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def describe(self) -> dict:
+        return {"source": self.source, "windows": len(self), "window_len": self.window_len,
+                "seed": self.seed, "available_windows": self.available}
+
+
+def _stem(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".txt")
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(data_dir().resolve().parent))
+    except ValueError:
+        return str(path)
+
+
+def _corpus_file(folder: str, stem: str) -> Path:
+    path = data_dir() / "corpora" / folder / f"{stem}.txt.gz"
+    if not path.is_file():
+        raise DataError(f"shipped corpus file {path} is missing; run from a clone of the project "
+                        "or set SPONLIB_DATA to its data/ folder")
+    return path
+
+
+def _named_corpora() -> dict[str, tuple[str, tuple[str, ...], tuple[float, float]]]:
+    """name -> (folder, file stems, span). Built from the constants above, never per-model."""
+    named = {
+        "austen-train": ("austen", AUSTEN_TRAIN_NOVELS, (0.0, 1.0 - VALIDATION_SHARE)),
+        "austen-val": ("austen", AUSTEN_TRAIN_NOVELS, (1.0 - VALIDATION_SHARE, 1.0)),
+        "persuasion": ("austen", (AUSTEN_TEST_NOVEL,), (0.0, 1.0)),
+        "brown": ("brown", BROWN_GENRES, (0.0, 1.0)),
+    }
+    for novel in AUSTEN_TRAIN_NOVELS + (AUSTEN_TEST_NOVEL,):
+        named[f"austen-{novel}"] = ("austen", (novel,), (0.0, 1.0))
+    for genre in BROWN_GENRES:
+        named["brown-" + genre[2:].replace("_", "-")] = ("brown", (genre,), (0.0, 1.0))
+    return named
+
+
+def corpus_names() -> list[str]:
+    return list(_named_corpora())
+
+
+def load_corpus(name: str) -> TextSource:
+    """A named split of the shipped corpora (see the module docstring)."""
+    named = _named_corpora()
+    if name not in named:
+        raise DataError(f"unknown corpus {name!r}. Named corpora: {', '.join(named)}. "
+                        "For your own text use text_file(path) (CLI: --text-file PATH).")
+    folder, stems, span = named[name]
+    return TextSource(name, tuple(_corpus_file(folder, s) for s in stems), span=span)
+
+
+def text_file(path: str | os.PathLike) -> TextSource:
+    """Any UTF-8 text file (.txt or gzip-compressed .txt.gz) as one document."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"text file {str(path)!r} does not exist (or is not a file)")
+    return TextSource(_stem(path), (path,))
+
+
+def hub_dataset(path: str, config: str | None = None, split: str = "test", column: str = "text") -> TextSource:
+    """A `datasets` data set: a hub id when online (e.g. "wikitext", "wikitext-2-raw-v1") or a
+    local folder of data files. Its rows are joined with blank lines into one document, the usual
+    convention for WikiText perplexity."""
+    name = path if config is None else f"{path}/{config}"
+    return TextSource(f"{name}:{split}", hub=(path, config, split, column))
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Hide datasets' per-file progress bars (one per novel clutters every run); restore after."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _read_text_file(path: Path) -> str:
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            rows = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except Exception as e:  # datasets wraps reader errors in its own types
+        if isinstance(e.__cause__, UnicodeDecodeError) or "decode" in str(e):
+            raise DataError(f"{path} is not UTF-8 text: {e}") from e
+        raise
+    text = "".join(rows["text"]) if len(rows) else ""
+    if not text.strip():
+        raise DataError(f"text file {path} is empty; give a file with text in it")
+    return text
+
+
+def _read_hub(path: str, config: str | None, split: str, column: str) -> str:
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(path, config, split=split)
+    except (FileNotFoundError, ConnectionError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = " The hub is switched off here (HF_HUB_OFFLINE=1)." if offline else ""
+        raise DataError(f"could not load data set {path!r} (config {config!r}, split {split!r}): {e}.{hint}") from e
+    if column not in rows.column_names:
+        raise DataError(f"data set {path!r} has no column {column!r}; columns: {rows.column_names}")
+    text = "\n\n".join(t for t in rows[column] if t)
+    if not text.strip():
+        raise DataError(f"data set {path!r} split {split!r} has no text in column {column!r}")
+    return text
+
+
+def tokenize_source(source: TextSource, tokenizer) -> list[TokenStream]:
+    """One token stream per document of `source`, cut to the source's span. No special tokens
+    are added: a window is a plain slice of running text."""
+    streams = []
+    for document, text in source.documents():
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = np.asarray(ids, dtype=np.int64)  # (n,)
+        start, end = (int(round(share * len(ids))) for share in source.span)
+        streams.append(TokenStream(document, start, ids[start:end]))
+    return streams
+
+
+def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | None = None,
+                  seed: int = 0, source: str = "") -> Windows:
+    """Cut every stream into non-overlapping windows of `window_len` tokens (a stream's tail
+    shorter than a window is dropped) and pick `n_windows` of them at random with `seed`, kept
+    in corpus order. `n_windows=None` (or 0) takes them all."""
+    if window_len < 2:
+        raise DataError(f"window length must be at least 2 tokens (got {window_len})")
+    if n_windows is not None and n_windows < 0:
+        raise DataError(f"number of windows must be positive, or 0 for all (got {n_windows})")
+    pieces, origins = [], []
+    for stream in streams:
+        n_full = len(stream.ids) // window_len
+        if n_full:
+            pieces.append(stream.ids[: n_full * window_len].reshape(n_full, window_len))  # (n_full, L)
+            origins += [(stream.document, stream.offset + i * window_len) for i in range(n_full)]
+    available = len(origins)
+    name = source or ",".join(s.document for s in streams)
+    if available == 0:
+        n_tokens = sum(len(s.ids) for s in streams)
+        raise DataError(f"{name!r} has {n_tokens} tokens, fewer than one window of {window_len}; "
+                        "use a longer text or a shorter window length")
+    if n_windows and n_windows > available:
+        raise DataError(f"{name!r} holds only {available} windows of {window_len} tokens; ask for "
+                        f"at most {available} (0 takes them all) or use a shorter window length")
+    all_ids = np.concatenate(pieces)  # (available, L)
+    if n_windows:
+        chosen = np.sort(np.random.default_rng(seed).choice(available, size=n_windows, replace=False))
+    else:
+        chosen = np.arange(available)
+    return Windows(torch.from_numpy(all_ids[chosen]), [origins[i] for i in chosen], name,
+                   window_len, seed, available)
+
+
+def load_windows(source: TextSource, tokenizer, window_len: int, n_windows: int | None = None,
+                 seed: int = 0) -> Windows:
+    """tokenize_source + token_windows in one call."""
+    return token_windows(tokenize_source(source, tokenizer), window_len, n_windows, seed, source.name)
