@@ -1,0 +1,63 @@
+"""Perplexity of a causal LM over non-overlapping token windows.
+
+Each window of L tokens is one forward pass with no context from outside it; positions 1..L-1
+are predicted, so a window contributes L-1 tokens. ppl = exp(total NLL / predicted tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import InvalidArgumentError, NumericalError
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll: float  # mean negative log-likelihood per predicted token, in nats
+    tokens: int  # predicted tokens: windows * (window_len - 1)
+    windows: int
+    window_len: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def window_nll(model, ids: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of each window: (B, L) token ids -> (B,) float32 nats."""
+    logits = model(input_ids=ids, use_cache=False).logits  # (B, L, V)
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V), fp32 whatever the model dtype
+    return -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)  # (B,)
+
+
+@torch.inference_mode()
+def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc: str = "perplexity") -> PerplexityResult:
+    """Perplexity over `windows` (a data.Windows or a (N, L) tensor of token ids)."""
+    ids = getattr(windows, "ids", windows)  # (N, L)
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
+        raise InvalidArgumentError(f"need a (windows, length >= 2) tensor of token ids, got shape {tuple(ids.shape)}")
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch size must be at least 1 (got {batch_size})")
+    device = next(model.parameters()).device
+    n_windows, window_len = ids.shape
+    total = 0.0
+    bar = tqdm(total=n_windows, desc=desc, unit="win", disable=not progress, leave=False)
+    for start in range(0, n_windows, batch_size):
+        batch = ids[start:start + batch_size].to(device)  # (B, L)
+        nll = window_nll(model, batch)  # (B,)
+        if not torch.isfinite(nll).all():
+            bad = start + int((~torch.isfinite(nll)).nonzero()[0])
+            raise NumericalError(
+                f"non-finite log-likelihood in window {bad}: the model produced NaN/inf logits "
+                f"(dtype {next(model.parameters()).dtype}). Try dtype float32, or check the weights.")
+        total += nll.double().sum().item()
+        bar.update(batch.shape[0])
+    bar.close()
+    tokens = n_windows * (window_len - 1)
+    mean_nll = total / tokens
+    return PerplexityResult(math.exp(mean_nll), mean_nll, tokens, n_windows, window_len)
