@@ -1,0 +1,7 @@
+"""`python -m sponlib ...`: see sponlib.cli."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
