@@ -1,0 +1,45 @@
+"""The project's promises about itself: README quickstart, CI entry, conda file, result tables."""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from sponlib.report import results_dir, update_readme
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_quickstart_is_exactly_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```(?:bash|sh)?\n(.*?)```", quickstart, re.S)
+    commands = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert commands == ["make lab", "make test"]
+
+
+def test_ci_runs_the_readme_test_command():
+    assert re.search(r"^make test$", (ROOT / ".ci" / "run").read_text(), re.M)
+
+
+def test_environment_yml_installs_the_project_through_pip():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert any(str(d).startswith("python=3.11") for d in deps) and "pip" in deps
+    [pip_section] = [d["pip"] for d in deps if isinstance(d, dict)]
+    assert pip_section == ["--editable .[dev]"]
+
+
+def test_readme_result_tables_match_their_json():
+    assert update_readme(ROOT / "README.md", check=True) is False, "run `python -m sponlib readme`"
+
+
+def test_dense_baseline_is_recorded_as_the_protocol_asks():
+    record = json.loads((results_dir() / "dense_baseline.json").read_text())
+    assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"
+    assert (record["windows"], record["window_len"], record["seed"]) == (64, 512, 0)
+    rows = {r["corpus"]: r for r in record["results"]}
+    assert set(rows) == {"persuasion", "brown"}
+    for row in rows.values():
+        assert row["windows"] == 64 and row["tokens"] == 64 * 511 and 5 < row["ppl"] < 100
