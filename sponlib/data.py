@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, hub_offline_hint
 
 AUSTEN_TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
 AUSTEN_TEST_NOVEL = "persuasion"
@@ -199,9 +199,8 @@ def _read_hub(path: str, config: str | None, split: str, column: str) -> str:
     try:
         rows = datasets.load_dataset(path, config, split=split)
     except (FileNotFoundError, ConnectionError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hint = " The hub is switched off here (HF_HUB_OFFLINE=1)." if offline else ""
-        raise DataError(f"could not load data set {path!r} (config {config!r}, split {split!r}): {e}.{hint}") from e
+        raise DataError(f"could not load data set {path!r} (config {config!r}, split {split!r}): "
+                        f"{e}.{hub_offline_hint()}") from e
     if column not in rows.column_names:
         raise DataError(f"data set {path!r} has no column {column!r}; columns: {rows.column_names}")
     text = "\n\n".join(t for t in rows[column] if t)

@@ -5,6 +5,14 @@ and callers can catch one type. Each also derives from the builtin a caller woul
 (ValueError for a bad argument, ImportError for a missing package, ...).
 """
 
+import os
+
+
+def hub_offline_hint() -> str:
+    """A sentence to append to a failed hub look-up when the hub is switched off."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+    return " The hub is switched off here (HF_HUB_OFFLINE=1)." if offline else ""
+
 
 class SponlibError(Exception):
     """Base class of every error sponlib raises on purpose."""

@@ -10,6 +10,7 @@ Three kinds of source:
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError
+from .errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError, hub_offline_hint
 from .io import atomic_directory, sha256_file
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,12 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False) -> Path:
 
 def _convert_gguf(gguf_path: Path, dest: Path) -> None:
     """De-quantise a GGUF into float32 safetensors plus tokenizer files in `dest`."""
+    for package in ("gguf", "accelerate"):  # transformers reads GGUF files through both
+        try:
+            importlib.import_module(package)
+        except ImportError as e:
+            raise MissingPackageError(f"reading a GGUF model needs the PyPI package {package}; install "
+                                      f"it with:\n    pip install {package}") from e
     src, filename = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=filename)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
@@ -195,9 +202,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | tor
         tokenizer = AutoTokenizer.from_pretrained(target)
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hint = " The hub is switched off here (HF_HUB_OFFLINE=1)." if offline else ""
-        raise UnknownModelError(f"could not load {name!r}: {e}.{hint} " + _unknown_name_message(name)) from e
+        raise UnknownModelError(f"could not load {name!r}: {e}.{hub_offline_hint()} "
+                                + _unknown_name_message(name)) from e
     model.to(torch_device).eval().requires_grad_(False)
     model.sponlib_source = source
     return model, tokenizer

@@ -50,6 +50,15 @@ def test_checksum_mismatch_is_caught_before_conversion(monkeypatch, tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing cached from a bad file
 
 
+@pytest.mark.parametrize("package", ["gguf", "accelerate"])
+def test_missing_gguf_reader_says_how_to_install_it(monkeypatch, tmp_path, package):
+    monkeypatch.setenv("SPONLIB_CACHE", str(tmp_path / "cache"))  # force a conversion
+    monkeypatch.setitem(sys.modules, package, None)  # makes the import fail as if not installed
+    with pytest.raises(MissingPackageError, match=f"pip install {package}"):
+        prepare_model("smollm2-135m")
+    assert not list((tmp_path / "cache" / "models").iterdir())  # the failed conversion left nothing
+
+
 def test_bad_dtype_and_device():
     with pytest.raises(InvalidArgumentError, match="unknown dtype 'float8'"):
         load_model("smollm2-135m", dtype="float8")
