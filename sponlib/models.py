@@ -10,6 +10,7 @@ Three kinds of source:
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import json
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError, hub_offline_hint
 from .io import atomic_directory, sha256_file
@@ -133,10 +134,8 @@ def _convert_gguf(gguf_path: Path, dest: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model (its config carries a quantization_config), so
     # rebuild the same architecture from a clean config and move the de-quantised weights over.
-    config = AutoConfig.from_pretrained(src, gguf_file=filename)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.float32
+    config = copy.deepcopy(loaded.config)
+    del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(dest)
