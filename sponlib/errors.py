@@ -44,3 +44,11 @@ class NumericalError(SponlibError, FloatingPointError):
 
 class InvalidArgumentError(SponlibError, ValueError):
     """An argument outside what a function accepts (unknown dtype, bad batch size, ...)."""
+
+
+class FingerprintError(SponlibError, ValueError):
+    """A thresholds, calibration or SPON file made for another model."""
+
+
+class CorruptFileError(SponlibError, ValueError):
+    """A file sponlib wrote that is truncated, damaged or not what its name says."""

@@ -11,6 +11,7 @@ Three kinds of source:
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError, hub_offline_hint
+from .errors import (ChecksumError, FingerprintError, InvalidArgumentError, MissingPackageError, UnknownModelError,
+                     hub_offline_hint)
 from .io import atomic_directory, sha256_file
 
 log = logging.getLogger(__name__)
@@ -206,3 +208,35 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | tor
     model.to(torch_device).eval().requires_grad_(False)
     model.sponlib_source = source
     return model, tokenizer
+
+
+def model_fingerprint(model) -> dict:
+    """What a thresholds or SPON file must match: architecture, projection shapes and a digest of
+    the weights (first row of every projection, rounded to bfloat16 so that float32 and bfloat16
+    loads of one checkpoint agree). `source` is informational."""
+    from .adapters import iter_projections
+
+    projections = list(iter_projections(model))
+    shapes = hashlib.sha256(
+        ";".join(f"{p.name}:{p.in_features}x{p.out_features}" for p in projections).encode()).hexdigest()
+    weights = hashlib.sha256()
+    with torch.no_grad():
+        for p in projections:
+            row = p.module.weight[0].detach().to("cpu", torch.bfloat16).view(torch.int16)  # (in,)
+            weights.update(row.numpy().tobytes())
+    source = getattr(model, "sponlib_source", {})
+    return {"architecture": type(model).__name__, "model_type": model.config.model_type,
+            "blocks": len(projections) // 7, "shapes": shapes[:16], "weights": weights.hexdigest()[:16],
+            "source": source.get("name", getattr(model, "name_or_path", ""))}
+
+
+def check_fingerprint(expected: dict, model, what: str) -> None:
+    """Raise a clear error if `model` is not the model `expected` was made for."""
+    actual = model_fingerprint(model)
+    differ = [k for k in ("architecture", "shapes", "weights") if expected.get(k) != actual[k]]
+    if differ:
+        raise FingerprintError(
+            f"{what} was made for {expected.get('source') or '?'} ({expected.get('architecture')}, "
+            f"{expected.get('blocks')} blocks) but this model is {actual['source'] or '?'} "
+            f"({actual['architecture']}, {actual['blocks']} blocks): {', '.join(differ)} differ. "
+            "Use a file made for this model, or make one (python -m sponlib calibrate --model ...).")

@@ -124,3 +124,14 @@ def test_hub_id_offline_gives_a_clear_error(tmp_path):
     assert run.returncode == 2, run.stderr
     assert "could not load 'someone/some-model'" in run.stderr and "HF_HUB_OFFLINE=1" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    from sponlib.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644 and path.read_text() == "{}"
