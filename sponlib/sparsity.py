@@ -1,0 +1,169 @@
+"""Input sparsity on every linear projection: per-projection thresholds and the `Sparsifier`.
+
+A projection y = W x reads S(x) instead of x, where S zeroes the entries whose score is at most
+the projection's threshold τ:
+    teal   score_i = |x_i|                       (magnitude, TEAL)
+    wina   score_i = |x_i| · ‖W[:, i]‖₂          (weight-aware, WINA)
+Thresholds come from a calibration (sponlib.calibration) for a target sparsity, either the same
+level on every projection ("uniform") or a block-wise greedy allocation ("greedy").
+
+The Sparsifier puts forward pre-hooks on the real Hugging Face nn.Linear modules; it is a context
+manager and removes every handle on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import iter_projections
+from .errors import CorruptFileError, InvalidArgumentError
+from .io import atomic_write_json
+from .models import check_fingerprint
+
+SCORES = ("teal", "wina")  # what is thresholded
+METHODS = ("teal", "wina", "greedy", "greedy-wina")  # mask rule = score + allocation
+
+
+def check_sparsity(target: float) -> float:
+    """A target sparsity must be a finite number in [0, 1)."""
+    try:
+        value = float(target)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"target sparsity must be a number in [0, 1); got {target!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses NaN
+        raise InvalidArgumentError(
+            f"target sparsity must be in [0, 1): the share of inputs zeroed; got {target!r} "
+            "(1 would zero every input, use e.g. 0.5 for half)")
+    return value
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """'greedy-wina' -> ('wina', 'greedy'); 'teal' -> ('teal', 'uniform')."""
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown mask rule {method!r}; choose from {', '.join(METHODS)}")
+    if method.startswith("greedy"):
+        return ("wina" if method.endswith("wina") else "teal"), "greedy"
+    return method, "uniform"
+
+
+@dataclass
+class Thresholds:
+    """Per-projection thresholds for one mask rule at one target sparsity."""
+
+    method: str  # one of METHODS
+    target: float  # requested average sparsity (weighted by weights skipped)
+    levels: dict[str, float]  # projection name -> its own target sparsity
+    taus: dict[str, float]  # projection name -> threshold on its score
+    fingerprint: dict  # of the model they were calibrated on
+    calibration: dict = field(default_factory=dict)  # provenance of the calibration
+
+    @property
+    def score(self) -> str:
+        return split_method(self.method)[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, {"format": "sponlib-thresholds/1", **asdict(self)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> "Thresholds":
+        """Read a thresholds file; with `model`, refuse it unless it was made for that model."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if data.pop("format") != "sponlib-thresholds/1":
+                raise KeyError("format")
+            thresholds = cls(**data)
+        except FileNotFoundError:
+            raise InvalidArgumentError(f"thresholds file {str(path)!r} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CorruptFileError(f"{path} is not a complete sponlib thresholds file ({e}); "
+                                   "write it again with sponlib") from None
+        if model is not None:
+            check_fingerprint(thresholds.fingerprint, model, f"thresholds file {path}")
+        return thresholds
+
+
+class _MaskHook:
+    """Forward pre-hook of one projection: zero the inputs whose score is <= tau, count them."""
+
+    def __init__(self, tau: float, col_norm: torch.Tensor | None):
+        self.tau = tau
+        self.col_norm = col_norm  # (in,) for wina, None for teal
+        self.zeroed = 0  # tensor after the first call: no device sync per forward
+        self.seen = 0
+
+    def __call__(self, module: nn.Module, args: tuple):
+        x = args[0]  # (..., in)
+        score = x.abs() if self.col_norm is None else x.abs() * self.col_norm
+        keep = score > self.tau  # (..., in) bool
+        self.zeroed = self.zeroed + (~keep).sum()
+        self.seen += keep.numel()
+        return (x * keep,) + tuple(args[1:])
+
+
+class Sparsifier:
+    """Sparsify the inputs of every projection of `model` with `thresholds`, while active.
+
+        with Sparsifier(model, thresholds) as sp:
+            logits = model(ids).logits
+        sp.measured()  # projection name -> share of its inputs zeroed
+    """
+
+    def __init__(self, model: nn.Module, thresholds: Thresholds, check: bool = True):
+        if check:
+            check_fingerprint(thresholds.fingerprint, model, "these thresholds")
+        self.model, self.thresholds = model, thresholds
+        self.projections = {p.name: p for p in iter_projections(model)}
+        missing = set(self.projections) - set(thresholds.taus)
+        if missing:
+            raise InvalidArgumentError(f"thresholds lack {len(missing)} projections, e.g. {sorted(missing)[0]}")
+        self.hooks: dict[str, _MaskHook] = {}
+        for name, proj in self.projections.items():
+            col_norm = None
+            if thresholds.score == "wina":
+                col_norm = proj.module.weight.detach().norm(dim=0)  # (in,) ‖W[:, i]‖₂
+            self.hooks[name] = _MaskHook(thresholds.taus[name], col_norm)
+        self._handles: list = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> "Sparsifier":
+        if not self.active:
+            self._handles = [self.projections[n].module.register_forward_pre_hook(h) for n, h in self.hooks.items()]
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "Sparsifier":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def reset_stats(self) -> None:
+        for hook in self.hooks.values():
+            hook.zeroed, hook.seen = 0, 0
+
+    def measured(self) -> dict[str, float]:
+        """Share of each projection's inputs zeroed since the last reset."""
+        return {n: float(h.zeroed) / h.seen for n, h in self.hooks.items() if h.seen}
+
+    def summary(self) -> dict[str, float]:
+        """Measured sparsity over all projections: `weighted` by weight count (the share of weight
+        columns a kernel could skip, what the target means) and the plain `mean`."""
+        measured = self.measured()
+        if not measured:
+            raise InvalidArgumentError("no forward pass has run through the sparsifier yet")
+        sizes = {n: self.projections[n].module.weight.numel() for n in measured}
+        weighted = sum(measured[n] * sizes[n] for n in measured) / sum(sizes.values())
+        return {"weighted": weighted, "mean": sum(measured.values()) / len(measured)}
