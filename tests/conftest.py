@@ -34,3 +34,17 @@ def byte_tokenizer():
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama saved as a Hugging Face folder with the real SmolLM2 tokenizer, so that
+    CLI plumbing runs in seconds on real text. Never a source of results."""
+    from transformers import AutoTokenizer
+
+    from sponlib.tiny import tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", vocab_size=49152).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(prepare_model("smollm2-135m")).save_pretrained(folder)
+    return folder

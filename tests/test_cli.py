@@ -60,3 +60,41 @@ def test_corpora_lists_the_named_splits():
     assert run.returncode == 0
     names = [line.split()[0] for line in run.stdout.splitlines()]
     assert names[:4] == ["austen-train", "austen-val", "persuasion", "brown"]
+
+
+def test_calibrate_eval_and_sweep_on_a_tiny_model(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    calibration = tmp_path / "cal.safetensors"
+    run = sponlib("calibrate", "--model", model, "--out", str(calibration), "--windows", "4",
+                  "--window-len", "64", "--refine-windows", "2", "--refine-levels", "0.5", "--greedy-windows", "1")
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "eval.json"
+    run = sponlib("eval", "--model", model, "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
+                  "--sparsity", "0.5", "--method", "greedy", "--calibration", str(calibration), "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    record = json.loads(out.read_text())
+    [row] = record["results"]
+    assert (record["method"], record["sparsity"], row["method"], row["target"]) == ("greedy", 0.5, "greedy", 0.5)
+    assert 0.4 < row["measured"] < 0.6 and row["measured_min"] <= row["measured"] <= row["measured_max"]
+    sweep = tmp_path / "sweep.json"
+    run = sponlib("sweep", "--model", model, "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
+                  "--levels", "0.3,0.5", "--methods", "teal,wina", "--calibration", str(calibration),
+                  "--json", str(sweep))
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(sweep.read_text())["results"]
+    assert [(r["method"], r["target"]) for r in rows] == [
+        ("dense", 0.0), ("teal", 0.3), ("teal", 0.5), ("wina", 0.3), ("wina", 0.5)]
+
+
+def test_sparsity_errors_on_the_command_line(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    base = ["eval", "--model", model, "--corpus", "persuasion", "--windows", "1", "--window-len", "32"]
+    run = sponlib(*base, "--sparsity", "1.2")
+    assert run.returncode == 2 and "target sparsity must be in [0, 1)" in run.stderr
+    run = sponlib(*base, "--sparsity", "0.5", "--method", "topk")
+    assert run.returncode == 2 and "unknown mask rule 'topk'" in run.stderr
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    run = sponlib(*base, "--sparsity", "0.5", "--calibration", str(broken))
+    assert run.returncode == 2 and "not a complete sponlib calibration file" in run.stderr
+    assert "Traceback" not in run.stderr
