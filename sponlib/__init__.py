@@ -1,19 +1,22 @@
 """sponlib: robust activation sparsity for LLMs.
 
 Sparse-hooked Hugging Face models, spontaneous neurons (SPON), sparse kernels and representation
-analysis. Start with `load_model`, `load_corpus`, `token_windows` and `perplexity`.
+analysis. Start with `load_model`, `load_corpus`, `token_windows` and `perplexity`; sparsify
+with `calibrate` (or `Calibration.load`) and a `Sparsifier`.
 """
 
 __version__ = "0.1.0"
 
 from .adapters import INPUT_GROUPS, ROLES, block_projections, iter_projections
+from .calibration import Calibration, calibrate
 from .data import load_corpus, token_windows, tokenize_source
 from .errors import SponlibError
 from .models import DEFAULT_MODEL, load_model
 from .perplexity import perplexity
+from .sparsity import Sparsifier, Thresholds
 
 __all__ = [
-    "DEFAULT_MODEL", "INPUT_GROUPS", "ROLES", "SponlibError", "block_projections",
-    "iter_projections", "load_corpus", "load_model", "perplexity", "token_windows",
-    "tokenize_source",
+    "DEFAULT_MODEL", "INPUT_GROUPS", "ROLES", "Calibration", "Sparsifier", "SponlibError", "Thresholds",
+    "block_projections", "calibrate", "iter_projections", "load_corpus", "load_model", "perplexity",
+    "token_windows", "tokenize_source",
 ]

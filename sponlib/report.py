@@ -43,9 +43,57 @@ def render_perplexity(record: dict) -> str:
     return "\n".join(lines) + "\n\n" + _provenance_line(record) + "\n"
 
 
+def render_sweep(record: dict) -> str:
+    """Perplexity (measured sparsity) per level and mask rule, then how each rule fares against
+    teal, counted from the same rows."""
+    rows = record["results"]
+    corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+    methods = record["methods"]
+    cell = {(r["method"], r["target"], r["corpus"]): r for r in rows}
+    header = "| target | " + " | ".join(f"{m} ({c})" for m in methods for c in corpora) + " |"
+    lines = [header, "| ---: |" + " ---: |" * (len(methods) * len(corpora))]
+    dense = " | ".join(f"{cell[('dense', 0.0, c)]['ppl']:.2f}" for _ in methods for c in corpora)
+    lines.append(f"| dense | {dense} |")
+    for level in record["levels"]:
+        values = [cell[(m, level, c)] for m in methods for c in corpora]
+        lines.append(f"| {level:g} | " + " | ".join(f"{v['ppl']:.2f} ({v['measured']:.3f})" for v in values) + " |")
+    notes = []
+    for m in methods:
+        if m == "teal":
+            continue
+        pairs = [(level, c) for level in record["levels"] for c in corpora]
+        wins = [(level, c) for level, c in pairs if cell[(m, level, c)]["ppl"] < cell[("teal", level, c)]["ppl"]]
+        notes.append(f"{m} has lower perplexity than teal in {len(wins)} of {len(pairs)} (level, text) pairs"
+                     + (f" (levels {', '.join(sorted({f'{l:g}' for l, _ in wins}))})" if wins else ""))
+    cal = record["calibration"]
+    return ("\n".join(lines) + "\n\nCells: perplexity (measured sparsity, weighted by weights skipped). "
+            + "; ".join(notes) + ". Calibration: " + f"{cal['windows']} windows of {cal['window_len']} tokens "
+            f"of {cal['corpus']}, sparse-aware refinement on {cal['refine_windows']}, greedy allocation on "
+            f"{cal['greedy_windows']}.\n\n" + _provenance_line(record) + "\n")
+
+
+def render_calibration(record: dict) -> str:
+    """Measured sparsity on held-out text, thresholds from dense statistics alone vs sparse-aware."""
+    lines = ["| rule | target | dense statistics only | sparse-aware |", "| --- | ---: | ---: | ---: |"]
+    for row in record["results"]:
+        cells = [f"{row[k]['measured']:.3f} ({row[k]['projections_off']} of {row[k]['projections']} off)"
+                 for k in ("dense_only", "sparse_aware")]
+        lines.append(f"| {row['method']} | {row['target']:g} | {cells[0]} | {cells[1]} |")
+    cal, check = record["calibration"], record["check"]
+    return ("\n".join(lines) + f"\n\nCells: measured sparsity on {check['windows']} windows of "
+            f"{check['window_len']} tokens of {check['source']} (weighted by weights skipped), and how many "
+            f"projections miss their target by more than {record['tolerance']}. Calibrating took "
+            f"{cal['elapsed_s']:.0f} s on {cal['device']['device']} ({cal['device']['name']}, "
+            f"{cal['device'].get('torch_threads', '?')} threads): {cal['windows']} windows of {cal['window_len']} "
+            f"tokens of {cal['corpus']}, refinement on {cal['refine_windows']}.\n\n" + _provenance_line(
+                {**record, "windows": check["windows"], "window_len": check["window_len"], "seed": check["seed"]}) + "\n")
+
+
 # result file -> renderer; later stages register their tables here.
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "dense_baseline.json": render_perplexity,
+    "sparsity_sweep.json": render_sweep,
+    "calibration_cpu.json": render_calibration,
 }
 
 

@@ -26,8 +26,10 @@ def package_version(distribution: str) -> str | None:
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "sponlib": __version__}  # also when run from a checkout
+    for name in _VERSIONED[1:]:
         if (v := package_version(name)) is not None:
             versions[name] = v
     return versions

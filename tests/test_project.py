@@ -43,3 +43,24 @@ def test_dense_baseline_is_recorded_as_the_protocol_asks():
     assert set(rows) == {"persuasion", "brown"}
     for row in rows.values():
         assert row["windows"] == 64 and row["tokens"] == 64 * 511 and 5 < row["ppl"] < 100
+
+
+def test_sparsity_sweep_covers_the_protocol_and_hits_its_targets():
+    record = json.loads((results_dir() / "sparsity_sweep.json").read_text())
+    assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"
+    assert record["levels"] == [0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert record["methods"] == ["teal", "wina", "greedy"]
+    rows = {(r["method"], r["target"], r["corpus"]): r for r in record["results"]}
+    assert len(rows) == len(record["results"]) == 2 * (1 + 3 * 7)
+    for (method, target, corpus), row in rows.items():
+        assert corpus in ("persuasion", "brown") and row["windows"] == 64 and row["window_len"] == 512
+        if method != "dense":
+            assert abs(row["measured"] - target) <= 0.02, (method, target, corpus, row["measured"])
+            assert row["ppl"] >= rows[("dense", 0.0, corpus)]["ppl"] * 0.99  # sparsity never helps here
+
+
+def test_calibration_record_compares_dense_only_and_sparse_aware_thresholds():
+    record = json.loads((results_dir() / "calibration_cpu.json").read_text())
+    assert record["device"]["device"] == "cpu" and record["calibration"]["windows"] == 64
+    for row in record["results"]:
+        assert abs(row["sparse_aware"]["measured"] - row["target"]) <= 0.02
