@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import block_projections, decoder_layers
+from .errors import InvalidArgumentError
 from .sparsity import _MaskHook
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95: every protocol level is on it
@@ -91,13 +92,13 @@ def _path(probe: _BlockProbe, sizes: dict[str, int], step: float, stop: float):
             if levels[r] + step > 0.99 + 1e-9:
                 continue
             trial = {**levels, r: round(levels[r] + step, 6)}
-            gain = (probe.error(trial) - current) / (step * sizes[r])
+            error = probe.error(trial)
+            gain = (error - current) / (step * sizes[r])  # error added per weight skipped
             if best is None or gain < best[0]:
-                best = (gain, r, trial)
+                best = (gain, trial, error)
         if best is None:
             break
-        levels = best[2]
-        current = probe.error(levels)
+        _, levels, current = best
         path.append((sum(levels[r] * sizes[r] for r in roles) / total, dict(levels)))
     return path
 
@@ -147,8 +148,6 @@ def allocation_levels(table: dict, blocks: list[list[str]], target: float) -> di
     all-zero below the first), which keeps the skipped weights equal to uniform's."""
     grid = [0.0] + list(table["grid"])
     if target > grid[-1] + 1e-9:
-        from .errors import InvalidArgumentError
-
         raise InvalidArgumentError(f"the greedy allocation reaches {grid[-1]}; target {target} is beyond it")
     return {name: float(np.interp(target, grid, [0.0] + list(table["levels"][name])))
             for block in blocks for name in block}

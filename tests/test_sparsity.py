@@ -99,6 +99,8 @@ def test_unknown_method_and_missing_greedy_table(tiny_llama):
     plain = calibrate(model, ids, refine_levels=(), progress=False)
     with pytest.raises(InvalidArgumentError, match="no greedy allocation"):
         plain.thresholds(0.5, "greedy")
+    with pytest.raises(InvalidArgumentError, match="greedy allocation reaches 0.95"):
+        calibration.thresholds(0.97, "greedy")
 
 
 def test_thresholds_and_calibration_round_trip(tiny_llama, tmp_path):
