@@ -39,6 +39,7 @@ from .sparsity import METHODS, SCORES, Thresholds, check_sparsity, split_method
 LOG10_LOW, LOG10_HIGH, BINS = -10.0, 6.0, 4096  # |x| < 1e-10 (zeros included) lands in bin 0
 QUANTILE_GRID = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)  # (Q,) sparsity levels
 FORMAT = "sponlib-calibration/1"
+PROTOCOL_LEVELS = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # DESIGN §3, with 0.8 and 0.9 for curves
 
 
 class _Histogram:
@@ -232,9 +233,6 @@ def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, fl
         for h in handles:
             h.remove()
     return {name: hook.tau for name, hook in hooks.items()}
-
-
-PROTOCOL_LEVELS = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_levels=PROTOCOL_LEVELS,

@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 
+from .calibration import PROTOCOL_LEVELS
 from .errors import SponlibError
 
 
@@ -84,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_text_args(p)
     _add_window_args(p)
-    p.add_argument("--levels", type=_floats, default=(0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
-    p.add_argument("--methods", type=lambda s: s.split(","), default=["teal", "wina", "greedy"])
+    p.add_argument("--levels", type=_floats, default=PROTOCOL_LEVELS, help="comma-separated targets")
+    p.add_argument("--methods", type=lambda text: text.split(","), default=["teal", "wina", "greedy"],
+                   help="comma-separated mask rules (default teal,wina,greedy)")
     p.add_argument("--calibration", metavar="FILE", required=True,
                    help="calibration file; made (with greedy allocations) and written there if missing")
     _add_calibration_args(p, prefix="calib-")
@@ -139,15 +141,17 @@ def _add_calibration_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}seed", type=int, default=0)
     g.add_argument("--refine-windows", type=int, default=8,
                    help="windows for the sparse-aware refinement, one batch (default 8)")
-    g.add_argument("--refine-levels", type=_floats, default=(0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
+    g.add_argument("--refine-levels", type=_floats, default=PROTOCOL_LEVELS,
+                   help="comma-separated levels refined under sparsity (default: the protocol levels)")
     g.add_argument("--greedy-windows", type=int, default=None,
                    help="windows for the greedy allocation; 0 skips it (default: 1 when a greedy rule is used)")
 
 
 def _calibration_settings(args, prefix: str = "") -> dict:
-    get = lambda name: getattr(args, (prefix + name).replace("-", "_"))  # noqa: E731
-    return {"corpus": get("corpus"), "windows": get("windows"), "window_len": get("window-len"),
-            "seed": get("seed"), "refine_windows": args.refine_windows, "refine_levels": args.refine_levels}
+    """The calibration arguments, whether they were named --corpus or --calib-corpus."""
+    attr = prefix.replace("-", "_")
+    settings = {key: getattr(args, attr + key) for key in ("corpus", "windows", "window_len", "seed")}
+    return {**settings, "refine_windows": args.refine_windows, "refine_levels": args.refine_levels}
 
 
 def _calibrate(model, tokenizer, settings: dict, greedy_windows: int, greedy_scores=None):
