@@ -291,4 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     except SponlibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
     return 0

