@@ -246,6 +246,7 @@ def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_lev
     for level in refine_levels:
         check_sparsity(level)
     started = time.perf_counter()
+    timings = {}  # seconds spent in each pass
     blocks = block_projections(model)
     calibration = Calibration(
         model_fingerprint(model), dense_statistics(model, ids, scores, batch_size, progress),
@@ -254,12 +255,14 @@ def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_lev
         {**(meta or {}), "windows": int(ids.shape[0]), "window_len": int(ids.shape[1]),
          "refine_windows": int(min(refine_windows, ids.shape[0])), "refine_levels": list(refine_levels),
          "greedy_windows": int(min(greedy_windows, ids.shape[0]))})
+    timings["dense_statistics_s"] = time.perf_counter() - started
     if greedy_windows > 0:
         from .greedy import greedy_allocation
 
         for score in (scores if greedy_scores is None else greedy_scores):
             calibration.greedy[score] = greedy_allocation(model, ids[:greedy_windows], calibration, score,
                                                           step=greedy_step, progress=progress)
+        timings["greedy_s"] = time.perf_counter() - started - sum(timings.values())
     methods = [m for m in METHODS if split_method(m)[0] in scores
                and (split_method(m)[1] == "uniform" or split_method(m)[0] in calibration.greedy)]
     steps = [(m, level) for m in methods for level in refine_levels]
@@ -267,7 +270,9 @@ def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_lev
         levels = calibration.levels(method, float(level))
         calibration.refined.setdefault(method, {})[float(level)] = refine_thresholds(
             model, ids[:refine_windows], split_method(method)[0], levels)
+    timings["refine_s"] = time.perf_counter() - started - sum(timings.values())
     device = next(model.parameters()).device
-    calibration.meta.update(elapsed_s=round(time.perf_counter() - started, 1), device=device_record(device),
+    calibration.meta.update(elapsed_s=round(time.perf_counter() - started, 1),
+                            timings={k: round(v, 1) for k, v in timings.items()}, device=device_record(device),
                             dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
     return calibration

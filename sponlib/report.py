@@ -80,12 +80,17 @@ def render_calibration(record: dict) -> str:
                  for k in ("dense_only", "sparse_aware")]
         lines.append(f"| {row['method']} | {row['target']:g} | {cells[0]} | {cells[1]} |")
     cal, check = record["calibration"], record["check"]
+    rules = len(record["results"]) // max(len(cal["refine_levels"]), 1)
+    passes = {"dense_statistics_s": f"dense statistics ({cal['windows']} windows of {cal['window_len']} tokens)",
+              "greedy_s": f"greedy allocations ({cal['greedy_windows']} windows)",
+              "refine_s": f"sparse-aware refinement ({rules} rules x {len(cal['refine_levels'])} levels, "
+                          f"{cal['refine_windows']} windows)"}
+    spent = "; ".join(f"{passes[k]}: {v:.0f} s" for k, v in cal.get("timings", {}).items())
     return ("\n".join(lines) + f"\n\nCells: measured sparsity on {check['windows']} windows of "
             f"{check['window_len']} tokens of {check['source']} (weighted by weights skipped), and how many "
-            f"projections miss their target by more than {record['tolerance']}. Calibrating took "
-            f"{cal['elapsed_s']:.0f} s on {cal['device']['device']} ({cal['device']['name']}, "
-            f"{cal['device'].get('torch_threads', '?')} threads): {cal['windows']} windows of {cal['window_len']} "
-            f"tokens of {cal['corpus']}, refinement on {cal['refine_windows']}.\n\n" + _provenance_line(
+            f"projections miss their target by more than {record['tolerance']}. Calibrating on "
+            f"{cal['corpus']} took {cal['elapsed_s']:.0f} s on {cal['device']['device']} ({cal['device']['name']}, "
+            f"{cal['device'].get('torch_threads', '?')} threads): {spent}.\n\n" + _provenance_line(
                 {**record, "windows": check["windows"], "window_len": check["window_len"], "seed": check["seed"]}) + "\n")
 
 

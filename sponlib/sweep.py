@@ -53,20 +53,23 @@ def sweep(model, calibration, windows_list: list, levels, methods, batch_size: i
 
 
 @torch.inference_mode()
-def calibration_check(model, calibration, windows, levels, methods=("teal", "wina"), tolerance: float = 0.02) -> list[dict]:
+def calibration_check(model, calibration, windows, levels, methods=None, tolerance: float = 0.02) -> list[dict]:
     """Measured sparsity on `windows` at each level, thresholds read off dense statistics alone
-    versus sparse-aware ones: overall (weighted) and how many projections miss by > `tolerance`."""
+    versus sparse-aware ones: overall (weighted) and how many projections miss by > `tolerance`.
+    `methods` defaults to every mask rule the calibration supports."""
+    methods = methods or list(calibration.refined)
     ids = windows.ids.to(next(model.parameters()).device)  # (N, L)
     rows = []
     for method in methods:
         for level in levels:
             row = {"method": method, "target": level}
             for label, aware in (("dense_only", False), ("sparse_aware", True)):
-                with Sparsifier(model, calibration.thresholds(level, method, sparse_aware=aware)) as sparsifier:
+                thresholds = calibration.thresholds(level, method, sparse_aware=aware)
+                with Sparsifier(model, thresholds) as sparsifier:
                     model(input_ids=ids, use_cache=False, logits_to_keep=1)
-                measured = sparsifier.measured()
-                row[label] = {"measured": sparsifier.summary()["weighted"],
-                              "projections_off": sum(abs(v - level) > tolerance for v in measured.values()),
+                measured = sparsifier.measured()  # each projection against its own level (greedy: not uniform)
+                off = sum(abs(v - thresholds.levels[name]) > tolerance for name, v in measured.items())
+                row[label] = {"measured": sparsifier.summary()["weighted"], "projections_off": off,
                               "projections": len(measured)}
             rows.append(row)
     return rows
