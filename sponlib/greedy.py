@@ -127,7 +127,7 @@ def greedy_allocation(model, ids: torch.Tensor, calibration, score: str = "teal"
         sizes = {r: p.module.weight.numel() for r, p in block.items()}
         path = _path(probe, sizes, step, stop=max(grid))
         greedy_err, uniform_err = [], []
-        for g_index, g in enumerate(grid):
+        for g in grid:
             chosen = _at(path, g)
             uniform = {r: g for r in sizes}
             e_greedy, e_uniform = probe.error(chosen), probe.error(uniform)

@@ -69,7 +69,8 @@ def render_sweep(record: dict) -> str:
     return ("\n".join(lines) + "\n\nCells: perplexity (measured sparsity, weighted by weights skipped). "
             + "; ".join(notes) + ". Calibration: " + f"{cal['windows']} windows of {cal['window_len']} tokens "
             f"of {cal['corpus']}, sparse-aware refinement on {cal['refine_windows']}, greedy allocation on "
-            f"{cal['greedy_windows']}.\n\n" + _provenance_line(record) + "\n")
+            f"{cal['greedy_windows']}, {cal['elapsed_s']:.0f} s on {cal['device']['name']}.\n\n"
+            + _provenance_line(record) + "\n")
 
 
 def render_calibration(record: dict) -> str:

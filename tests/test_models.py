@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-from sponlib import models
 from sponlib.errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError
 from sponlib.io import atomic_directory
 from sponlib.models import KNOWN_MODELS, load_model, locate_gguf, prepare_model
