@@ -34,7 +34,7 @@ from .errors import CorruptFileError, InvalidArgumentError, NumericalError
 from .io import atomic_write_bytes
 from .models import check_fingerprint, model_fingerprint
 from .results import device_record
-from .sparsity import METHODS, SCORES, Thresholds, check_sparsity, split_method
+from .sparsity import METHODS, SCORES, Thresholds, check_sparsity, input_scores, score_weights, split_method
 
 LOG10_LOW, LOG10_HIGH, BINS = -10.0, 6.0, 4096  # |x| < 1e-10 (zeros included) lands in bin 0
 QUANTILE_GRID = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)  # (Q,) sparsity levels
@@ -181,10 +181,10 @@ def dense_statistics(model, ids: torch.Tensor, scores=SCORES, batch_size: int = 
                     hists["teal"][p.name] = shared
                 if "wina" in scores:
                     hists["wina"][p.name] = _Histogram()
-            col_norms = [p.module.weight.detach().norm(dim=0) for p in projs]  # (in,) each
+            col_norms = [score_weights(p.module, "wina") for p in projs]  # (in,) each
 
             def hook(module, args, projs=projs, shared=shared, col_norms=col_norms):
-                x = args[0].abs()  # (B, T, in)
+                x = args[0].abs()  # (B, T, in), once for both scores
                 if "teal" in scores:
                     shared.add(x)
                 if "wina" in scores:
@@ -210,7 +210,7 @@ class _RefiningHook:
 
     def __call__(self, module, args):
         x = args[0]  # (B, T, in)
-        score = x.abs() if self.col_norm is None else x.abs() * self.col_norm
+        score = input_scores(x, self.col_norm)  # (B, T, in)
         hist = _Histogram()
         hist.add(score)
         self.tau = float(hist.quantiles(torch.tensor([self.level], dtype=torch.float64))[0])
@@ -224,8 +224,7 @@ def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, fl
     hooks, handles = {}, []
     for block in block_projections(model):
         for p in block.values():
-            col_norm = p.module.weight.detach().norm(dim=0) if score == "wina" else None  # (in,)
-            hooks[p.name] = _RefiningHook(levels[p.name], col_norm)
+            hooks[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score))
             handles.append(p.module.register_forward_pre_hook(hooks[p.name]))
     try:
         model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)

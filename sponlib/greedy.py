@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .adapters import block_projections, decoder_layers
 from .errors import InvalidArgumentError
-from .sparsity import _MaskHook
+from .sparsity import _MaskHook, score_weights
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95: every protocol level is on it
 
@@ -63,8 +63,7 @@ class _BlockProbe:
         self.args, self.kwargs, self.dense = capture
         self.hooks = {}
         for role, p in block.items():
-            norm = p.module.weight.detach().norm(dim=0) if score == "wina" else None  # (in,)
-            self.hooks[role] = _MaskHook(0.0, norm)
+            self.hooks[role] = _MaskHook(0.0, score_weights(p.module, score))
 
     def error(self, levels: dict[str, float]) -> float:
         """Mean squared deviation of the block output from dense at `levels` (role -> sparsity)."""

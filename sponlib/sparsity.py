@@ -51,6 +51,17 @@ def split_method(method: str) -> tuple[str, str]:
     return method, "uniform"
 
 
+def score_weights(module: nn.Linear, score: str) -> torch.Tensor | None:
+    """What the input magnitudes are multiplied by before thresholding: ‖W[:, i]‖₂ for wina
+    ((in,) tensor), nothing for teal."""
+    return module.weight.detach().norm(dim=0) if score == "wina" else None
+
+
+def input_scores(x: torch.Tensor, col_norm: torch.Tensor | None) -> torch.Tensor:
+    """Score of every input entry: |x_i| (teal) or |x_i| · ‖W[:, i]‖₂ (wina). (..., in) -> (..., in)"""
+    return x.abs() if col_norm is None else x.abs() * col_norm
+
+
 @dataclass
 class Thresholds:
     """Per-projection thresholds for one mask rule at one target sparsity."""
@@ -99,8 +110,7 @@ class _MaskHook:
 
     def __call__(self, module: nn.Module, args: tuple):
         x = args[0]  # (..., in)
-        score = x.abs() if self.col_norm is None else x.abs() * self.col_norm
-        keep = score > self.tau  # (..., in) bool
+        keep = input_scores(x, self.col_norm) > self.tau  # (..., in) bool
         self.zeroed = self.zeroed + (~keep).sum()
         self.seen += keep.numel()
         return (x * keep,) + tuple(args[1:])
@@ -124,10 +134,7 @@ class Sparsifier:
             raise InvalidArgumentError(f"thresholds lack {len(missing)} projections, e.g. {sorted(missing)[0]}")
         self.hooks: dict[str, _MaskHook] = {}
         for name, proj in self.projections.items():
-            col_norm = None
-            if thresholds.score == "wina":
-                col_norm = proj.module.weight.detach().norm(dim=0)  # (in,) ‖W[:, i]‖₂
-            self.hooks[name] = _MaskHook(thresholds.taus[name], col_norm)
+            self.hooks[name] = _MaskHook(thresholds.taus[name], score_weights(proj.module, thresholds.score))
         self._handles: list = []
 
     @property
