@@ -22,13 +22,15 @@ def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, ba
     """One row per Windows in `windows_list`: perplexity, and with `thresholds` the target and the
     measured sparsity (weighted by weights, plain mean, extremes over projections)."""
     rows = []
+    sparsifier = Sparsifier(model, thresholds) if thresholds else None  # one fingerprint check for all texts
     for windows in windows_list:
         row = {"corpus": windows.source, "method": thresholds.method if thresholds else "dense",
                "target": thresholds.target if thresholds else 0.0}
-        if thresholds is None:
+        if sparsifier is None:
             result = perplexity(model, windows, batch_size=batch_size, progress=progress, desc=windows.source)
         else:
-            with Sparsifier(model, thresholds) as sparsifier:
+            sparsifier.reset_stats()  # measured sparsity per text
+            with sparsifier:
                 result = perplexity(model, windows, batch_size=batch_size, progress=progress,
                                     desc=f"{windows.source} {thresholds.method}@{thresholds.target:g}")
             per_projection = sparsifier.measured()
