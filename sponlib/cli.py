@@ -5,6 +5,9 @@
     calibrate  statistics of every projection input, from which thresholds are read
     eval       perplexity on corpora or text files, dense or sparsified, optionally as JSON
     sweep      perplexity dense and for each mask rule at each level (data/results/sparsity_sweep.json)
+    train      train SPON vectors for one mask rule and level
+    export     fold SPON vectors into biases and write a plain Hugging Face checkpoint
+    recovery   train and evaluate SPON across levels, rules and ablations (data/results/spon_recovery.json)
     readme     regenerate the README's result tables from data/results/
 
 Errors sponlib raises on purpose print as one line (exit status 2), without a traceback.
@@ -75,11 +78,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1); omit for the dense model")
     p.add_argument("--method", default="teal", help="mask rule: teal (default), wina, greedy, greedy-wina")
     p.add_argument("--calibration", metavar="FILE",
-                   help="calibration file; calibrated first (and written there) if missing")
+                   help="calibration file; calibrated first (and written there) if missing "
+                        "(default: the one shipped in data/artifacts/ for a known model)")
+    p.add_argument("--spon", metavar="FILE", help="SPON vectors (their thresholds come with them; "
+                   "--sparsity and --method, if given, must agree)")
     _add_calibration_args(p, prefix="calib-")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--json", metavar="OUT", help="write the result record here (atomically)")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("train", help="train SPON vectors for one mask rule and level")
+    _add_model_args(p)
+    p.add_argument("--sparsity", type=float, required=True, help="target sparsity in [0, 1)")
+    p.add_argument("--method", default="teal", help="mask rule: teal (default), wina, greedy, greedy-wina")
+    p.add_argument("--out", required=True, help="SPON file to write (.safetensors); its thresholds go next to it")
+    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one, "
+                   "else calibrated first and written here)")
+    _add_calibration_args(p, prefix="calib-")
+    _add_training_args(p)
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
+    p.add_argument("--json", metavar="OUT", help="also write a record of the run (throughput, validation KL)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("export", help="fold SPON vectors into biases and write a Hugging Face checkpoint")
+    p.add_argument("--spon", required=True, metavar="FILE", help="SPON file (from `train`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not hold anything else)")
+    p.add_argument("--model", default=None, help="model the vectors were trained on (default: as recorded in the file)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("recovery", help="SPON recovery across levels, mask rules and ablations")
+    _add_model_args(p)
+    p.add_argument("--levels", type=_floats, default=(0.25, 0.4, 0.5, 0.6, 0.7), help="teal levels")
+    p.add_argument("--only", default=None, help="comma-separated experiment groups: levels,rules,roles,data")
+    p.add_argument("--test-corpus", action="append", default=None, metavar="NAME",
+                   help="in-domain then out-of-domain test text (default persuasion, brown)")
+    _add_window_args(p)
+    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one)")
+    _add_calibration_args(p, prefix="calib-")
+    _add_training_args(p)
+    p.add_argument("--tune-lrs", type=_floats, default=(), help="comma-separated learning rates to try first on "
+                   "validation KL (teal 0.5); the best is used for every run")
+    p.add_argument("--tune-steps", type=int, default=100)
+    p.add_argument("--artifacts", default=None, help="folder for the teal vectors (default data/artifacts/<model>)")
+    p.add_argument("--json", required=True, metavar="OUT")
+    p.set_defaults(run=cmd_recovery)
 
     p = sub.add_parser("sweep", help="perplexity dense and for each mask rule at each level")
     _add_model_args(p)
@@ -133,6 +176,57 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(","))
 
 
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("SPON training (training and validation text are never the test novel)")
+    g.add_argument("--train-corpus", default="austen-train", help="training text (default austen-train)")
+    g.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
+    g.add_argument("--train-window-len", type=int, default=512, help="tokens per window (default 512)")
+    g.add_argument("--stride", type=int, default=None,
+                   help="tokens between training window starts; windows overlap below the length "
+                        "(default: a quarter of the length)")
+    g.add_argument("--val-corpus", default="austen-val", help="validation text (default austen-val)")
+    g.add_argument("--val-windows", type=int, default=16, help="validation windows (default 16)")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    g.add_argument("--train-batch", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup", type=float, default=d.warmup, help="share of steps warming up (default %(default)s)")
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    g.add_argument("--train-seed", type=int, default=d.seed, help="seed of the training windows and their order")
+    g.add_argument("--precision", default=d.precision, help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
+    g.add_argument("--roles", type=lambda text: tuple(text.split(",")), default=d.roles,
+                   help="comma-separated projections that get vectors (default all: q,k,v,o,gate,up,down)")
+
+
+def _train_config(args):
+    from .training import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.train_batch, lr=args.lr, weight_decay=args.weight_decay,
+                       warmup=args.warmup, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                       seed=args.train_seed, precision=args.precision, roles=args.roles)
+
+
+def _training_text(args, tokenizer):
+    """Training windows for a count (None: --train-windows) and the validation windows."""
+    from .data import load_corpus, load_windows
+
+    train_source, val_source = load_corpus(args.train_corpus), load_corpus(args.val_corpus)
+    cache = {}
+
+    def train_windows(n=None):
+        n = n or args.train_windows
+        if n not in cache:
+            stride = args.stride or max(1, args.train_window_len // 4)
+            cache[n] = load_windows(train_source, tokenizer, args.train_window_len, n, args.train_seed, stride)
+        return cache[n]
+
+    return train_windows, load_windows(val_source, tokenizer, args.train_window_len, args.val_windows, args.train_seed)
+
+
 def _add_calibration_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g = p.add_argument_group("calibration (text is never the test novel)")
     g.add_argument(f"--{prefix}corpus", default="austen-train", help="calibration corpus (default austen-train)")
@@ -174,6 +268,8 @@ def _calibration_for(args, model, tokenizer, methods, prefix: str = ""):
     from .calibration import Calibration
     from .sparsity import split_method
 
+    if args.calibration is None:
+        args.calibration = _shipped_calibration(model)
     if args.calibration and os.path.exists(args.calibration):
         return Calibration.load(args.calibration, model)
     greedy_scores = sorted({split_method(m)[0] for m in methods if split_method(m)[1] == "greedy"})
@@ -185,11 +281,21 @@ def _calibration_for(args, model, tokenizer, methods, prefix: str = ""):
     return calibration
 
 
+def _shipped_calibration(model) -> str | None:
+    """data/artifacts/<model>/calibration.safetensors when the model is a known one and it exists."""
+    from .data import data_dir
+
+    name = getattr(model, "sponlib_source", {}).get("name", "")
+    path = data_dir() / "artifacts" / name / "calibration.safetensors"
+    return str(path) if name and path.is_file() else None
+
+
 def _print_rows(rows: list[dict]) -> None:
     print(f"{'text':24s} {'rule':12s} {'target':>6s} {'measured':>8s} {'windows':>7s} {'tokens':>7s} {'ppl':>10s}")
     for row in rows:
         measured = f"{row['measured']:8.3f}" if "measured" in row else f"{'-':>8s}"
-        print(f"{row['corpus']:24s} {row['method']:12s} {row['target']:6.2f} {measured} "
+        rule = row["method"] + ("+spon" if row.get("spon") else "")
+        print(f"{row['corpus']:24s} {rule:12s} {row['target']:6.2f} {measured} "
               f"{row['windows']:7d} {row['tokens']:7d} {row['ppl']:10.3f}")
 
 
@@ -235,21 +341,133 @@ def cmd_eval(args) -> None:
         check_sparsity(args.sparsity)
         split_method(args.method)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    thresholds = None
-    if args.sparsity is not None:
+    thresholds, spon = None, None
+    if args.spon:
+        spon, thresholds = _spon_for(args, model)
+    elif args.sparsity is not None:
         calibration = _calibration_for(args, model, tokenizer, [args.method], prefix="calib-")
         thresholds = calibration.thresholds(args.sparsity, args.method)
     started = time.perf_counter()
-    rows = evaluate(model, _windows_for(args, tokenizer), thresholds, args.batch_size)
+    rows = evaluate(model, _windows_for(args, tokenizer), thresholds, args.batch_size, spon=spon)
     _print_rows(rows)
     if args.json:
         payload = {"windows": args.windows, "window_len": args.window_len, "seed": args.seed,
                    "batch_size": args.batch_size, "elapsed_s": round(time.perf_counter() - started, 2)}
         if thresholds is not None:
-            payload.update(method=args.method, sparsity=args.sparsity, calibration=thresholds.calibration)
+            payload.update(method=thresholds.method, sparsity=thresholds.target, calibration=thresholds.calibration)
+        if spon is not None:
+            payload.update(spon=args.spon)
         write_result(args.json, "perplexity", {**payload, "results": rows}, model=model,
                      device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
         print(f"wrote {args.json}")
+
+
+def _spon_for(args, model):
+    """The vectors and thresholds of --spon, checked against --sparsity/--method if those were given."""
+    from .spon import load_spon
+
+    spon, thresholds = load_spon(args.spon, model)
+    if args.sparsity is not None and abs(args.sparsity - thresholds.target) > 1e-9:
+        raise SponlibError(f"{args.spon} was trained at sparsity {thresholds.target:g}, not {args.sparsity:g}; "
+                           "drop --sparsity (the file brings its thresholds) or use a matching file")
+    if args.sparsity is not None and args.method != thresholds.method:
+        raise SponlibError(f"{args.spon} was trained with mask rule {thresholds.method}, not {args.method}")
+    return spon, thresholds
+
+
+def cmd_train(args) -> None:
+    from .models import load_model, resolve_device, resolve_dtype
+    from .results import write_result
+    from .sparsity import check_sparsity, split_method
+    from .spon import save_spon, thresholds_path
+    from .training import train_spon
+
+    check_sparsity(args.sparsity)
+    split_method(args.method)
+    config = _train_config(args)  # bad settings fail before the model loads
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = _calibration_for(args, model, tokenizer, [args.method], prefix="calib-")
+    thresholds = calibration.thresholds(args.sparsity, args.method)
+    train_windows, val_windows = _training_text(args, tokenizer)
+    train = train_windows()
+    print(f"training {sum(p.in_features for p in _projections(model, config.roles))} SPON parameters on "
+          f"{len(train)} windows of {args.train_window_len} tokens; validation on {len(val_windows)} windows",
+          file=sys.stderr)
+    vectors = train_spon(model, thresholds, train.ids, val_windows.ids, config, checkpoint=args.out + ".ckpt",
+                         restart=args.restart)
+    vectors.meta["training"].update(train_text=train.describe(), val_text=val_windows.describe())
+    save_spon(vectors, thresholds, args.out)
+    t = vectors.meta["training"]
+    print(f"wrote {args.out} and {thresholds_path(args.out)}: validation KL {t['val_kl_base']:.4f} (mask) -> "
+          f"{t['val_kl_best']:.4f} (SPON, step {t['best_step']}); {t['tokens_per_s']:.0f} training tokens/s")
+    if args.json:
+        training = {k: v for k, v in t.items() if k != "history"}
+        payload = {"method": args.method, "sparsity": args.sparsity, "spon": args.out,
+                   "parameters": vectors.parameter_count(), "parameter_share": vectors.share_of(model),
+                   "training": training, "history": t["history"]}
+        write_result(args.json, "spon_training", payload, model=model, device=resolve_device(args.device),
+                     dtype=resolve_dtype(args.dtype))
+        print(f"wrote {args.json}")
+
+
+def _projections(model, roles):
+    from .adapters import iter_projections
+
+    return [p for p in iter_projections(model) if p.role in roles]
+
+
+def cmd_export(args) -> None:
+    from .export import fold_and_export
+    from .models import load_model
+    from .spon import SponVectors, load_spon
+
+    recorded = SponVectors.load(args.spon).meta.get("fingerprint", {}).get("source")
+    model_name = args.model or recorded
+    if not model_name:
+        raise SponlibError(f"{args.spon} does not say which model it was trained on; name it with --model")
+    model, tokenizer = load_model(model_name, dtype=args.dtype)
+    vectors, thresholds = load_spon(args.spon, model)
+    out = fold_and_export(model, tokenizer, vectors, thresholds, args.out)
+    print(f"wrote {out}: loads with AutoModelForCausalLM.from_pretrained; its thresholds are in "
+          f"{out}/sparsity_thresholds.json")
+
+
+def cmd_recovery(args) -> None:
+    from .data import load_corpus, load_windows
+    from .models import load_model
+    from .recovery import RecoveryRun, check_experiments, protocol_experiments
+
+    experiments = protocol_experiments(args.levels)
+    if args.only:
+        groups = set(args.only.split(","))
+        experiments = [e for e in experiments if e.group in groups]
+    config = _train_config(args)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = _calibration_for(args, model, tokenizer, sorted({e.method for e in experiments}), prefix="calib-")
+    check_experiments(experiments, calibration)
+    train_windows, val_windows = _training_text(args, tokenizer)
+    for count in sorted({e.train_windows for e in experiments if e.train_windows} | {args.train_windows}):
+        train_windows(count)  # too little training text fails now, not after hours
+    tests = [load_windows(load_corpus(name), tokenizer, args.window_len, args.windows, args.seed)
+             for name in (args.test_corpus or ["persuasion", "brown"])]
+    name = getattr(model, "sponlib_source", {}).get("name", "model")
+    from .data import data_dir
+
+    artifacts = args.artifacts or str(data_dir() / "artifacts" / name)
+    run = RecoveryRun(model, calibration, tests, train_windows, val_windows, config, args.json, artifacts,
+                      tune_lrs=args.tune_lrs, tune_steps=args.tune_steps)
+    if args.tune_lrs:
+        print(f"learning rate {run.learning_rate():g} (lowest validation KL of {', '.join(map(str, args.tune_lrs))})")
+    for experiment in experiments:
+        row = run.run(experiment)
+        print(f"{row['name']:28s} recovery in {_fmt(row['recovery_in'])} out {_fmt(row['recovery_out'])}  "
+              + "  ".join(f"{c}: {t['ppl_dense']:.2f}/{t['ppl_masked']:.2f}/{t['ppl_spon']:.2f}"
+                          for c, t in row["texts"].items()), flush=True)
+    print(f"wrote {args.json}")
+
+
+def _fmt(value) -> str:
+    return "   -  " if value is None else f"{value:6.3f}"
 
 
 def cmd_sweep(args) -> None:

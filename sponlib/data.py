@@ -88,13 +88,17 @@ class Windows:
     window_len: int
     seed: int
     available: int  # windows the source holds in all
+    stride: int | None = None  # tokens between window starts; None: non-overlapping (= window_len)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
     def describe(self) -> dict:
-        return {"source": self.source, "windows": len(self), "window_len": self.window_len,
-                "seed": self.seed, "available_windows": self.available}
+        record = {"source": self.source, "windows": len(self), "window_len": self.window_len,
+                  "seed": self.seed, "available_windows": self.available}
+        if self.stride is not None:
+            record["stride"] = self.stride
+        return record
 
 
 def _stem(path: Path) -> str:
@@ -222,20 +226,24 @@ def tokenize_source(source: TextSource, tokenizer) -> list[TokenStream]:
 
 
 def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | None = None,
-                  seed: int = 0, source: str = "") -> Windows:
-    """Cut every stream into non-overlapping windows of `window_len` tokens (a stream's tail
-    shorter than a window is dropped) and pick `n_windows` of them at random with `seed`, kept
-    in corpus order. `n_windows=None` (or 0) takes them all."""
+                  seed: int = 0, source: str = "", stride: int | None = None) -> Windows:
+    """Cut every stream into windows of `window_len` tokens (a stream's tail shorter than a window
+    is dropped) and pick `n_windows` of them at random with `seed`, kept in corpus order.
+    `n_windows=None` (or 0) takes them all. Windows do not overlap unless `stride` (tokens between
+    window starts, below `window_len`) asks for it: training draws on more distinct windows so."""
     if window_len < 2:
         raise DataError(f"window length must be at least 2 tokens (got {window_len})")
     if n_windows is not None and n_windows < 0:
         raise DataError(f"number of windows must be positive, or 0 for all (got {n_windows})")
+    if stride is not None and not 1 <= stride <= window_len:
+        raise DataError(f"stride must be between 1 and the window length {window_len} (got {stride})")
+    step = stride or window_len
     pieces, origins = [], []
     for stream in streams:
-        n_full = len(stream.ids) // window_len
-        if n_full:
-            pieces.append(stream.ids[: n_full * window_len].reshape(n_full, window_len))  # (n_full, L)
-            origins += [(stream.document, stream.offset + i * window_len) for i in range(n_full)]
+        if len(stream.ids) >= window_len:
+            starts = range(0, len(stream.ids) - window_len + 1, step)
+            pieces.append(np.lib.stride_tricks.sliding_window_view(stream.ids, window_len)[::step])  # (n, L)
+            origins += [(stream.document, stream.offset + start) for start in starts]
     available = len(origins)
     name = source or ",".join(s.document for s in streams)
     if available == 0:
@@ -250,11 +258,11 @@ def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | 
         chosen = np.sort(np.random.default_rng(seed).choice(available, size=n_windows, replace=False))
     else:
         chosen = np.arange(available)
-    return Windows(torch.from_numpy(all_ids[chosen]), [origins[i] for i in chosen], name,
-                   window_len, seed, available)
+    return Windows(torch.from_numpy(np.ascontiguousarray(all_ids[chosen])), [origins[i] for i in chosen], name,
+                   window_len, seed, available, stride if step != window_len else None)
 
 
 def load_windows(source: TextSource, tokenizer, window_len: int, n_windows: int | None = None,
-                 seed: int = 0) -> Windows:
+                 seed: int = 0, stride: int | None = None) -> Windows:
     """tokenize_source + token_windows in one call."""
-    return token_windows(tokenize_source(source, tokenizer), window_len, n_windows, seed, source.name)
+    return token_windows(tokenize_source(source, tokenizer), window_len, n_windows, seed, source.name, stride)

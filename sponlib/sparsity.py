@@ -100,20 +100,28 @@ class Thresholds:
 
 
 class _MaskHook:
-    """Forward pre-hook of one projection: zero the inputs whose score is <= tau, count them."""
+    """Forward pre-hook of one projection: zero the inputs whose score is <= tau (and count them),
+    then add the projection's spontaneous-neuron vector alpha if it has one: S(x) + alpha."""
 
-    def __init__(self, tau: float, col_norm: torch.Tensor | None):
+    def __init__(self, tau: float, col_norm: torch.Tensor | None, alpha: torch.Tensor | None = None,
+                 count: bool = True):
         self.tau = tau
         self.col_norm = col_norm  # (in,) for wina, None for teal
+        self.alpha = alpha  # (in,) or None; may require grad (SPON training)
+        self.count = count  # training skips the bookkeeping
         self.zeroed = 0  # tensor after the first call: no device sync per forward
         self.seen = 0
 
     def __call__(self, module: nn.Module, args: tuple):
         x = args[0]  # (..., in)
         keep = input_scores(x, self.col_norm) > self.tau  # (..., in) bool
-        self.zeroed = self.zeroed + (~keep).sum()
-        self.seen += keep.numel()
-        return (x * keep,) + tuple(args[1:])
+        if self.count:
+            self.zeroed = self.zeroed + (~keep).sum()
+            self.seen += keep.numel()
+        sparse = x * keep  # (..., in)
+        if self.alpha is not None:
+            sparse = sparse + self.alpha.to(sparse.dtype)  # broadcast over tokens
+        return (sparse,) + tuple(args[1:])
 
 
 class Sparsifier:
@@ -122,9 +130,14 @@ class Sparsifier:
         with Sparsifier(model, thresholds) as sp:
             logits = model(ids).logits
         sp.measured()  # projection name -> share of its inputs zeroed
+
+    `alphas` (projection name -> (in,) vector, e.g. `SponVectors.alphas`) adds spontaneous neurons
+    after the mask: the projection computes W (S(x) + alpha). `count=False` skips the measured-
+    sparsity bookkeeping (one reduction per projection per forward), as training does.
     """
 
-    def __init__(self, model: nn.Module, thresholds: Thresholds, check: bool = True):
+    def __init__(self, model: nn.Module, thresholds: Thresholds, check: bool = True,
+                 alphas: dict[str, torch.Tensor] | None = None, count: bool = True):
         if check:
             check_fingerprint(thresholds.fingerprint, model, "these thresholds")
         self.model, self.thresholds = model, thresholds
@@ -132,9 +145,19 @@ class Sparsifier:
         missing = set(self.projections) - set(thresholds.taus)
         if missing:
             raise InvalidArgumentError(f"thresholds lack {len(missing)} projections, e.g. {sorted(missing)[0]}")
+        alphas = alphas or {}
+        unknown = set(alphas) - set(self.projections)
+        if unknown:
+            raise InvalidArgumentError(f"spontaneous-neuron vectors for projections this model lacks, "
+                                       f"e.g. {sorted(unknown)[0]}")
         self.hooks: dict[str, _MaskHook] = {}
         for name, proj in self.projections.items():
-            self.hooks[name] = _MaskHook(thresholds.taus[name], score_weights(proj.module, thresholds.score))
+            alpha = alphas.get(name)
+            if alpha is not None and alpha.shape != (proj.in_features,):
+                raise InvalidArgumentError(f"vector for {name} has shape {tuple(alpha.shape)}, "
+                                           f"the projection takes {proj.in_features} inputs")
+            self.hooks[name] = _MaskHook(thresholds.taus[name], score_weights(proj.module, thresholds.score),
+                                         alpha, count)
         self._handles: list = []
 
     @property

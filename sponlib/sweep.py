@@ -18,14 +18,19 @@ from .sparsity import Sparsifier, Thresholds
 
 
 def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, batch_size: int = 4,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, spon=None) -> list[dict]:
     """One row per Windows in `windows_list`: perplexity, and with `thresholds` the target and the
-    measured sparsity (weighted by weights, plain mean, extremes over projections)."""
+    measured sparsity (weighted by weights, plain mean, extremes over projections). `spon`
+    (SponVectors) adds the spontaneous neurons on top of the mask; rows then say "spon": true."""
     rows = []
-    sparsifier = Sparsifier(model, thresholds) if thresholds else None  # one fingerprint check for all texts
+    alphas = None if spon is None else {n: a.to(next(model.parameters()).device) for n, a in spon.alphas.items()}
+    # one fingerprint check for all texts
+    sparsifier = Sparsifier(model, thresholds, alphas=alphas) if thresholds else None
     for windows in windows_list:
         row = {"corpus": windows.source, "method": thresholds.method if thresholds else "dense",
                "target": thresholds.target if thresholds else 0.0}
+        if spon is not None:
+            row["spon"] = True
         if sparsifier is None:
             result = perplexity(model, windows, batch_size=batch_size, progress=progress, desc=windows.source)
         else:

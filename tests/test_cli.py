@@ -1,6 +1,7 @@
-"""`python -m sponlib`: the eval command end to end on the real model, and its errors."""
+"""`python -m sponlib`: eval end to end on the real model, the SPON commands on a tiny one, and their errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,75 @@ def test_sparsity_errors_on_the_command_line(tiny_model_dir, tmp_path):
     run = sponlib(*base, "--sparsity", "0.5", "--calibration", str(broken))
     assert run.returncode == 2 and "not a complete sponlib calibration file" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    calibration = tmp_path / "cal.safetensors"
+    assert sponlib("calibrate", "--model", model, "--out", str(calibration), "--windows", "4", "--window-len", "64",
+                   "--refine-windows", "2", "--refine-levels", "0.5").returncode == 0
+    spon = tmp_path / "spon" / "spon-teal-0.5.safetensors"
+    small = ["--train-windows", "4", "--train-window-len", "64", "--stride", "32", "--val-windows", "2",
+             "--steps", "4", "--train-batch", "2", "--eval-every", "2"]
+    run = sponlib("train", "--model", model, "--sparsity", "0.5", "--calibration", str(calibration),
+                  "--out", str(spon), *small, "--json", str(tmp_path / "train.json"))
+    assert run.returncode == 0, run.stderr
+    assert "validation KL" in run.stdout and (tmp_path / "spon" / "spon-teal-0.5.thresholds.json").exists()
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["kind"] == "spon_training" and record["training"]["steps_done"] == 4
+    assert record["training"]["tokens_per_s"] > 0 and record["training"]["train_text"]["stride"] == 32
+    assert record["parameters"] == 2 * (32 * 6 + 48)
+
+    base = ["eval", "--model", model, "--corpus", "persuasion", "--windows", "2", "--window-len", "64"]
+    run = sponlib(*base, "--spon", str(spon), "--json", str(tmp_path / "eval.json"))
+    assert run.returncode == 0, run.stderr
+    [row] = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert row["spon"] is True and (row["method"], row["target"]) == ("teal", 0.5) and "teal+spon" in run.stdout
+    run = sponlib(*base, "--spon", str(spon), "--sparsity", "0.7")
+    assert run.returncode == 2 and "trained at sparsity 0.5, not 0.7" in run.stderr
+
+    out = tmp_path / "export"
+    run = sponlib("export", "--spon", str(spon), "--out", str(out), "--model", model)
+    assert run.returncode == 0, run.stderr
+    assert {"config.json", "model.safetensors", "sparsity_thresholds.json", "tokenizer.json"} <= set(os.listdir(out))
+    run = sponlib("eval", "--model", str(out), "--corpus", "persuasion", "--windows", "2", "--window-len", "64")
+    assert run.returncode == 0, run.stderr
+
+
+def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    run = sponlib("train", "--model", model, "--sparsity", "1.5", "--out", str(tmp_path / "s.safetensors"))
+    assert run.returncode == 2 and "target sparsity must be in [0, 1)" in run.stderr
+    run = sponlib("train", "--model", model, "--sparsity", "0.5", "--roles", "q,ffn", "--out", str(tmp_path / "s.safetensors"))
+    assert run.returncode == 2 and "subset of q, k, v, o, gate, up, down" in run.stderr
+    run = sponlib("eval", "--model", model, "--corpus", "persuasion", "--spon", str(tmp_path / "missing.safetensors"))
+    assert run.returncode == 2 and "does not exist" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_recovery_runs_and_resumes_on_a_tiny_model(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    calibration = tmp_path / "cal.safetensors"
+    assert sponlib("calibrate", "--model", model, "--out", str(calibration), "--windows", "4", "--window-len", "64",
+                   "--refine-windows", "2", "--refine-levels", "0.5,0.7").returncode == 0
+    args = ["recovery", "--model", model, "--levels", "0.5,0.7", "--only", "levels", "--windows", "2",
+            "--window-len", "64", "--calibration", str(calibration), "--train-windows", "4", "--train-window-len", "64",
+            "--val-windows", "2", "--steps", "2", "--train-batch", "2", "--eval-every", "1",
+            "--artifacts", str(tmp_path / "art"), "--json", str(tmp_path / "rec.json")]
+    run = sponlib(*args)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "rec.json").read_text())
+    assert [e["name"] for e in record["experiments"]] == ["teal@0.5", "teal@0.7"]
+    assert set(record["summary"]) == {"0.5", "0.7"}
+    row = record["experiments"][0]
+    assert set(row["texts"]) == {"persuasion", "brown"}
+    for text in row["texts"].values():
+        gap = text["ppl_masked"] - text["ppl_dense"]
+        if gap > 0:
+            assert text["recovery"] == pytest.approx((text["ppl_masked"] - text["ppl_spon"]) / gap)
+    assert sorted(os.listdir(tmp_path / "art")) == [
+        "spon-teal-0.5.safetensors", "spon-teal-0.5.thresholds.json", "spon-teal-0.7.safetensors",
+        "spon-teal-0.7.thresholds.json"]
+    run = sponlib(*args)  # everything done: nothing is trained again
+    assert run.returncode == 0 and "SPON" not in run.stderr
+    assert json.loads((tmp_path / "rec.json").read_text())["experiments"] == record["experiments"]

@@ -1,0 +1,251 @@
+"""SPON: the vectors in the sparsifier, folding into biases, files, training (resume, never worse
+on validation), export as a plain checkpoint. Tiny random models: plumbing, not results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sponlib.adapters import iter_projections
+from sponlib.calibration import calibrate
+from sponlib.errors import CorruptFileError, FingerprintError, InvalidArgumentError, UnsupportedArchitectureError
+from sponlib.export import THRESHOLDS_FILE, fold_and_export
+from sponlib.sparsity import Sparsifier, Thresholds
+from sponlib.spon import SponVectors, load_spon, save_spon, thresholds_path
+from sponlib.tiny import TINY_ARCHITECTURES, tiny_model
+from sponlib.training import TrainConfig, final_hidden, head_logits, kl_to_teacher, train_spon
+
+
+def _ids(n, length=32, seed=1):
+    return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _setup(arch="llama", level=0.5, method="teal", **overrides):
+    """A tiny model, thresholds at `level` and random (non-zero) vectors for every projection."""
+    model = tiny_model(arch, **overrides)
+    thresholds = calibrate(model, _ids(8), refine_levels=(level,), progress=False).thresholds(level, method)
+    vectors = SponVectors.zeros(model)
+    generator = torch.Generator().manual_seed(2)
+    for name, alpha in vectors.alphas.items():
+        alpha.copy_(0.3 * torch.randn(alpha.shape, generator=generator))
+    return model, thresholds, vectors
+
+
+def _logits(model, thresholds, ids, alphas=None):
+    with torch.no_grad(), Sparsifier(model, thresholds, alphas=alphas):
+        return model(ids).logits
+
+
+def test_vectors_add_after_the_mask():
+    model, thresholds, vectors = _setup()
+    seen = {}
+    q = next(iter_projections(model))
+    handle = q.module.register_forward_pre_hook(lambda m, a: seen.setdefault("raw", a[0]))  # before the mask
+    with torch.no_grad(), Sparsifier(model, thresholds, alphas=vectors.alphas):
+        q_handle = q.module.register_forward_hook(lambda m, a, o: seen.setdefault("out", o))
+        model(_ids(1, 16))
+        q_handle.remove()
+    handle.remove()
+    x = seen["raw"]  # (1, 16, in)
+    expected = (x * (x.abs() > thresholds.taus[q.name]) + vectors.alphas[q.name]) @ q.module.weight.T
+    torch.testing.assert_close(seen["out"], expected)
+
+
+def test_parameter_count_and_share():
+    model, _, vectors = _setup()
+    per_block = sum(p.in_features for p in iter_projections(model)) // len(model.model.layers)
+    assert vectors.parameter_count() == per_block * len(model.model.layers)
+    assert vectors.share_of(model) == pytest.approx(vectors.parameter_count() / sum(p.numel() for p in model.parameters()))
+    assert SponVectors.zeros(model, roles=("down",)).parameter_count() == 48 * 2
+    with pytest.raises(InvalidArgumentError, match="subset of q, k, v"):
+        SponVectors.zeros(model, roles=("ffn",))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_folded_biases_give_the_spon_logits(arch):
+    model, thresholds, vectors = _setup(arch)
+    ids = _ids(2, 24, seed=3)
+    spon = _logits(model, thresholds, ids, vectors.alphas)
+    plain = _logits(model, thresholds, ids)
+    assert (spon - plain).abs().max() > 1e-2  # the vectors matter
+    vectors.fold_into(model)
+    for p in iter_projections(model):
+        assert p.module.bias is not None
+    torch.testing.assert_close(_logits(model, thresholds, ids), spon, atol=2e-5, rtol=1e-5)
+
+
+def test_folding_adds_to_existing_biases():
+    model, thresholds, vectors = _setup("qwen2")  # q/k/v come with biases
+    q = next(iter_projections(model)).module
+    before = q.bias.clone()
+    vectors.fold_into(model)
+    name = next(iter_projections(model)).name
+    torch.testing.assert_close(q.bias, before + q.weight @ vectors.alphas[name])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model, thresholds, vectors = _setup()
+    vectors.meta["training"] = {"lr": 0.01, "val_kl_best": 0.5}
+    path = tmp_path / "spon-teal-0.5.safetensors"
+    save_spon(vectors, thresholds, path)
+    assert thresholds_path(path).name == "spon-teal-0.5.thresholds.json"
+    loaded, loaded_thresholds = load_spon(path, model)
+    for name, alpha in vectors.alphas.items():
+        torch.testing.assert_close(loaded.alphas[name], alpha)
+    assert loaded_thresholds.taus == thresholds.taus
+    meta = loaded.meta
+    assert (meta["method"], meta["target"], meta["training"]["val_kl_best"]) == ("teal", 0.5, 0.5)
+    assert meta["fingerprint"]["weights"] and len(meta["thresholds"]["sha256"]) == 64
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # atomic writes leave nothing behind
+
+
+def test_bad_spon_files_give_clear_errors(tmp_path):
+    model, thresholds, vectors = _setup()
+    path = tmp_path / "spon.safetensors"
+    save_spon(vectors, thresholds, path)
+    with pytest.raises(FingerprintError, match="differ"):
+        load_spon(path, tiny_model("llama", seed=1))  # same shapes, other weights
+    with pytest.raises(FingerprintError):
+        load_spon(path, tiny_model("qwen3"))
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        load_spon(tmp_path / "nothing.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptFileError, match="not a complete sponlib SPON file"):
+        SponVectors.load(truncated)
+    other = thresholds_path(path)
+    data = json.loads(other.read_text())
+    data["taus"][next(iter(data["taus"]))] *= 2
+    other.write_text(json.dumps(data))
+    with pytest.raises(InvalidArgumentError, match="not the thresholds file"):
+        load_spon(path, model)
+    vectors.alphas[next(iter(vectors.alphas))][0] = float("nan")
+    vectors.save(tmp_path / "nan.safetensors")
+    with pytest.raises(CorruptFileError, match="NaN"):
+        SponVectors.load(tmp_path / "nan.safetensors", model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_teacher_logits_from_cached_states_equal_the_model(arch):
+    overrides = {"final_logit_softcapping": 5.0} if arch == "gemma3_text" else {}
+    model = tiny_model(arch, **overrides)
+    ids = _ids(2)
+    with torch.no_grad():
+        torch.testing.assert_close(head_logits(model, final_hidden(model, ids)), model(ids).logits)
+
+
+def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
+    logits = torch.randn(2, 5, 11)
+    assert kl_to_teacher(logits, logits).abs() < 1e-6
+    assert kl_to_teacher(logits, logits.flip(-1)) > 0.01
+
+
+def test_train_config_refuses_bad_settings():
+    for bad in ({"steps": 0}, {"lr": -1.0}, {"lr": float("nan")}, {"warmup": 1.5}, {"precision": "fp8"},
+                {"roles": ("x",)}, {"checkpoint_every": -1}):
+        with pytest.raises(InvalidArgumentError):
+            TrainConfig(**bad)
+    config = TrainConfig(steps=100, lr=1.0, warmup=0.1)
+    assert config.lr_at(0) == pytest.approx(0.1) and config.lr_at(9) == pytest.approx(1.0)
+    assert config.lr_at(99) < 0.01
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model, its thresholds and a short training run with validation every 2 steps."""
+    model, thresholds, _ = _setup()
+    config = TrainConfig(steps=8, batch_size=4, lr=0.05, eval_every=2, checkpoint_every=2)
+    return model, thresholds, config, train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, progress=False)
+
+
+def test_training_records_its_run_and_never_ends_worse_than_the_mask(trained):
+    model, thresholds, config, vectors = trained
+    t = vectors.meta["training"]
+    assert t["steps_done"] == 8 and t["train_tokens"] == 8 * 4 * 32 and t["tokens_per_s"] > 0
+    assert [s for s, _ in t["history"]["val"]] == [0, 2, 4, 6, 8] and len(t["history"]["loss"]) == 8
+    assert t["val_kl_best"] == min(kl for _, kl in t["history"]["val"]) <= t["val_kl_base"]
+    assert dict(t["history"]["val"])[t["best_step"]] == t["val_kl_best"]
+    assert all(a.device.type == "cpu" and not a.requires_grad for a in vectors.alphas.values())
+
+
+def test_a_diverging_run_falls_back_to_the_plain_mask():
+    model, thresholds, _ = _setup()
+    config = TrainConfig(steps=4, batch_size=4, lr=50.0, warmup=0.0, eval_every=2)
+    vectors = train_spon(model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False)
+    t = vectors.meta["training"]
+    assert t["val_kl_best"] == t["val_kl_base"] and t["best_step"] == 0
+    assert all((a == 0).all() for a in vectors.alphas.values())
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path, trained):
+    model, thresholds, config, straight = trained
+    checkpoint = tmp_path / "run.ckpt"
+
+    def interrupt(step, loss, val):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False,
+                   callback=interrupt)
+    assert checkpoint.exists()
+    with pytest.raises(InvalidArgumentError, match="belongs to another run"):
+        train_spon(model, thresholds, _ids(12), _ids(4, seed=9), TrainConfig(**{**config.as_dict(), "lr": 0.01}),
+                   checkpoint=checkpoint, progress=False)
+    resumed = train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
+    assert not checkpoint.exists()  # a finished run cleans up
+    for name, alpha in straight.alphas.items():
+        torch.testing.assert_close(resumed.alphas[name], alpha, atol=0, rtol=0)
+    assert resumed.meta["training"]["history"] == straight.meta["training"]["history"]
+    assert resumed.meta["training"]["train_tokens"] == straight.meta["training"]["train_tokens"]
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptFileError, match="damaged"):
+        train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
+
+
+def test_export_loads_in_plain_transformers_and_reproduces_spon(tmp_path):
+    model, thresholds, vectors = _setup()
+    ids = _ids(2, 24, seed=5)
+    spon = _logits(model, thresholds, ids, vectors.alphas)
+    out = fold_and_export(model, None, vectors, thresholds, tmp_path / "export")
+    assert model.model.layers[0].self_attn.q_proj.bias is None  # the model itself is untouched
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_bias"] is True and config["mlp_bias"] is True
+    # A fresh interpreter with transformers alone, no sponlib imported.
+    script = ("import sys, torch; from transformers import AutoModelForCausalLM\n"
+              f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+              "assert 'sponlib' not in sys.modules\n"
+              f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'dense.pt')!r})\n")
+    torch.save(ids, tmp_path / "ids.pt")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    folded = vectors.fold_into(tiny_model("llama"))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "dense.pt"), folded(ids).logits)
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    torch.testing.assert_close(_logits(exported, Thresholds.load(out / THRESHOLDS_FILE, exported), ids), spon,
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_export_refuses_configs_without_bias_switches(tmp_path):
+    model, thresholds, vectors = _setup("mistral")
+    with pytest.raises(UnsupportedArchitectureError, match="cannot give 14 projections a bias"):
+        fold_and_export(model, None, vectors, thresholds, tmp_path / "mistral")
+    assert not (tmp_path / "mistral").exists()
+    model, thresholds, vectors = _setup("qwen3")  # attention_bias, but no switch for the MLP
+    with pytest.raises(UnsupportedArchitectureError, match="mlp"):
+        fold_and_export(model, None, vectors, thresholds, tmp_path / "qwen3")
+    attention_only = SponVectors({n: a for n, a in vectors.alphas.items() if "self_attn" in n}, vectors.meta)
+    fold_and_export(model, None, attention_only, thresholds, tmp_path / "qwen3")
+    assert json.loads((tmp_path / "qwen3" / "config.json").read_text())["attention_bias"] is True
+    fold_and_export(model, None, attention_only, thresholds, tmp_path / "qwen3")  # an earlier export is replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(InvalidArgumentError, match="not an earlier export"):
+        fold_and_export(model, None, attention_only, thresholds, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
