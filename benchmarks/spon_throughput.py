@@ -86,7 +86,7 @@ def main() -> None:
         for precision in precisions:
             config = TrainConfig(steps=args.steps, batch_size=batch, precision=precision, eval_every=args.steps,
                                  checkpoint_every=0)
-            vectors = train_spon(model, thresholds, windows.ids, val.ids, config, progress=False)
+            vectors, _ = train_spon(model, thresholds, windows.ids, val.ids, config, progress=False)
             t = vectors.meta["training"]
             rows.append({"loop": "sponlib", "precision": precision, "batch": batch, "tokens_per_s": t["tokens_per_s"],
                          "teacher_s": t["teacher_s"], "train_s": t["train_s"], "speedup_vs_plain": t["tokens_per_s"] / plain})

@@ -203,10 +203,11 @@ def dense_statistics(model, ids: torch.Tensor, scores=SCORES, batch_size: int = 
 
 
 class _RefiningHook:
-    """Pass 2 hook: calibrate tau on the input this projection really sees, then apply it."""
+    """Pass 2 hook: calibrate tau on the input this projection really sees, then apply it (and add
+    the projection's SPON vector, if any, as the Sparsifier would)."""
 
-    def __init__(self, level: float, col_norm: torch.Tensor | None):
-        self.level, self.col_norm, self.tau = level, col_norm, None
+    def __init__(self, level: float, col_norm: torch.Tensor | None, alpha: torch.Tensor | None = None):
+        self.level, self.col_norm, self.alpha, self.tau = level, col_norm, alpha, None
 
     def __call__(self, module, args):
         x = args[0]  # (B, T, in)
@@ -214,17 +215,24 @@ class _RefiningHook:
         hist = _Histogram()
         hist.add(score)
         self.tau = float(hist.quantiles(torch.tensor([self.level], dtype=torch.float64))[0])
-        return (x * (score > self.tau),) + tuple(args[1:])
+        sparse = x * (score > self.tau)  # (B, T, in)
+        if self.alpha is not None:
+            sparse = sparse + self.alpha.to(sparse.dtype)
+        return (sparse,) + tuple(args[1:])
 
 
 @torch.inference_mode()
-def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, float]) -> dict[str, float]:
-    """Pass 2 at one setting: every projection's threshold calibrated under upstream sparsity.
-    `ids` go through as one batch, so each threshold sees all refinement tokens."""
+def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, float],
+                      alphas: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Pass 2 at one setting: every projection's threshold calibrated under upstream sparsity
+    (and upstream SPON vectors, when `alphas` are given: SPON moves the hidden states, so
+    thresholds fitted without it would miss their level). `ids` go through as one batch, so each
+    threshold sees all refinement tokens."""
+    alphas = alphas or {}
     hooks, handles = {}, []
     for block in block_projections(model):
         for p in block.values():
-            hooks[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score))
+            hooks[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score), alphas.get(p.name))
             handles.append(p.module.register_forward_pre_hook(hooks[p.name]))
     try:
         model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)

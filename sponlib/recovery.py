@@ -137,7 +137,7 @@ class RecoveryRun:
             steps = self.tune_steps
             for lr in self.tune_lrs:
                 config = dataclasses.replace(self.config, steps=steps, lr=lr, eval_every=max(1, steps // 4))
-                vectors = train_spon(self.model, thresholds, train.ids, self.val_windows.ids, config,
+                vectors, _ = train_spon(self.model, thresholds, train.ids, self.val_windows.ids, config,
                                      progress=self.progress)
                 training = vectors.meta["training"]
                 rows.append({"lr": lr, "val_kl_base": training["val_kl_base"], "val_kl_best": training["val_kl_best"],
@@ -163,12 +163,12 @@ class RecoveryRun:
         train = self.train_windows(experiment.train_windows)
         config = dataclasses.replace(self.config, roles=ROLE_SETS[experiment.roles], lr=self.learning_rate())
         checkpoint = f"{self.json_path}.{experiment.name.replace(' ', '_')}.ckpt"
-        vectors = train_spon(self.model, thresholds, train.ids, self.val_windows.ids, config,
-                             checkpoint=checkpoint, progress=self.progress)
-        spon = evaluate(self.model, self.test_windows, thresholds, self.batch_size, self.progress, spon=vectors)
+        vectors, spon_thresholds = train_spon(self.model, thresholds, train.ids, self.val_windows.ids, config,
+                                              checkpoint=checkpoint, progress=self.progress)
+        spon = evaluate(self.model, self.test_windows, spon_thresholds, self.batch_size, self.progress, spon=vectors)
         if experiment.artifact and self.artifacts:
             Path(self.artifacts).mkdir(parents=True, exist_ok=True)
-            save_spon(vectors, thresholds, Path(self.artifacts) / f"spon-{experiment.method}-{experiment.level:g}.safetensors")
+            save_spon(vectors, spon_thresholds, Path(self.artifacts) / f"spon-{experiment.method}-{experiment.level:g}.safetensors")
         training = {k: v for k, v in vectors.meta["training"].items() if k != "history"}
         texts = {}
         for d, m, s in zip(dense, masked, spon):

@@ -11,6 +11,12 @@ What makes it fast:
 - The loss is read back to the host only every few steps, so the GPU is never starved.
 
 What makes it safe:
+- Thresholds follow the vectors. SPON pulls the hidden states back towards the dense model's,
+  which moves the inputs every downstream threshold was fitted on: with fixed thresholds a run
+  at 0.7 ends up zeroing only about 0.62 of the inputs, and part of its "recovery" is merely less
+  sparsity. So before every validation the thresholds are refitted (one sparse-aware pass over a
+  few training windows, `sponlib.calibration.refine_thresholds`, vectors in place), each at its
+  own level, and the thresholds of the best step are returned and saved with the vectors.
 - A validation KL on held-out windows (never the test novel) at step 0 (α = 0, the plain mask)
   and every `eval_every` steps; the best step's vectors are returned, so SPON never ends worse
   than its base mask on validation.
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .adapters import ROLES
+from .calibration import refine_thresholds
 from .errors import CorruptFileError, InvalidArgumentError, NumericalError
 from .io import atomic_write_bytes
 from .results import device_record
@@ -60,10 +67,12 @@ class TrainConfig:
     seed: int = 0  # data order
     precision: str = "auto"  # fp32, bf16 (autocast on CUDA) or auto (bf16 on CUDA, fp32 elsewhere)
     roles: tuple[str, ...] = ROLES  # projections that get a vector
+    track_sparsity: bool = True  # refit the thresholds under the current vectors before each validation
+    refit_windows: int = 8  # training windows of that refit (one batch)
 
     def __post_init__(self):
         self.roles = check_roles(self.roles)
-        for name in ("steps", "batch_size", "eval_every"):
+        for name in ("steps", "batch_size", "eval_every", "refit_windows"):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgumentError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.checkpoint_every < 0:
@@ -220,7 +229,9 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
     train_ids (N, L) and val_ids (M, L) are token windows; validation must be held-out text.
     `checkpoint` (a file path) makes the run resumable; `callback(step, loss, val_kl or None)` is
     called after every step (for live plots). Returns the best vectors on validation (on the
-    CPU), their `meta["training"]` holding settings, history, validation KLs and throughput."""
+    CPU), their `meta["training"]` holding settings, history, validation KLs and throughput, and
+    the thresholds that go with them (refitted under the vectors unless `track_sparsity` is off
+    or the best step is the plain mask)."""
     config = config or TrainConfig()
     device = next(model.parameters()).device
     precision = resolve_precision(config.precision, device)
@@ -233,20 +244,21 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
     optimizer = torch.optim.AdamW(alphas.values(), lr=config.lr, weight_decay=config.weight_decay)
     run_key = _digest(config.as_dict(), vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
     history, step, tokens_before = TrainHistory(), 0, 0
-    best = {"step": 0, "kl": math.inf, "alphas": None}
+    best = {"step": 0, "kl": math.inf, "alphas": None, "taus": dict(thresholds.taus)}
+    taus = dict(thresholds.taus)  # current thresholds; refitted under the vectors as they train
     if checkpoint and os.path.exists(checkpoint) and not restart:
         state = _load_checkpoint(str(checkpoint), run_key)
         with torch.no_grad():
             for name, a in alphas.items():
                 a.copy_(state["alphas"][name])
         optimizer.load_state_dict(state["optimizer"])
-        step, best, tokens_before = state["step"], state["best"], state["tokens"]
+        step, best, tokens_before, taus = state["step"], state["best"], state["tokens"], state["taus"]
         history = TrainHistory([tuple(x) for x in state["loss"]], [tuple(x) for x in state["val"]])
 
     def save_state() -> None:
         if checkpoint:
             _save_checkpoint(str(checkpoint), {
-                "run_key": run_key, "step": step, "tokens": tokens_before + tokens_done, "optimizer": optimizer.state_dict(), "best": best,
+                "run_key": run_key, "step": step, "tokens": tokens_before + tokens_done, "optimizer": optimizer.state_dict(), "best": best, "taus": taus,
                 "alphas": {n: a.detach().cpu() for n, a in alphas.items()},
                 "loss": history.loss, "val": history.val})
 
@@ -258,26 +270,35 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
 
     val_s = 0.0
 
+    refit_ids = train_ids[:config.refit_windows]  # (R, L)
+
     def validate() -> float:
-        nonlocal val_s
+        nonlocal val_s, taus
         _synchronize(device)  # GPU work of earlier steps belongs to training time
         t0 = time.perf_counter()
-        kl = validation_kl(model, thresholds, alphas, val_ids, val_teacher, eval_batch, precision)
+        if config.track_sparsity and step > 0:
+            taus = refine_thresholds(model, refit_ids, thresholds.score, thresholds.levels,
+                                     {n: a.detach() for n, a in alphas.items()})
+            for name, tau in taus.items():
+                sparsifier.hooks[name].tau = tau
+        kl = validation_kl(model, dataclasses.replace(thresholds, taus=taus), alphas, val_ids, val_teacher,
+                           eval_batch, precision)
         val_s += time.perf_counter() - t0
         if not math.isfinite(kl):
             raise NumericalError(f"validation KL is {kl} at step {step}; lower the learning rate")
         history.val.append((step, kl))
         if kl < best["kl"]:
-            best.update(step=step, kl=kl, alphas={n: a.detach().cpu().clone() for n, a in alphas.items()})
+            best.update(step=step, kl=kl, alphas={n: a.detach().cpu().clone() for n, a in alphas.items()},
+                        taus=dict(taus))
         return kl
 
+    sparsifier = Sparsifier(model, dataclasses.replace(thresholds, taus=taus), check=False, alphas=alphas, count=False)
     if not history.val:
         validate()  # step 0: the plain mask, the floor SPON must beat
     base_kl = history.val[0][1]
 
     train_s, tokens_done, pending = 0.0, 0, []
     bar = tqdm(total=config.steps, initial=step, desc="SPON", unit="step", disable=not progress)
-    sparsifier = Sparsifier(model, thresholds, check=False, alphas=alphas, count=False)
     try:
         while step < config.steps:
             t0 = time.perf_counter()
@@ -323,6 +344,10 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
         sparsifier.detach()
 
     result = SponVectors(best["alphas"], dict(vectors.meta))
+    refitted = config.track_sparsity and best["step"] > 0
+    final_thresholds = dataclasses.replace(thresholds, taus=best["taus"], calibration={
+        **thresholds.calibration, "refitted_under_spon": refitted,
+        **({"refit_windows": min(config.refit_windows, len(train_ids))} if refitted else {})})
     result.meta["training"] = {
         **config.as_dict(), "precision": precision, "steps_done": step,
         "train_windows": len(train_ids), "val_windows": len(val_ids), "window_len": train_ids.shape[1],
@@ -334,4 +359,4 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
         "history": {"loss": history.loss, "val": history.val}}
     if checkpoint and os.path.exists(checkpoint):
         os.remove(checkpoint)  # the run is complete; its result is the returned vectors
-    return result
+    return result, final_thresholds

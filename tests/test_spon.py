@@ -157,8 +157,8 @@ def test_train_config_refuses_bad_settings():
 def trained():
     """A tiny model, its thresholds and a short training run with validation every 2 steps."""
     model, thresholds, _ = _setup()
-    config = TrainConfig(steps=8, batch_size=4, lr=0.05, eval_every=2, checkpoint_every=2)
-    return model, thresholds, config, train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, progress=False)
+    config = TrainConfig(steps=8, batch_size=4, lr=0.003, eval_every=2, checkpoint_every=2)
+    return model, thresholds, config, train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, progress=False)[0]
 
 
 def test_training_records_its_run_and_never_ends_worse_than_the_mask(trained):
@@ -174,7 +174,8 @@ def test_training_records_its_run_and_never_ends_worse_than_the_mask(trained):
 def test_a_diverging_run_falls_back_to_the_plain_mask():
     model, thresholds, _ = _setup()
     config = TrainConfig(steps=4, batch_size=4, lr=50.0, warmup=0.0, eval_every=2)
-    vectors = train_spon(model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False)
+    vectors, final = train_spon(model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False)
+    assert final.taus == thresholds.taus  # the plain mask keeps its thresholds
     t = vectors.meta["training"]
     assert t["val_kl_best"] == t["val_kl_base"] and t["best_step"] == 0
     assert all((a == 0).all() for a in vectors.alphas.values())
@@ -195,7 +196,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, trained):
     with pytest.raises(InvalidArgumentError, match="belongs to another run"):
         train_spon(model, thresholds, _ids(12), _ids(4, seed=9), TrainConfig(**{**config.as_dict(), "lr": 0.01}),
                    checkpoint=checkpoint, progress=False)
-    resumed = train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
+    resumed, _ = train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
     assert not checkpoint.exists()  # a finished run cleans up
     for name, alpha in straight.alphas.items():
         torch.testing.assert_close(resumed.alphas[name], alpha, atol=0, rtol=0)
@@ -249,3 +250,27 @@ def test_export_refuses_configs_without_bias_switches(tmp_path):
     with pytest.raises(InvalidArgumentError, match="not an earlier export"):
         fold_and_export(model, None, attention_only, thresholds, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_thresholds_are_refitted_to_their_levels_under_the_vectors():
+    model, thresholds, vectors = _setup(level=0.6)
+    ids = _ids(8, 48)
+    with torch.no_grad(), Sparsifier(model, thresholds, alphas=vectors.alphas) as stale:
+        model(ids)
+    assert max(abs(v - 0.6) for v in stale.measured().values()) > 0.03  # vectors moved the inputs
+    from sponlib.calibration import refine_thresholds
+
+    taus = refine_thresholds(model, ids, "teal", thresholds.levels, vectors.alphas)
+    refitted = Thresholds(thresholds.method, 0.6, thresholds.levels, taus, thresholds.fingerprint)
+    with torch.no_grad(), Sparsifier(model, refitted, alphas=vectors.alphas) as fresh:
+        model(ids)
+    assert max(abs(v - 0.6) for v in fresh.measured().values()) < 0.01
+
+
+def test_training_returns_thresholds_refitted_at_the_best_step():
+    model, thresholds, _ = _setup(level=0.7)
+    config = TrainConfig(steps=16, batch_size=4, lr=0.003, eval_every=4)
+    vectors2, final = train_spon(model, thresholds, _ids(16), _ids(4, seed=9), config, progress=False)
+    assert vectors2.meta["training"]["best_step"] > 0
+    assert final.taus != thresholds.taus and final.calibration["refitted_under_spon"]
+    assert final.levels == thresholds.levels and final.target == thresholds.target
