@@ -2,7 +2,8 @@
 
 Sparse-hooked Hugging Face models, spontaneous neurons (SPON), sparse kernels and representation
 analysis. Start with `load_model`, `load_corpus`, `token_windows` and `perplexity`; sparsify
-with `calibrate` (or `Calibration.load`) and a `Sparsifier`.
+with `calibrate` (or `Calibration.load`) and a `Sparsifier`; repair with `train_spon`, keep the
+vectors with `save_spon` / `load_spon`, fold them with `SponVectors.fold_into`.
 """
 
 __version__ = "0.1.0"
@@ -14,9 +15,11 @@ from .errors import SponlibError
 from .models import DEFAULT_MODEL, load_model
 from .perplexity import perplexity
 from .sparsity import Sparsifier, Thresholds
+from .spon import SponVectors, load_spon, save_spon
+from .training import TrainConfig, train_spon
 
 __all__ = [
-    "DEFAULT_MODEL", "INPUT_GROUPS", "ROLES", "Calibration", "Sparsifier", "SponlibError", "Thresholds",
-    "block_projections", "calibrate", "iter_projections", "load_corpus", "load_model", "perplexity",
-    "token_windows", "tokenize_source",
+    "DEFAULT_MODEL", "INPUT_GROUPS", "ROLES", "Calibration", "Sparsifier", "SponVectors", "SponlibError",
+    "Thresholds", "TrainConfig", "block_projections", "calibrate", "iter_projections", "load_corpus",
+    "load_model", "load_spon", "perplexity", "save_spon", "token_windows", "tokenize_source", "train_spon",
 ]

@@ -95,6 +95,7 @@ class RecoveryRun:
 
     def _settings(self) -> dict:
         return {"test": [w.describe() for w in self.test_windows], "validation": self.val_windows.describe(),
+                "train_text": self.train_windows(None).describe(),
                 "calibration": self.calibration.meta.get("corpus"),
                 "training": self.config.as_dict(), "lr_search": {"lrs": list(self.tune_lrs), "steps": self.tune_steps}}
 

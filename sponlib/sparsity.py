@@ -8,7 +8,8 @@ Thresholds come from a calibration (sponlib.calibration) for a target sparsity, 
 level on every projection ("uniform") or a block-wise greedy allocation ("greedy").
 
 The Sparsifier puts forward pre-hooks on the real Hugging Face nn.Linear modules; it is a context
-manager and removes every handle on exit, also when the body raises.
+manager and removes every handle on exit, also when the body raises. Given SPON vectors
+(`alphas`), the same hooks feed W (S(x) + α): the mask first, then the vector.
 """
 
 from __future__ import annotations

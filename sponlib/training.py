@@ -255,7 +255,20 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
         step, best, tokens_before, taus = state["step"], state["best"], state["tokens"], state["taus"]
         history = TrainHistory([tuple(x) for x in state["loss"]], [tuple(x) for x in state["val"]])
 
+    pending: list = []  # (step, loss on the device) not yet read back
+
+    def flush() -> float | None:
+        """Read the pending losses back in one host sync; the last one, if any."""
+        nonlocal pending
+        if not pending:
+            return None
+        values = torch.stack([v for _, v in pending]).tolist()
+        history.loss += [(s, v) for (s, _), v in zip(pending, values)]
+        pending = []
+        return values[-1]
+
     def save_state() -> None:
+        flush()
         if checkpoint:
             _save_checkpoint(str(checkpoint), {
                 "run_key": run_key, "step": step, "tokens": tokens_before + tokens_done, "optimizer": optimizer.state_dict(), "best": best, "taus": taus,
@@ -297,7 +310,7 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
         validate()  # step 0: the plain mask, the floor SPON must beat
     base_kl = history.val[0][1]
 
-    train_s, tokens_done, pending = 0.0, 0, []
+    train_s, tokens_done = 0.0, 0
     bar = tqdm(total=config.steps, initial=step, desc="SPON", unit="step", disable=not progress)
     try:
         while step < config.steps:
@@ -319,12 +332,10 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
             pending.append((step, loss.detach()))
             val_kl = None
             if step % config.eval_every == 0 or step == config.steps or callback or len(pending) >= 10:
-                values = torch.stack([v for _, v in pending]).tolist()  # one host sync for several steps
-                history.loss += [(s, v) for (s, _), v in zip(pending, values)]
-                pending = []
-                if not math.isfinite(values[-1]):
-                    raise NumericalError(f"training KL is {values[-1]} at step {step}; lower the learning rate")
-                bar.set_postfix(kl=f"{values[-1]:.4f}", best_val=f"{best['kl']:.4f}")
+                last = flush()
+                if not math.isfinite(last):
+                    raise NumericalError(f"training KL is {last} at step {step}; lower the learning rate")
+                bar.set_postfix(kl=f"{last:.4f}", best_val=f"{best['kl']:.4f}")
             if step % config.eval_every == 0 or step == config.steps:
                 _synchronize(device)
             train_s += time.perf_counter() - t0

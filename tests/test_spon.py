@@ -185,13 +185,20 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, trained):
     model, thresholds, config, straight = trained
     checkpoint = tmp_path / "run.ckpt"
 
-    def interrupt(step, loss, val):
-        if step == 5:
-            raise KeyboardInterrupt
+    import sponlib.training
 
-    with pytest.raises(KeyboardInterrupt):
-        train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False,
-                   callback=interrupt)
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self, *args, **kwargs):  # Ctrl-C during step 6, with no callback flushing losses
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(sponlib.training.torch.optim.AdamW, "step", step_then_interrupt)
+        train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
     assert checkpoint.exists()
     with pytest.raises(InvalidArgumentError, match="belongs to another run"):
         train_spon(model, thresholds, _ids(12), _ids(4, seed=9), TrainConfig(**{**config.as_dict(), "lr": 0.01}),
@@ -274,3 +281,32 @@ def test_training_returns_thresholds_refitted_at_the_best_step():
     assert vectors2.meta["training"]["best_step"] > 0
     assert final.taus != thresholds.taus and final.calibration["refitted_under_spon"]
     assert final.levels == thresholds.levels and final.target == thresholds.target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", [0.25, 0.4, 0.5, 0.6, 0.7])
+def test_shipped_vectors_load_on_the_default_model(default_model, level):
+    from sponlib.data import data_dir
+
+    model, _ = default_model
+    path = data_dir() / "artifacts" / "smollm2-135m" / f"spon-teal-{level:g}.safetensors"
+    vectors, thresholds = load_spon(path, model)
+    assert (thresholds.method, thresholds.target) == ("teal", level)
+    assert vectors.parameter_count() == 30 * (6 * 576 + 1536) and vectors.meta["training"]["best_step"] > 0
+    assert thresholds.calibration["refitted_under_spon"]
+
+
+@pytest.mark.slow
+def test_shipped_vectors_repair_the_default_model_on_held_out_text(default_model):
+    from sponlib.data import data_dir, load_corpus, load_windows
+    from sponlib.perplexity import perplexity
+
+    model, tokenizer = default_model
+    vectors, thresholds = load_spon(data_dir() / "artifacts" / "smollm2-135m" / "spon-teal-0.6.safetensors", model)
+    windows = load_windows(load_corpus("persuasion"), tokenizer, 256, 2, seed=3)
+    with Sparsifier(model, thresholds):
+        masked = perplexity(model, windows, progress=False).ppl
+    with Sparsifier(model, thresholds, alphas=vectors.alphas):
+        spon = perplexity(model, windows, progress=False).ppl
+    dense = perplexity(model, windows, progress=False).ppl
+    assert dense < spon < masked
