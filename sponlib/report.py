@@ -95,11 +95,113 @@ def render_calibration(record: dict) -> str:
                 {**record, "windows": check["windows"], "window_len": check["window_len"], "seed": check["seed"]}) + "\n")
 
 
+def _recovery_cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_recovery(record: dict) -> str:
+    """SPON recovery per teal level, then the ablations at one level, from spon_recovery.json."""
+    rows = record["experiments"]
+    texts = [t["source"] for t in record["settings"]["test"]]
+    header = ("| run | " + " | ".join(f"{t}: dense / masked / SPON | recovery" for t in texts)
+              + " | measured sparsity masked / SPON | validation KL mask → SPON | training tokens/s |")
+    lines = [header, "| --- |" + " ---: | ---: |" * len(texts) + " ---: | ---: | ---: |"]
+    groups = {"levels": "teal, every projection, default data", "rules": "other mask rules",
+              "roles": "vectors on some projections only", "data": "distinct training windows"}
+    for group, title in groups.items():
+        members = [r for r in rows if r["group"] == group]
+        if not members:
+            continue
+        lines.append(f"| *{title}* |" + " |" * (2 * len(texts) + 3))
+        for r in members:
+            cells = []
+            for t in texts:
+                x = r["texts"][t]
+                cells += [f"{x['ppl_dense']:.2f} / {x['ppl_masked']:.2f} / {x['ppl_spon']:.2f}",
+                          _recovery_cell(x["recovery"])]
+            first = r["texts"][texts[0]]
+            training = r["training"]
+            lines.append(f"| {r['name']} | " + " | ".join(cells)
+                         + f" | {first['measured_masked']:.3f} / {first['measured_spon']:.3f}"
+                         + f" | {training['val_kl_base']:.3f} → {training['val_kl_best']:.3f}"
+                         + f" | {training['tokens_per_s']:,.0f} |")
+    t0 = rows[0]["training"] if rows else {}
+    tuning = record.get("tuning")
+    lr_note = ""
+    if tuning:
+        tried = ", ".join(f"{r['lr']:g} ({r['val_kl_best']:.3f})" for r in tuning["results"])
+        lr_note = (f" Learning rate {tuning['chosen_lr']:g}, the lowest validation KL after {tuning['steps']} steps "
+                   f"of {tuning['method']} at {tuning['target']:g} among {tried}.")
+    test = record["settings"]["test"][0]
+    return ("\n".join(lines) + "\n\n"
+            f"Recovery = (ppl_masked − ppl_SPON) / (ppl_masked − ppl_dense). Measured sparsity on "
+            f"{texts[0]}, weighted by weights skipped. SPON: {rows[0]['parameters']:,} parameters "
+            f"({rows[0]['parameter_share']:.3%} of the model) with every projection; AdamW, "
+            f"{t0.get('steps')} steps of {t0.get('batch_size')} windows of {t0.get('window_len')} tokens "
+            f"({t0.get('train_tokens', 0):,} tokens), {t0.get('precision')} autocast, thresholds refitted under "
+            f"the vectors every {t0.get('eval_every')} steps, best of {len(rows[0]['val_history'])} validations "
+            f"on {record['settings']['validation']['windows']} windows of {record['settings']['validation']['source']} "
+            f"kept.{lr_note}\n\nTargets: " + "; ".join(recovery_verdicts(record)) + ".\n\n"
+            + _provenance_line({**record, "windows": test["windows"], "window_len": test["window_len"],
+                                "seed": test["seed"]}) + "\n")
+
+
+# The targets set for the default model with the teal mask: (level, text index, least recovery).
+RECOVERY_TARGETS = ((0.5, 0, 0.70), (0.5, 1, 0.50), (0.7, 0, 0.85))
+
+
+def recovery_verdicts(record: dict) -> list[str]:
+    """Each recovery target, met or missed by how much, and every negative recovery."""
+    texts = [t["source"] for t in record["settings"]["test"]]
+    levels = {r["level"]: r for r in record["experiments"] if r["group"] == "levels"}
+    verdicts = []
+    for level, index, least in RECOVERY_TARGETS:
+        if level in levels:
+            value = levels[level]["texts"][texts[index]]["recovery"]
+            outcome = "met" if value is not None and value >= least else f"missed by {least - (value or 0):.2f}"
+            verdicts.append(f"teal {level:g} on {texts[index]}: {_recovery_cell(value)} against ≥ {least:.2f}, {outcome}")
+    negative = [f"{r['name']} on {t} ({x['recovery']:.2f}: {x['ppl_spon']:.2f} with SPON, {x['ppl_masked']:.2f} masked)"
+                for r in record["experiments"] for t, x in r["texts"].items()
+                if x["recovery"] is not None and x["recovery"] < 0]
+    total = sum(len(r["texts"]) for r in record["experiments"])
+    verdicts.append(f"negative recoveries: {len(negative)} of {total}" + (f", {'; '.join(negative)}" if negative else ""))
+    return verdicts
+
+
+def render_fixed_thresholds(record: dict) -> str:
+    """The earlier run that kept the mask's thresholds fixed under SPON: recovery and the sparsity
+    it really ran at."""
+    texts = [t["source"] for t in record["settings"]["test"]]
+    lines = ["| run | " + " | ".join(f"recovery {t}" for t in texts) + " | measured sparsity masked / SPON |",
+             "| --- |" + " ---: |" * (len(texts) + 1)]
+    for r in record["experiments"]:
+        first = r["texts"][texts[0]]
+        lines.append(f"| {r['name']} | " + " | ".join(_recovery_cell(r["texts"][t]["recovery"]) for t in texts)
+                     + f" | {first['measured_masked']:.3f} / {first['measured_spon']:.3f} |")
+    return "\n".join(lines) + f"\n\nCommand: `{record['command']}` ({record['device']['name']})\n"
+
+
+def render_throughput(record: dict) -> str:
+    """SPON training tokens/s, sponlib's loop against a plain loop, from spon_throughput_*.json."""
+    lines = ["| loop | precision | windows per step | tokens/s | vs plain loop |", "| --- | --- | ---: | ---: | ---: |"]
+    for row in record["results"]:
+        ratio = row.get("speedup_vs_plain", 1.0)
+        lines.append(f"| {row['loop']} | {row['precision']} | {row['batch']} | {row['tokens_per_s']:,.0f} | {ratio:.2f} |")
+    device = record["device"]
+    return ("\n".join(lines) + f"\n\n{device['device']} ({device['name']}), teal at {record['sparsity']:g}, "
+            f"windows of {record['window_len']} tokens, {record['steps']} timed steps per sponlib row, torch "
+            f"{record['versions']['torch']}. Command: `{record['command']}`\n")
+
+
 # result file -> renderer; later stages register their tables here.
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "dense_baseline.json": render_perplexity,
     "sparsity_sweep.json": render_sweep,
     "calibration_cpu.json": render_calibration,
+    "spon_recovery.json": render_recovery,
+    "spon_recovery_fixed_thresholds.json": render_fixed_thresholds,
+    "spon_throughput_h200.json": render_throughput,
+    "spon_throughput_cpu.json": render_throughput,
 }
 
 

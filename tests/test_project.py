@@ -64,3 +64,39 @@ def test_calibration_record_compares_dense_only_and_sparse_aware_thresholds():
     assert record["device"]["device"] == "cpu" and record["calibration"]["windows"] == 64
     for row in record["results"]:
         assert abs(row["sparse_aware"]["measured"] - row["target"]) <= 0.02
+
+
+def test_spon_recovery_covers_the_protocol():
+    record = json.loads((results_dir() / "spon_recovery.json").read_text())
+    assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"
+    assert [(t["source"], t["windows"], t["window_len"], t["seed"]) for t in record["settings"]["test"]] == [
+        ("persuasion", 64, 512, 0), ("brown", 64, 512, 0)]
+    assert record["settings"]["validation"]["source"] == "austen-val"
+    names = [r["name"] for r in record["experiments"]]
+    assert names == ["teal@0.25", "teal@0.4", "teal@0.5", "teal@0.6", "teal@0.7", "wina@0.5", "greedy@0.5",
+                     "teal@0.5 roles=attention", "teal@0.5 roles=mlp", "teal@0.5 roles=down",
+                     "teal@0.5 windows=256", "teal@0.5 windows=4096"]
+    dense = {r["corpus"]: r["ppl"] for r in json.loads((results_dir() / "dense_baseline.json").read_text())["results"]}
+    sweep = {(r["method"], r["target"], r["corpus"]): r["ppl"]
+             for r in json.loads((results_dir() / "sparsity_sweep.json").read_text())["results"]}
+    for row in record["experiments"]:
+        for corpus, text in row["texts"].items():
+            assert abs(text["ppl_dense"] - dense[corpus]) < 0.01  # GPU dense rows reproduce the CPU baseline
+            assert abs(text["ppl_masked"] / sweep[row["method"], row["level"], corpus] - 1) < 0.01
+            assert abs(text["measured_spon"] - row["level"]) <= 0.02  # SPON runs at its target sparsity
+            gap = text["ppl_masked"] - text["ppl_dense"]
+            assert text["recovery"] == (text["ppl_masked"] - text["ppl_spon"]) / gap
+        assert row["training"]["val_kl_best"] <= row["training"]["val_kl_base"]
+    assert set(record["summary"]) == {"0.25", "0.4", "0.5", "0.6", "0.7"}
+    for headline in record["summary"].values():
+        assert {"recovery_in", "recovery_out", "train_tokens_per_s", "device"} <= set(headline)
+        assert headline["device"] == "NVIDIA H200" and headline["train_tokens_per_s"] >= 50_000
+
+
+def test_spon_throughput_records_compare_against_a_plain_loop():
+    for name, device in (("spon_throughput_h200.json", "cuda"), ("spon_throughput_cpu.json", "cpu")):
+        record = json.loads((results_dir() / name).read_text())
+        assert record["device"]["device"] == device
+        loops = {(r["loop"], r["batch"]) for r in record["results"]}
+        assert {b for loop, b in loops if loop == "plain"} == {b for loop, b in loops if loop == "sponlib"}
+    assert json.loads((results_dir() / "spon_throughput_h200.json").read_text())["summary"]["best_tokens_per_s"] > 50_000
