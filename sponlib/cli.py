@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the one shipped in data/artifacts/ for a known model)")
     p.add_argument("--spon", metavar="FILE", help="SPON vectors (their thresholds come with them; "
                    "--sparsity and --method, if given, must agree)")
+    p.add_argument("--thresholds", metavar="FILE", help="a thresholds file instead of a calibration, e.g. "
+                   "the sparsity_thresholds.json of an exported SPON model")
     _add_calibration_args(p, prefix="calib-")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--json", metavar="OUT", help="write the result record here (atomically)")
@@ -342,8 +344,14 @@ def cmd_eval(args) -> None:
         split_method(args.method)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     thresholds, spon = None, None
+    if args.spon and args.thresholds:
+        raise SponlibError("--spon brings its own thresholds; drop --thresholds")
     if args.spon:
         spon, thresholds = _spon_for(args, model)
+    elif args.thresholds:
+        from .sparsity import Thresholds
+
+        thresholds = Thresholds.load(args.thresholds, model)
     elif args.sparsity is not None:
         calibration = _calibration_for(args, model, tokenizer, [args.method], prefix="calib-")
         thresholds = calibration.thresholds(args.sparsity, args.method)
@@ -357,6 +365,8 @@ def cmd_eval(args) -> None:
             payload.update(method=thresholds.method, sparsity=thresholds.target, calibration=thresholds.calibration)
         if spon is not None:
             payload.update(spon=args.spon)
+        if args.thresholds:
+            payload.update(thresholds=args.thresholds)
         write_result(args.json, "perplexity", {**payload, "results": rows}, model=model,
                      device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
         print(f"wrote {args.json}")

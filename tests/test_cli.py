@@ -130,8 +130,13 @@ def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
     run = sponlib("export", "--spon", str(spon), "--out", str(out), "--model", model)
     assert run.returncode == 0, run.stderr
     assert {"config.json", "model.safetensors", "sparsity_thresholds.json", "tokenizer.json"} <= set(os.listdir(out))
-    run = sponlib("eval", "--model", str(out), "--corpus", "persuasion", "--windows", "2", "--window-len", "64")
+    run = sponlib("eval", "--model", str(out), "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
+                  "--thresholds", str(out / "sparsity_thresholds.json"), "--json", str(tmp_path / "folded.json"))
     assert run.returncode == 0, run.stderr
+    [folded] = json.loads((tmp_path / "folded.json").read_text())["results"]
+    assert folded["ppl"] == pytest.approx(row["ppl"], rel=1e-4) and folded["measured"] == pytest.approx(row["measured"])
+    run = sponlib(*base, "--spon", str(spon), "--thresholds", str(out / "sparsity_thresholds.json"))
+    assert run.returncode == 2 and "drop --thresholds" in run.stderr
 
 
 def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):

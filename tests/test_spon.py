@@ -310,3 +310,55 @@ def test_shipped_vectors_repair_the_default_model_on_held_out_text(default_model
         spon = perplexity(model, windows, progress=False).ppl
     dense = perplexity(model, windows, progress=False).ppl
     assert dense < spon < masked
+
+
+def _replaying_masks(model, masks: dict):
+    """Pre-hooks that zero exactly the entries `masks` (projection name -> keep) say, so two runs
+    can be compared with identical mask decisions."""
+    return [p.module.register_forward_pre_hook(lambda m, a, keep=masks[p.name]: (a[0] * keep,) + a[1:])
+            for p in iter_projections(model)]
+
+
+@pytest.mark.slow
+def test_default_model_export_reproduces_its_spon_logits(default_model, tmp_path):
+    """Folding is exact up to rounding: b + W α and W (S(x) + α) differ in the last bits, and an input
+    sitting within that of its threshold can fall the other way, which a hard mask passes on. So:
+    with the SPON run's mask decisions replayed the exported model agrees tightly; under its own
+    sparsifier single tokens' logits can differ (a flipped entry spreads through later layers and
+    positions), and what must agree is the perplexity."""
+    from transformers import AutoModelForCausalLM
+
+    from sponlib.data import data_dir, load_corpus, load_windows
+
+    model, tokenizer = default_model
+    vectors, thresholds = load_spon(data_dir() / "artifacts" / "smollm2-135m" / "spon-teal-0.5.safetensors", model)
+    out = fold_and_export(model, tokenizer, vectors, thresholds, tmp_path / "smollm2-spon")
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = load_windows(load_corpus("persuasion"), tokenizer, 128, 1, seed=5).ids  # (1, 128)
+
+    masks, handles = {}, []
+    for p in iter_projections(model):  # registered before the sparsifier: sees the raw input
+        handles.append(p.module.register_forward_pre_hook(
+            lambda m, a, n=p.name: masks.__setitem__(n, a[0].abs() > thresholds.taus[n])))
+    spon = _logits(model, thresholds, ids, vectors.alphas)  # (1, 128, V)
+    for h in handles:
+        h.remove()
+    handles = _replaying_masks(exported, masks)
+    with torch.no_grad():
+        replayed = exported(ids).logits
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(replayed, spon, atol=1e-3, rtol=1e-4)
+
+    from sponlib.perplexity import perplexity
+
+    windows = load_windows(load_corpus("persuasion"), tokenizer, 256, 4, seed=5)
+    with Sparsifier(exported, Thresholds.load(out / THRESHOLDS_FILE, exported)):
+        folded_ppl = perplexity(exported, windows, progress=False).ppl
+    with Sparsifier(model, thresholds, alphas=vectors.alphas):
+        spon_ppl = perplexity(model, windows, progress=False).ppl
+    with Sparsifier(model, thresholds):
+        masked_ppl = perplexity(model, windows, progress=False).ppl
+    # Flipped ties move a few windows' perplexity by a few percent either way; dropping or
+    # mis-folding the vectors moves it by tens of percent.
+    assert abs(folded_ppl / spon_ppl - 1) < 0.05 < masked_ppl / spon_ppl - 1, (folded_ppl, spon_ppl, masked_ppl)
