@@ -89,14 +89,16 @@ def main() -> None:
             vectors, _ = train_spon(model, thresholds, windows.ids, val.ids, config, progress=False)
             t = vectors.meta["training"]
             rows.append({"loop": "sponlib", "precision": precision, "batch": batch, "tokens_per_s": t["tokens_per_s"],
-                         "teacher_s": t["teacher_s"], "train_s": t["train_s"], "speedup_vs_plain": t["tokens_per_s"] / plain})
+                         "teacher_s": t["teacher_s"], "train_s": t["train_s"],
+                         "speedup_vs_plain": t["tokens_per_s"] / plain})
             print(f"{'sponlib':10s} {precision:9s} {batch:5d} {batch * args.window_len:11d} {t['tokens_per_s']:10.0f} "
                   f"{t['tokens_per_s'] / plain:8.2f}")
     best = max((r for r in rows if r["loop"] == "sponlib"), key=lambda r: r["tokens_per_s"])
     write_result(args.json, "spon_throughput", {
         "sparsity": args.sparsity, "method": "teal", "window_len": args.window_len, "steps": args.steps,
         "results": rows, "summary": {"best_tokens_per_s": best["tokens_per_s"], "best_batch": best["batch"],
-                                     "best_precision": best["precision"], "speedup_vs_plain": best["speedup_vs_plain"]}},
+                                     "best_precision": best["precision"],
+                                     "speedup_vs_plain": best["speedup_vs_plain"]}},
         model=model, device=device, dtype=torch.float32)
     print(f"wrote {args.json}")
 

@@ -403,7 +403,8 @@ def cmd_train(args) -> None:
     print(f"training {sum(p.in_features for p in _projections(model, config.roles))} SPON parameters on "
           f"{len(train)} windows of {args.train_window_len} tokens; validation on {len(val_windows)} windows",
           file=sys.stderr)
-    vectors, thresholds = train_spon(model, thresholds, train.ids, val_windows.ids, config, checkpoint=args.out + ".ckpt",
+    vectors, thresholds = train_spon(model, thresholds, train.ids, val_windows.ids, config,
+                                     checkpoint=args.out + ".ckpt",
                          restart=args.restart)
     vectors.meta["training"].update(train_text=train.describe(), val_text=val_windows.describe())
     save_spon(vectors, thresholds, args.out)

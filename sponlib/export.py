@@ -81,7 +81,8 @@ def fold_and_export(model: nn.Module, tokenizer, vectors: SponVectors, threshold
             tokenizer.save_pretrained(tmp)
         if thresholds is not None:
             thresholds.save(Path(tmp) / THRESHOLDS_FILE)
-        provenance = {key: vectors.meta[key] for key in ("method", "target", "roles", "thresholds") if key in vectors.meta}
+        provenance = {key: vectors.meta[key] for key in ("method", "target", "roles", "thresholds")
+                      if key in vectors.meta}
         (Path(tmp) / "sponlib_spon.json").write_text(json.dumps(
             {"note": "SPON vectors folded into biases, b' = b + W alpha; run with the thresholds in "
                      f"{THRESHOLDS_FILE} to reproduce the SPON model", **provenance}, indent=2) + "\n")

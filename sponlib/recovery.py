@@ -169,7 +169,8 @@ class RecoveryRun:
         spon = evaluate(self.model, self.test_windows, spon_thresholds, self.batch_size, self.progress, spon=vectors)
         if experiment.artifact and self.artifacts:
             Path(self.artifacts).mkdir(parents=True, exist_ok=True)
-            save_spon(vectors, spon_thresholds, Path(self.artifacts) / f"spon-{experiment.method}-{experiment.level:g}.safetensors")
+            name = f"spon-{experiment.method}-{experiment.level:g}.safetensors"
+            save_spon(vectors, spon_thresholds, Path(self.artifacts) / name)
         training = {k: v for k, v in vectors.meta["training"].items() if k != "history"}
         texts = {}
         for d, m, s in zip(dense, masked, spon):

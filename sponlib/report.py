@@ -159,12 +159,14 @@ def recovery_verdicts(record: dict) -> list[str]:
         if level in levels:
             value = levels[level]["texts"][texts[index]]["recovery"]
             outcome = "met" if value is not None and value >= least else f"missed by {least - (value or 0):.2f}"
-            verdicts.append(f"teal {level:g} on {texts[index]}: {_recovery_cell(value)} against ≥ {least:.2f}, {outcome}")
+            verdicts.append(f"teal {level:g} on {texts[index]}: {_recovery_cell(value)} against ≥ {least:.2f}, "
+                            f"{outcome}")
     negative = [f"{r['name']} on {t} ({x['recovery']:.2f}: {x['ppl_spon']:.2f} with SPON, {x['ppl_masked']:.2f} masked)"
                 for r in record["experiments"] for t, x in r["texts"].items()
                 if x["recovery"] is not None and x["recovery"] < 0]
     total = sum(len(r["texts"]) for r in record["experiments"])
-    verdicts.append(f"negative recoveries: {len(negative)} of {total}" + (f", {'; '.join(negative)}" if negative else ""))
+    verdicts.append(f"negative recoveries: {len(negative)} of {total}"
+                    + (f", {'; '.join(negative)}" if negative else ""))
     return verdicts
 
 
@@ -181,12 +183,33 @@ def render_fixed_thresholds(record: dict) -> str:
     return "\n".join(lines) + f"\n\nCommand: `{record['command']}` ({record['device']['name']})\n"
 
 
+def render_fold_check(record: dict) -> str:
+    """Perplexity of the folded export (spon_folded_cpu.json) against SPON applied at run time on
+    the same device (spon_runtime_cpu.json) and in the recovery record (GPU)."""
+    runtime = json.loads((results_dir() / "spon_runtime_cpu.json").read_text())
+    recovery = json.loads((results_dir() / "spon_recovery.json").read_text())
+    level = next(r for r in recovery["experiments"] if r["name"] == f"teal@{record['sparsity']:g}")
+    texts = [r["corpus"] for r in record["results"]]
+    lines = ["| SPON | device | " + " | ".join(texts) + " |", "| --- | --- |" + " ---: |" * len(texts)]
+    rows = [("vectors at run time (`eval --spon`)", runtime["device"]["name"],
+             {r["corpus"]: r["ppl"] for r in runtime["results"]}),
+            ("folded export (`eval --thresholds`)", record["device"]["name"],
+             {r["corpus"]: r["ppl"] for r in record["results"]}),
+            ("vectors at run time (recovery record)", recovery["device"]["name"],
+             {t: level["texts"][t]["ppl_spon"] for t in texts})]
+    for label, device, ppl in rows:
+        lines.append(f"| {label} | {device} | " + " | ".join(f"{ppl[t]:.2f}" for t in texts) + " |")
+    return ("\n".join(lines) + f"\n\nteal {record['sparsity']:g}, {record['windows']} windows of "
+            f"{record['window_len']} tokens per text, seed {record['seed']}. Commands: `{runtime['command']}`; `{record['command']}`\n")
+
+
 def render_throughput(record: dict) -> str:
     """SPON training tokens/s, sponlib's loop against a plain loop, from spon_throughput_*.json."""
     lines = ["| loop | precision | windows per step | tokens/s | vs plain loop |", "| --- | --- | ---: | ---: | ---: |"]
     for row in record["results"]:
         ratio = row.get("speedup_vs_plain", 1.0)
-        lines.append(f"| {row['loop']} | {row['precision']} | {row['batch']} | {row['tokens_per_s']:,.0f} | {ratio:.2f} |")
+        lines.append(f"| {row['loop']} | {row['precision']} | {row['batch']} | {row['tokens_per_s']:,.0f} "
+                     f"| {ratio:.2f} |")
     device = record["device"]
     return ("\n".join(lines) + f"\n\n{device['device']} ({device['name']}), teal at {record['sparsity']:g}, "
             f"windows of {record['window_len']} tokens, {record['steps']} timed steps per sponlib row, torch "
@@ -200,6 +223,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "calibration_cpu.json": render_calibration,
     "spon_recovery.json": render_recovery,
     "spon_recovery_fixed_thresholds.json": render_fixed_thresholds,
+    "spon_folded_cpu.json": render_fold_check,
     "spon_throughput_h200.json": render_throughput,
     "spon_throughput_cpu.json": render_throughput,
 }

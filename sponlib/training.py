@@ -177,7 +177,10 @@ def validation_kl(model, thresholds: Thresholds, alphas: dict, ids: torch.Tensor
 def _digest(*parts) -> str:
     h = hashlib.sha256()
     for part in parts:
-        h.update(part.cpu().numpy().tobytes() if isinstance(part, torch.Tensor) else json.dumps(part, sort_keys=True).encode())
+        if isinstance(part, torch.Tensor):
+            h.update(part.cpu().numpy().tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -223,7 +226,8 @@ def _batch_indices(n_windows: int, batch_size: int, step: int, seed: int) -> tor
 def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
                config: TrainConfig | None = None, *, checkpoint: str | os.PathLike | None = None,
                restart: bool = False, progress: bool = True,
-               callback: Callable[[int, float, float | None], None] | None = None) -> SponVectors:
+               callback: Callable[[int, float, float | None], None] | None = None,
+               ) -> tuple[SponVectors, Thresholds]:
     """Train one vector per projection (of `config.roles`) against the dense model.
 
     train_ids (N, L) and val_ids (M, L) are token windows; validation must be held-out text.
@@ -232,142 +236,177 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
     CPU), their `meta["training"]` holding settings, history, validation KLs and throughput, and
     the thresholds that go with them (refitted under the vectors unless `track_sparsity` is off
     or the best step is the plain mask)."""
-    config = config or TrainConfig()
-    device = next(model.parameters()).device
-    precision = resolve_precision(config.precision, device)
-    if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
-        raise InvalidArgumentError("training and validation need (windows, length) token ids, at least one window each")
-    started = time.perf_counter()
-
-    vectors = SponVectors.zeros(model, config.roles)
-    alphas = {name: a.requires_grad_(True) for name, a in vectors.alphas.items()}
-    optimizer = torch.optim.AdamW(alphas.values(), lr=config.lr, weight_decay=config.weight_decay)
-    run_key = _digest(config.as_dict(), vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
-    history, step, tokens_before = TrainHistory(), 0, 0
-    best = {"step": 0, "kl": math.inf, "alphas": None, "taus": dict(thresholds.taus)}
-    taus = dict(thresholds.taus)  # current thresholds; refitted under the vectors as they train
+    trainer = _Trainer(model, thresholds, train_ids, val_ids, config or TrainConfig(), checkpoint, progress)
     if checkpoint and os.path.exists(checkpoint) and not restart:
-        state = _load_checkpoint(str(checkpoint), run_key)
+        trainer.resume()
+    result = trainer.run(callback)
+    if checkpoint and os.path.exists(checkpoint):
+        os.remove(checkpoint)  # the run is complete; its result is what we return
+    return result
+
+
+class _Trainer:
+    """The state of one training run: vectors, optimiser, current thresholds, best step, history."""
+
+    def __init__(self, model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
+                 config: TrainConfig, checkpoint, progress: bool):
+        if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
+            raise InvalidArgumentError("training and validation need (windows, length) token ids, "
+                                       "at least one window each")
+        self.started = time.perf_counter()
+        self.model, self.thresholds, self.config, self.progress = model, thresholds, config, progress
+        self.train_ids, self.val_ids = train_ids, val_ids  # (N, L), (M, L)
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(config.precision, self.device)
+
+        self.vectors = SponVectors.zeros(model, config.roles)
+        self.alphas = {name: a.requires_grad_(True) for name, a in self.vectors.alphas.items()}
+        self.optimizer = torch.optim.AdamW(self.alphas.values(), lr=config.lr, weight_decay=config.weight_decay)
+        self.run_key = _digest(config.as_dict(), self.vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
+        self.history, self.step, self.tokens_before, self.tokens_done = TrainHistory(), 0, 0, 0
+        self.taus = dict(thresholds.taus)  # current thresholds; refitted under the vectors as they train
+        self.best = {"step": 0, "kl": math.inf, "alphas": None, "taus": dict(self.taus)}
+        self.pending: list = []  # (step, loss on the device) not yet read back
+        self.train_s = self.val_s = self.teacher_s = 0.0
+        self.sparsifier = Sparsifier(model, self._current_thresholds(), check=False, alphas=self.alphas, count=False)
+
+    def _current_thresholds(self) -> Thresholds:
+        return dataclasses.replace(self.thresholds, taus=self.taus)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def resume(self) -> None:
+        state = _load_checkpoint(self.checkpoint, self.run_key)
         with torch.no_grad():
-            for name, a in alphas.items():
+            for name, a in self.alphas.items():
                 a.copy_(state["alphas"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best, tokens_before, taus = state["step"], state["best"], state["tokens"], state["taus"]
-        history = TrainHistory([tuple(x) for x in state["loss"]], [tuple(x) for x in state["val"]])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best, self.taus = state["step"], state["best"], state["taus"]
+        self.tokens_before = state["tokens"]
+        self.history = TrainHistory([tuple(x) for x in state["loss"]], [tuple(x) for x in state["val"]])
+        for name, tau in self.taus.items():
+            self.sparsifier.hooks[name].tau = tau
 
-    pending: list = []  # (step, loss on the device) not yet read back
+    def save(self) -> None:
+        self.flush()
+        if self.checkpoint:
+            _save_checkpoint(self.checkpoint, {
+                "run_key": self.run_key, "step": self.step, "tokens": self.tokens_before + self.tokens_done,
+                "optimizer": self.optimizer.state_dict(), "best": self.best, "taus": self.taus,
+                "alphas": {n: a.detach().cpu() for n, a in self.alphas.items()},
+                "loss": self.history.loss, "val": self.history.val})
 
-    def flush() -> float | None:
+    def flush(self) -> float | None:
         """Read the pending losses back in one host sync; the last one, if any."""
-        nonlocal pending
-        if not pending:
+        if not self.pending:
             return None
-        values = torch.stack([v for _, v in pending]).tolist()
-        history.loss += [(s, v) for (s, _), v in zip(pending, values)]
-        pending = []
+        values = torch.stack([v for _, v in self.pending]).tolist()
+        self.history.loss += [(s, v) for (s, _), v in zip(self.pending, values)]
+        self.pending = []
         return values[-1]
 
-    def save_state() -> None:
-        flush()
-        if checkpoint:
-            _save_checkpoint(str(checkpoint), {
-                "run_key": run_key, "step": step, "tokens": tokens_before + tokens_done, "optimizer": optimizer.state_dict(), "best": best, "taus": taus,
-                "alphas": {n: a.detach().cpu() for n, a in alphas.items()},
-                "loss": history.loss, "val": history.val})
+    # ------------------------------------------------------------ steps
 
-    eval_batch = config.batch_size
-    teacher_started = time.perf_counter()
-    train_teacher = teacher_states(model, train_ids, eval_batch, precision, progress)  # (N, L, d)
-    val_teacher = teacher_states(model, val_ids, eval_batch, precision, progress)  # (M, L, d)
-    teacher_s = time.perf_counter() - teacher_started
-
-    val_s = 0.0
-
-    refit_ids = train_ids[:config.refit_windows]  # (R, L)
-
-    def validate() -> float:
-        nonlocal val_s, taus
-        _synchronize(device)  # GPU work of earlier steps belongs to training time
-        t0 = time.perf_counter()
-        if config.track_sparsity and step > 0:
-            taus = refine_thresholds(model, refit_ids, thresholds.score, thresholds.levels,
-                                     {n: a.detach() for n, a in alphas.items()})
-            for name, tau in taus.items():
-                sparsifier.hooks[name].tau = tau
-        kl = validation_kl(model, dataclasses.replace(thresholds, taus=taus), alphas, val_ids, val_teacher,
-                           eval_batch, precision)
-        val_s += time.perf_counter() - t0
+    def validate(self) -> float:
+        """Refit the thresholds under the current vectors (after step 0), then the validation KL;
+        keeps the best step."""
+        _synchronize(self.device)  # GPU work of earlier steps belongs to training time
+        started = time.perf_counter()
+        if self.config.track_sparsity and self.step > 0:
+            refit_ids = self.train_ids[:self.config.refit_windows]  # (R, L)
+            self.taus = refine_thresholds(self.model, refit_ids, self.thresholds.score, self.thresholds.levels,
+                                          {n: a.detach() for n, a in self.alphas.items()})
+            for name, tau in self.taus.items():
+                self.sparsifier.hooks[name].tau = tau
+        kl = validation_kl(self.model, self._current_thresholds(), self.alphas, self.val_ids, self.val_teacher,
+                           self.config.batch_size, self.precision)
+        self.val_s += time.perf_counter() - started
         if not math.isfinite(kl):
-            raise NumericalError(f"validation KL is {kl} at step {step}; lower the learning rate")
-        history.val.append((step, kl))
-        if kl < best["kl"]:
-            best.update(step=step, kl=kl, alphas={n: a.detach().cpu().clone() for n, a in alphas.items()},
-                        taus=dict(taus))
+            raise NumericalError(f"validation KL is {kl} at step {self.step}; lower the learning rate")
+        self.history.val.append((self.step, kl))
+        if kl < self.best["kl"]:
+            self.best = {"step": self.step, "kl": kl, "taus": dict(self.taus),
+                         "alphas": {n: a.detach().cpu().clone() for n, a in self.alphas.items()}}
         return kl
 
-    sparsifier = Sparsifier(model, dataclasses.replace(thresholds, taus=taus), check=False, alphas=alphas, count=False)
-    if not history.val:
-        validate()  # step 0: the plain mask, the floor SPON must beat
-    base_kl = history.val[0][1]
+    def train_step(self) -> None:
+        config = self.config
+        index = _batch_indices(len(self.train_ids), config.batch_size, self.step, config.seed)
+        batch = self.train_ids[index].to(self.device)  # (B, L)
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr_at(self.step)
+        with self.sparsifier, _autocast(self.device, self.precision):
+            student = head_logits(self.model, final_hidden(self.model, batch))  # (B, L, V)
+            with torch.no_grad():
+                target = head_logits(self.model, self.train_teacher[index.to(self.device)])  # (B, L, V)
+            loss = kl_to_teacher(student, target)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_done += batch.numel()
+        self.pending.append((self.step, loss.detach()))
 
-    train_s, tokens_done = 0.0, 0
-    bar = tqdm(total=config.steps, initial=step, desc="SPON", unit="step", disable=not progress)
-    try:
-        while step < config.steps:
-            t0 = time.perf_counter()
-            index = _batch_indices(len(train_ids), config.batch_size, step, config.seed)
-            batch = train_ids[index].to(device)  # (B, L)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr_at(step)
-            with sparsifier, _autocast(device, precision):
-                student = head_logits(model, final_hidden(model, batch))  # (B, L, V)
-                with torch.no_grad():
-                    target = head_logits(model, train_teacher[index.to(device)])  # (B, L, V)
-                loss = kl_to_teacher(student, target)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_done += batch.numel()
-            pending.append((step, loss.detach()))
-            val_kl = None
-            if step % config.eval_every == 0 or step == config.steps or callback or len(pending) >= 10:
-                last = flush()
-                if not math.isfinite(last):
-                    raise NumericalError(f"training KL is {last} at step {step}; lower the learning rate")
-                bar.set_postfix(kl=f"{last:.4f}", best_val=f"{best['kl']:.4f}")
-            if step % config.eval_every == 0 or step == config.steps:
-                _synchronize(device)
-            train_s += time.perf_counter() - t0
-            if step % config.eval_every == 0 or step == config.steps:
-                val_kl = validate()
-                bar.set_postfix(kl=f"{history.loss[-1][1]:.4f}", val=f"{val_kl:.4f}", best_val=f"{best['kl']:.4f}")
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                save_state()
-            bar.update(1)
-            if callback:
-                callback(step, history.loss[-1][1], val_kl)
-    except KeyboardInterrupt:
-        save_state()
-        raise
-    finally:
-        bar.close()
-        sparsifier.detach()
+    # ------------------------------------------------------------ the run
 
-    result = SponVectors(best["alphas"], dict(vectors.meta))
-    refitted = config.track_sparsity and best["step"] > 0
-    final_thresholds = dataclasses.replace(thresholds, taus=best["taus"], calibration={
-        **thresholds.calibration, "refitted_under_spon": refitted,
-        **({"refit_windows": min(config.refit_windows, len(train_ids))} if refitted else {})})
-    result.meta["training"] = {
-        **config.as_dict(), "precision": precision, "steps_done": step,
-        "train_windows": len(train_ids), "val_windows": len(val_ids), "window_len": train_ids.shape[1],
-        "train_tokens": tokens_before + tokens_done, "best_step": best["step"], "val_kl_base": base_kl, "val_kl_best": best["kl"],
-        "train_s": round(train_s, 3), "teacher_s": round(teacher_s, 3), "val_s": round(val_s, 3),
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        "tokens_per_s": round(tokens_done / train_s, 1) if train_s > 0 else None,  # this session's steps
-        "device": device_record(device), "parameters": result.parameter_count(),
-        "history": {"loss": history.loss, "val": history.val}}
-    if checkpoint and os.path.exists(checkpoint):
-        os.remove(checkpoint)  # the run is complete; its result is the returned vectors
-    return result, final_thresholds
+    def run(self, callback=None) -> tuple[SponVectors, Thresholds]:
+        config = self.config
+        started = time.perf_counter()
+        self.train_teacher = teacher_states(self.model, self.train_ids, config.batch_size, self.precision,
+                                            self.progress)  # (N, L, d)
+        self.val_teacher = teacher_states(self.model, self.val_ids, config.batch_size, self.precision,
+                                          self.progress)  # (M, L, d)
+        self.teacher_s = time.perf_counter() - started
+        if not self.history.val:
+            self.validate()  # step 0: the plain mask, the floor SPON must beat
+        bar = tqdm(total=config.steps, initial=self.step, desc="SPON", unit="step", disable=not self.progress)
+        try:
+            while self.step < config.steps:
+                started = time.perf_counter()
+                self.train_step()
+                validating = self.step % config.eval_every == 0 or self.step == config.steps
+                if validating or callback or len(self.pending) >= 10:
+                    last = self.flush()
+                    if not math.isfinite(last):
+                        raise NumericalError(f"training KL is {last} at step {self.step}; lower the learning rate")
+                    bar.set_postfix(kl=f"{last:.4f}", best_val=f"{self.best['kl']:.4f}")
+                if validating:
+                    _synchronize(self.device)
+                self.train_s += time.perf_counter() - started
+                val_kl = self.validate() if validating else None
+                if val_kl is not None:
+                    bar.set_postfix(kl=f"{self.history.loss[-1][1]:.4f}", val=f"{val_kl:.4f}",
+                                    best_val=f"{self.best['kl']:.4f}")
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
+                    self.save()
+                bar.update(1)
+                if callback:
+                    callback(self.step, self.history.loss[-1][1], val_kl)
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        finally:
+            bar.close()
+            self.sparsifier.detach()
+        return self._result()
+
+    def _result(self) -> tuple[SponVectors, Thresholds]:
+        config, best = self.config, self.best
+        result = SponVectors(best["alphas"], dict(self.vectors.meta))
+        refitted = config.track_sparsity and best["step"] > 0
+        thresholds = dataclasses.replace(self.thresholds, taus=best["taus"], calibration={
+            **self.thresholds.calibration, "refitted_under_spon": refitted,
+            **({"refit_windows": min(config.refit_windows, len(self.train_ids))} if refitted else {})})
+        result.meta["training"] = {
+            **config.as_dict(), "precision": self.precision, "steps_done": self.step,
+            "train_windows": len(self.train_ids), "val_windows": len(self.val_ids),
+            "window_len": self.train_ids.shape[1], "train_tokens": self.tokens_before + self.tokens_done,
+            "best_step": best["step"], "val_kl_base": self.history.val[0][1], "val_kl_best": best["kl"],
+            "train_s": round(self.train_s, 3), "teacher_s": round(self.teacher_s, 3), "val_s": round(self.val_s, 3),
+            "elapsed_s": round(time.perf_counter() - self.started, 3),
+            # this session's steps only, when resumed
+            "tokens_per_s": round(self.tokens_done / self.train_s, 1) if self.train_s > 0 else None,
+            "device": device_record(self.device), "parameters": result.parameter_count(),
+            "history": {"loss": self.history.loss, "val": self.history.val}}
+        return result, thresholds

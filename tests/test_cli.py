@@ -143,7 +143,8 @@ def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     run = sponlib("train", "--model", model, "--sparsity", "1.5", "--out", str(tmp_path / "s.safetensors"))
     assert run.returncode == 2 and "target sparsity must be in [0, 1)" in run.stderr
-    run = sponlib("train", "--model", model, "--sparsity", "0.5", "--roles", "q,ffn", "--out", str(tmp_path / "s.safetensors"))
+    run = sponlib("train", "--model", model, "--sparsity", "0.5", "--roles", "q,ffn",
+                  "--out", str(tmp_path / "s.safetensors"))
     assert run.returncode == 2 and "subset of q, k, v, o, gate, up, down" in run.stderr
     run = sponlib("eval", "--model", model, "--corpus", "persuasion", "--spon", str(tmp_path / "missing.safetensors"))
     assert run.returncode == 2 and "does not exist" in run.stderr

@@ -99,4 +99,14 @@ def test_spon_throughput_records_compare_against_a_plain_loop():
         assert record["device"]["device"] == device
         loops = {(r["loop"], r["batch"]) for r in record["results"]}
         assert {b for loop, b in loops if loop == "plain"} == {b for loop, b in loops if loop == "sponlib"}
-    assert json.loads((results_dir() / "spon_throughput_h200.json").read_text())["summary"]["best_tokens_per_s"] > 50_000
+    h200 = json.loads((results_dir() / "spon_throughput_h200.json").read_text())
+    assert h200["summary"]["best_tokens_per_s"] > 50_000
+
+
+def test_folded_export_matches_spon_at_run_time_on_the_protocol_windows():
+    folded = json.loads((results_dir() / "spon_folded_cpu.json").read_text())
+    runtime = json.loads((results_dir() / "spon_runtime_cpu.json").read_text())
+    assert folded["thresholds"].endswith("sparsity_thresholds.json") and runtime["spon"].endswith("spon-teal-0.5.safetensors")
+    for a, b in zip(folded["results"], runtime["results"]):
+        assert a["corpus"] == b["corpus"] and a["windows"] == b["windows"] == 64
+        assert abs(a["ppl"] / b["ppl"] - 1) < 0.01 and abs(a["measured"] - b["measured"]) < 0.002

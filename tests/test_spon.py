@@ -58,7 +58,8 @@ def test_parameter_count_and_share():
     model, _, vectors = _setup()
     per_block = sum(p.in_features for p in iter_projections(model)) // len(model.model.layers)
     assert vectors.parameter_count() == per_block * len(model.model.layers)
-    assert vectors.share_of(model) == pytest.approx(vectors.parameter_count() / sum(p.numel() for p in model.parameters()))
+    total = sum(p.numel() for p in model.parameters())
+    assert vectors.share_of(model) == pytest.approx(vectors.parameter_count() / total)
     assert SponVectors.zeros(model, roles=("down",)).parameter_count() == 48 * 2
     with pytest.raises(InvalidArgumentError, match="subset of q, k, v"):
         SponVectors.zeros(model, roles=("ffn",))
@@ -158,7 +159,8 @@ def trained():
     """A tiny model, its thresholds and a short training run with validation every 2 steps."""
     model, thresholds, _ = _setup()
     config = TrainConfig(steps=8, batch_size=4, lr=0.003, eval_every=2, checkpoint_every=2)
-    return model, thresholds, config, train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, progress=False)[0]
+    vectors, _ = train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, progress=False)
+    return model, thresholds, config, vectors
 
 
 def test_training_records_its_run_and_never_ends_worse_than_the_mask(trained):
