@@ -170,16 +170,19 @@ def recovery_verdicts(record: dict) -> list[str]:
     return verdicts
 
 
-def render_fixed_thresholds(record: dict) -> str:
-    """The earlier run that kept the mask's thresholds fixed under SPON: recovery and the sparsity
-    it really ran at."""
+def render_recovery_brief(record: dict) -> str:
+    """A side run of the recovery experiment (other settings): recovery, the sparsity it really ran
+    at, steps, learning rate and the best validation KL."""
     texts = [t["source"] for t in record["settings"]["test"]]
-    lines = ["| run | " + " | ".join(f"recovery {t}" for t in texts) + " | measured sparsity masked / SPON |",
-             "| --- |" + " ---: |" * (len(texts) + 1)]
+    lines = ["| run | " + " | ".join(f"recovery {t}" for t in texts)
+             + " | measured sparsity masked / SPON | steps x windows | lr | validation KL mask → SPON (step) |",
+             "| --- |" + " ---: |" * (len(texts) + 4)]
     for r in record["experiments"]:
-        first = r["texts"][texts[0]]
-        lines.append(f"| {r['name']} | " + " | ".join(_recovery_cell(r["texts"][t]["recovery"]) for t in texts)
-                     + f" | {first['measured_masked']:.3f} / {first['measured_spon']:.3f} |")
+        first, t = r["texts"][texts[0]], r["training"]
+        lines.append(f"| {r['name']} | " + " | ".join(_recovery_cell(r["texts"][x]["recovery"]) for x in texts)
+                     + f" | {first['measured_masked']:.3f} / {first['measured_spon']:.3f}"
+                     + f" | {t['steps']} x {t['batch_size']} | {t['lr']:g}"
+                     + f" | {t['val_kl_base']:.3f} → {t['val_kl_best']:.3f} ({t['best_step']}) |")
     return "\n".join(lines) + f"\n\nCommand: `{record['command']}` ({record['device']['name']})\n"
 
 
@@ -222,7 +225,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "sparsity_sweep.json": render_sweep,
     "calibration_cpu.json": render_calibration,
     "spon_recovery.json": render_recovery,
-    "spon_recovery_fixed_thresholds.json": render_fixed_thresholds,
+    "spon_recovery_fixed_thresholds.json": render_recovery_brief,
+    "spon_recovery_longer.json": render_recovery_brief,
     "spon_folded_cpu.json": render_fold_check,
     "spon_throughput_h200.json": render_throughput,
     "spon_throughput_cpu.json": render_throughput,
