@@ -400,7 +400,9 @@ def cmd_train(args) -> None:
     thresholds = calibration.thresholds(args.sparsity, args.method)
     train_windows, val_windows = _training_text(args, tokenizer)
     train = train_windows()
-    print(f"training {sum(p.in_features for p in _projections(model, config.roles))} SPON parameters on "
+    parameters = sum(p.in_features for p in _projections(model, config.roles))
+    share = parameters / sum(p.numel() for p in model.parameters())
+    print(f"training {parameters:,} SPON parameters ({share:.3%} of the model) on "
           f"{len(train)} windows of {args.train_window_len} tokens; validation on {len(val_windows)} windows",
           file=sys.stderr)
     vectors, thresholds = train_spon(model, thresholds, train.ids, val_windows.ids, config,

@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .adapters import ROLES
 from .errors import InvalidArgumentError
@@ -77,7 +78,7 @@ class RecoveryRun:
     model: object
     calibration: object  # sponlib.calibration.Calibration
     test_windows: list  # [in-domain Windows, out-of-domain Windows]
-    train_windows: callable  # n -> Windows of training text (n=None: the default count)
+    train_windows: Callable[[int | None], object]  # n -> Windows of training text (None: the default count)
     val_windows: object  # Windows of validation text
     config: TrainConfig
     json_path: str
