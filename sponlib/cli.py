@@ -446,7 +446,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_recovery(args) -> None:
-    from .data import load_corpus, load_windows
+    from .data import data_dir, load_corpus, load_windows
     from .models import load_model
     from .recovery import RecoveryRun, check_experiments, protocol_experiments
 
@@ -464,8 +464,6 @@ def cmd_recovery(args) -> None:
     tests = [load_windows(load_corpus(name), tokenizer, args.window_len, args.windows, args.seed)
              for name in (args.test_corpus or ["persuasion", "brown"])]
     name = getattr(model, "sponlib_source", {}).get("name", "model")
-    from .data import data_dir
-
     artifacts = args.artifacts or str(data_dir() / "artifacts" / name)
     run = RecoveryRun(model, calibration, tests, train_windows, val_windows, config, args.json, artifacts,
                       tune_lrs=args.tune_lrs, tune_steps=args.tune_steps)

@@ -63,12 +63,17 @@ def test_corpora_lists_the_named_splits():
     assert names[:4] == ["austen-train", "austen-val", "persuasion", "brown"]
 
 
+def calibrate_tiny(model: str, out, levels: str = "0.5", *extra: str):
+    """A quick calibration of the tiny model on 4 windows of 64 tokens."""
+    run = sponlib("calibrate", "--model", model, "--out", str(out), "--windows", "4", "--window-len", "64",
+                  "--refine-windows", "2", "--refine-levels", levels, *extra)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
 def test_calibrate_eval_and_sweep_on_a_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
-    calibration = tmp_path / "cal.safetensors"
-    run = sponlib("calibrate", "--model", model, "--out", str(calibration), "--windows", "4",
-                  "--window-len", "64", "--refine-windows", "2", "--refine-levels", "0.5", "--greedy-windows", "1")
-    assert run.returncode == 0, run.stderr
+    calibration = calibrate_tiny(model, tmp_path / "cal.safetensors", "0.5", "--greedy-windows", "1")
     out = tmp_path / "eval.json"
     run = sponlib("eval", "--model", model, "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
                   "--sparsity", "0.5", "--method", "greedy", "--calibration", str(calibration), "--json", str(out))
@@ -103,9 +108,7 @@ def test_sparsity_errors_on_the_command_line(tiny_model_dir, tmp_path):
 
 def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
-    calibration = tmp_path / "cal.safetensors"
-    assert sponlib("calibrate", "--model", model, "--out", str(calibration), "--windows", "4", "--window-len", "64",
-                   "--refine-windows", "2", "--refine-levels", "0.5").returncode == 0
+    calibration = calibrate_tiny(model, tmp_path / "cal.safetensors")
     spon = tmp_path / "spon" / "spon-teal-0.5.safetensors"
     small = ["--train-windows", "4", "--train-window-len", "64", "--stride", "32", "--val-windows", "2",
              "--steps", "4", "--train-batch", "2", "--eval-every", "2"]
@@ -153,9 +156,7 @@ def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):
 
 def test_recovery_runs_and_resumes_on_a_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
-    calibration = tmp_path / "cal.safetensors"
-    assert sponlib("calibrate", "--model", model, "--out", str(calibration), "--windows", "4", "--window-len", "64",
-                   "--refine-windows", "2", "--refine-levels", "0.5,0.7").returncode == 0
+    calibration = calibrate_tiny(model, tmp_path / "cal.safetensors", "0.5,0.7")
     args = ["recovery", "--model", model, "--levels", "0.5,0.7", "--only", "levels", "--windows", "2",
             "--window-len", "64", "--calibration", str(calibration), "--train-windows", "4", "--train-window-len", "64",
             "--val-windows", "2", "--steps", "2", "--train-batch", "2", "--eval-every", "1",
