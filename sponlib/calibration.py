@@ -34,7 +34,8 @@ from .errors import CorruptFileError, InvalidArgumentError, NumericalError
 from .io import atomic_write_bytes
 from .models import check_fingerprint, model_fingerprint
 from .results import device_record
-from .sparsity import METHODS, SCORES, Thresholds, check_sparsity, input_scores, score_weights, split_method
+from .sparsity import (METHODS, SCORES, Thresholds, check_sparsity, input_scores, score_weights, sparse_input,
+                       split_method)
 
 LOG10_LOW, LOG10_HIGH, BINS = -10.0, 6.0, 4096  # |x| < 1e-10 (zeros included) lands in bin 0
 QUANTILE_GRID = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)  # (Q,) sparsity levels
@@ -215,10 +216,7 @@ class _RefiningHook:
         hist = _Histogram()
         hist.add(score)
         self.tau = float(hist.quantiles(torch.tensor([self.level], dtype=torch.float64))[0])
-        sparse = x * (score > self.tau)  # (B, T, in)
-        if self.alpha is not None:
-            sparse = sparse + self.alpha.to(sparse.dtype)
-        return (sparse,) + tuple(args[1:])
+        return (sparse_input(x, score > self.tau, self.alpha),) + tuple(args[1:])
 
 
 @torch.inference_mode()

@@ -389,7 +389,7 @@ def cmd_train(args) -> None:
     from .models import load_model, resolve_device, resolve_dtype
     from .results import write_result
     from .sparsity import check_sparsity, split_method
-    from .spon import save_spon, thresholds_path
+    from .spon import SponVectors, save_spon, thresholds_path
     from .training import train_spon
 
     check_sparsity(args.sparsity)
@@ -400,9 +400,8 @@ def cmd_train(args) -> None:
     thresholds = calibration.thresholds(args.sparsity, args.method)
     train_windows, val_windows = _training_text(args, tokenizer)
     train = train_windows()
-    parameters = sum(p.in_features for p in _projections(model, config.roles))
-    share = parameters / sum(p.numel() for p in model.parameters())
-    print(f"training {parameters:,} SPON parameters ({share:.3%} of the model) on "
+    shape = SponVectors.zeros(model, config.roles)
+    print(f"training {shape.parameter_count():,} SPON parameters ({shape.share_of(model):.3%} of the model) on "
           f"{len(train)} windows of {args.train_window_len} tokens; validation on {len(val_windows)} windows",
           file=sys.stderr)
     vectors, thresholds = train_spon(model, thresholds, train.ids, val_windows.ids, config,
@@ -421,12 +420,6 @@ def cmd_train(args) -> None:
         write_result(args.json, "spon_training", payload, model=model, device=resolve_device(args.device),
                      dtype=resolve_dtype(args.dtype))
         print(f"wrote {args.json}")
-
-
-def _projections(model, roles):
-    from .adapters import iter_projections
-
-    return [p for p in iter_projections(model) if p.role in roles]
 
 
 def cmd_export(args) -> None:

@@ -23,7 +23,7 @@ from .adapters import iter_projections
 from .errors import InvalidArgumentError, UnsupportedArchitectureError
 from .io import atomic_directory
 from .sparsity import Thresholds
-from .spon import SponVectors
+from .spon import SponVectors, ensure_bias
 
 # Config switches that give a group of projections biases, in the families that have them.
 BIAS_FLAGS: dict[str, tuple[str, ...]] = {"attention_bias": ("q", "k", "v", "o"), "mlp_bias": ("gate", "up", "down")}
@@ -71,9 +71,8 @@ def fold_and_export(model: nn.Module, tokenizer, vectors: SponVectors, threshold
     # or the checkpoint would not match its config.
     expects_bias = {p.name for p in iter_projections(probe) if p.module.bias is not None}
     for p in iter_projections(folded):
-        if p.name in expects_bias and p.module.bias is None:
-            weight = p.module.weight
-            p.module.bias = nn.Parameter(torch.zeros(p.out_features, dtype=weight.dtype), requires_grad=False)
+        if p.name in expects_bias:
+            ensure_bias(p.module)
     folded.config = config
     with atomic_directory(out_dir) as tmp:
         folded.save_pretrained(tmp)

@@ -203,7 +203,8 @@ def render_fold_check(record: dict) -> str:
     for label, device, ppl in rows:
         lines.append(f"| {label} | {device} | " + " | ".join(f"{ppl[t]:.2f}" for t in texts) + " |")
     return ("\n".join(lines) + f"\n\nteal {record['sparsity']:g}, {record['windows']} windows of "
-            f"{record['window_len']} tokens per text, seed {record['seed']}. Commands: `{runtime['command']}`; `{record['command']}`\n")
+            f"{record['window_len']} tokens per text, seed {record['seed']}. "
+            f"Commands: `{runtime['command']}`; `{record['command']}`\n")
 
 
 def render_throughput(record: dict) -> str:

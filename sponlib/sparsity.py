@@ -58,6 +58,12 @@ def score_weights(module: nn.Linear, score: str) -> torch.Tensor | None:
     return module.weight.detach().norm(dim=0) if score == "wina" else None
 
 
+def sparse_input(x: torch.Tensor, keep: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """What the projection reads: S(x), plus its SPON vector if it has one. (..., in) -> (..., in)"""
+    sparse = x * keep
+    return sparse if alpha is None else sparse + alpha.to(sparse.dtype)  # alpha broadcast over tokens
+
+
 def input_scores(x: torch.Tensor, col_norm: torch.Tensor | None) -> torch.Tensor:
     """Score of every input entry: |x_i| (teal) or |x_i| · ‖W[:, i]‖₂ (wina). (..., in) -> (..., in)"""
     return x.abs() if col_norm is None else x.abs() * col_norm
@@ -119,10 +125,7 @@ class _MaskHook:
         if self.count:
             self.zeroed = self.zeroed + (~keep).sum()
             self.seen += keep.numel()
-        sparse = x * keep  # (..., in)
-        if self.alpha is not None:
-            sparse = sparse + self.alpha.to(sparse.dtype)  # broadcast over tokens
-        return (sparse,) + tuple(args[1:])
+        return (sparse_input(x, keep, self.alpha),) + tuple(args[1:])
 
 
 class Sparsifier:

@@ -47,6 +47,14 @@ def thresholds_path(spon_path: str | os.PathLike) -> Path:
     return path.with_name(path.name.removesuffix(".safetensors") + ".thresholds.json")
 
 
+def ensure_bias(linear: nn.Linear) -> None:
+    """Give `linear` a zero bias (frozen, like the weights) if it has none."""
+    if linear.bias is None:
+        weight = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                                   requires_grad=False)
+
+
 @dataclass
 class SponVectors:
     """The α of every projection that has one, and where they came from."""
@@ -70,14 +78,6 @@ class SponVectors:
         """Parameters added, as a share of the model's own parameters."""
         return self.parameter_count() / sum(p.numel() for p in model.parameters())
 
-    def to(self, device: torch.device | str) -> "SponVectors":
-        return SponVectors({n: a.to(device) for n, a in self.alphas.items()}, dict(self.meta))
-
-    def detached(self) -> "SponVectors":
-        """A copy of the vectors on the CPU, cut from any autograd graph."""
-        return SponVectors({n: a.detach().to("cpu", torch.float32).clone() for n, a in self.alphas.items()},
-                           dict(self.meta))
-
     # ---------------------------------------------------------------- folding
 
     @torch.no_grad()
@@ -91,9 +91,7 @@ class SponVectors:
             linear = projections[name]
             weight = linear.weight  # (out, in)
             shift = weight.double() @ alpha.to(weight.device, torch.float64)  # (out,), exact enough in fp64
-            if linear.bias is None:
-                linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype,
-                                                       device=weight.device), requires_grad=False)
+            ensure_bias(linear)
             linear.bias.copy_((linear.bias.double() + shift).to(weight.dtype))
         return model
 
