@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .adapters import INPUT_GROUPS, block_projections
 from .errors import CorruptFileError, InvalidArgumentError, NumericalError
+from .hooks import HookSet
 from .io import atomic_write_bytes
 from .models import check_fingerprint, model_fingerprint
 from .results import device_record
@@ -172,34 +173,30 @@ def dense_statistics(model, ids: torch.Tensor, scores=SCORES, batch_size: int = 
                      progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """Pass 1: quantile tables of every projection's scores on the dense model."""
     hists: dict[str, dict[str, _Histogram]] = {s: {} for s in scores}
-    handles = []
-    for block in block_projections(model):
-        for group in INPUT_GROUPS:
-            projs = [block[role] for role in group]
-            shared = _Histogram()  # one |x| histogram per shared input
-            for p in projs:
-                if "teal" in scores:
-                    hists["teal"][p.name] = shared
-                if "wina" in scores:
-                    hists["wina"][p.name] = _Histogram()
-            col_norms = [score_weights(p.module, "wina") for p in projs]  # (in,) each
-
-            def hook(module, args, projs=projs, shared=shared, col_norms=col_norms):
-                x = args[0].abs()  # (B, T, in), once for both scores
-                if "teal" in scores:
-                    shared.add(x)
-                if "wina" in scores:
-                    for p, norm in zip(projs, col_norms):
-                        hists["wina"][p.name].add(x * norm)
-
-            handles.append(projs[0].module.register_forward_pre_hook(hook))
     device = next(model.parameters()).device
-    try:
+    with HookSet() as hooks:
+        for block in block_projections(model):
+            for group in INPUT_GROUPS:
+                projs = [block[role] for role in group]
+                shared = _Histogram()  # one |x| histogram per shared input
+                for p in projs:
+                    if "teal" in scores:
+                        hists["teal"][p.name] = shared
+                    if "wina" in scores:
+                        hists["wina"][p.name] = _Histogram()
+                col_norms = [score_weights(p.module, "wina") for p in projs]  # (in,) each
+
+                def hook(module, args, projs=projs, shared=shared, col_norms=col_norms):
+                    x = args[0].abs()  # (B, T, in), once for both scores
+                    if "teal" in scores:
+                        shared.add(x)
+                    if "wina" in scores:
+                        for p, norm in zip(projs, col_norms):
+                            hists["wina"][p.name].add(x * norm)
+
+                hooks.pre(projs[0].module, hook)
         for batch in _batches(ids, batch_size, progress, "dense statistics"):
             model(input_ids=batch.to(device), use_cache=False, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
     return {s: {name: h.quantiles() for name, h in per.items()} for s, per in hists.items()}
 
 
@@ -227,17 +224,14 @@ def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, fl
     thresholds fitted without it would miss their level). `ids` go through as one batch, so each
     threshold sees all refinement tokens."""
     alphas = alphas or {}
-    hooks, handles = {}, []
-    for block in block_projections(model):
-        for p in block.values():
-            hooks[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score), alphas.get(p.name))
-            handles.append(p.module.register_forward_pre_hook(hooks[p.name]))
-    try:
+    refiners: dict[str, _RefiningHook] = {}
+    with HookSet() as hooks:
+        for block in block_projections(model):
+            for p in block.values():
+                refiners[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score), alphas.get(p.name))
+                hooks.pre(p.module, refiners[p.name])
         model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: hook.tau for name, hook in hooks.items()}
+    return {name: hook.tau for name, hook in refiners.items()}
 
 
 def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_levels=PROTOCOL_LEVELS,

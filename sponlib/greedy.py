@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .adapters import block_projections, decoder_layers
 from .errors import InvalidArgumentError
+from .hooks import HookSet
 from .sparsity import _MaskHook, score_weights
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95: every protocol level is on it
@@ -37,21 +38,18 @@ def _first(output):
 def capture_blocks(model, ids: torch.Tensor) -> list[tuple[tuple, dict, torch.Tensor]]:
     """(args, kwargs, dense output) of every decoder block for a dense forward over `ids`."""
     captured: list = []
-    handles = []
-    for layer in decoder_layers(model):
-        def pre(module, args, kwargs):
-            captured.append([tuple(a.clone() if torch.is_tensor(a) else a for a in args), dict(kwargs), None])
 
-        def post(module, args, kwargs, output):
-            captured[-1][2] = _first(output).clone()
+    def pre(module, args, kwargs):
+        captured.append([tuple(a.clone() if torch.is_tensor(a) else a for a in args), dict(kwargs), None])
 
-        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(layer.register_forward_hook(post, with_kwargs=True))
-    try:
+    def post(module, args, kwargs, output):
+        captured[-1][2] = _first(output).clone()
+
+    with HookSet() as hooks:
+        for layer in decoder_layers(model):
+            hooks.pre(layer, pre, with_kwargs=True)
+            hooks.post(layer, post, with_kwargs=True)
         model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
     return [tuple(c) for c in captured]
 
 
@@ -63,19 +61,15 @@ class _BlockProbe:
         self.args, self.kwargs, self.dense = capture
         self.hooks = {}
         for role, p in block.items():
-            self.hooks[role] = _MaskHook(0.0, score_weights(p.module, score))
+            self.hooks[role] = _MaskHook(0.0, score_weights(p.module, score), count=False)
 
     def error(self, levels: dict[str, float]) -> float:
         """Mean squared deviation of the block output from dense at `levels` (role -> sparsity)."""
-        handles = []
-        for role, p in self.block.items():
-            self.hooks[role].tau = self.calibration.dense_threshold(self.score, p.name, levels[role])
-            handles.append(p.module.register_forward_pre_hook(self.hooks[role]))
-        try:
+        with HookSet() as hooks:
+            for role, p in self.block.items():
+                self.hooks[role].tau = self.calibration.dense_threshold(self.score, p.name, levels[role])
+                hooks.pre(p.module, self.hooks[role])
             out = _first(self.layer(*self.args, **self.kwargs))  # (B, T, d)
-        finally:
-            for h in handles:
-                h.remove()
         return float(((out.float() - self.dense.float()) ** 2).mean())
 
 
