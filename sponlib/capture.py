@@ -96,10 +96,11 @@ def _first(output):
 
 @torch.inference_mode()
 def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, resid: bool = True,
-            inputs: bool | tuple[str, ...] = True, batch_size: int = 8) -> Capture:
+            inputs: bool | tuple[str, ...] = True, blocks: tuple[int, ...] | None = None,
+            batch_size: int = 8) -> Capture:
     """Run `model` on `ids` (B, L) under whatever hooks are attached (a Sparsifier, SPON) and keep
     the chosen states of the `tokens` pairs (default: all; see `select_tokens`). `inputs` is True
-    (every projection), False, or a tuple of roles."""
+    (every projection), False, or a tuple of roles; `blocks` limits the inputs to some blocks."""
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise InvalidArgumentError(f"ids must be (windows, length) with length > 0; got shape {tuple(ids.shape)}")
     tokens = select_tokens(*ids.shape) if tokens is None else tokens
@@ -136,6 +137,8 @@ def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, res
             for i, layer in enumerate(layers):
                 hooks.post(layer, on_output(keep(resid_name(i))))
         for i, block in enumerate(block_projections(model)):
+            if blocks is not None and i not in blocks:
+                continue
             for group in INPUT_GROUPS:
                 wanted = [role for role in group if role in roles]
                 if not wanted:

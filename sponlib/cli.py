@@ -140,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", required=True)
     p.set_defaults(run=cmd_sweep)
 
+    p = sub.add_parser("analyse", help="layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)")
+    _add_model_args(p)
+    p.add_argument("--corpus", default="persuasion", help="text to analyse (default persuasion)")
+    p.add_argument("--windows", type=int, default=8, help="windows of that text (default 8)")
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the windows and token sample (default 0)")
+    p.add_argument("--method", default="teal", help="mask rule (default teal)")
+    p.add_argument("--levels", type=_floats, default=None,
+                   help="comma-separated levels (default: every level with vectors in --spon-dir)")
+    p.add_argument("--main-level", type=float, default=0.5, help="level of the heatmaps and PCA (default 0.5)")
+    p.add_argument("--spon-dir", default=None,
+                   help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)")
+    p.add_argument("--calibration", default=None, help="calibration file (default: the shipped one)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="tokens compared per variant (default 2048)")
+    p.add_argument("--lens-tokens", type=int, default=512,
+                   help="tokens of the logit lens, spread over the windows (default 512)")
+    p.add_argument("--json", required=True, help="where to write the record")
+    p.set_defaults(run=cmd_analyse)
+
     p = sub.add_parser("readme", help="regenerate the README's result tables from data/results/")
     p.add_argument("--readme", default="README.md")
     p.add_argument("--check", action="store_true", help="fail if the README is out of date instead of writing")
@@ -494,6 +513,67 @@ def cmd_sweep(args) -> None:
               "batch_size": args.batch_size, "calibration": calibration.meta, **payload}
     write_result(args.json, "sparsity_sweep", record, model=model, device=resolve_device(args.device),
                  dtype=resolve_dtype(args.dtype))
+    print(f"wrote {args.json}")
+
+
+def _spon_files(folder: str, method: str, levels) -> dict[float, str]:
+    """level -> spon-<method>-<level>.safetensors in `folder`: the asked levels (each must exist),
+    or every level found."""
+    import glob
+    import os
+
+    found = {}
+    for path in glob.glob(os.path.join(folder, f"spon-{method}-*.safetensors")):
+        try:
+            found[float(os.path.basename(path)[len(f"spon-{method}-"):-len(".safetensors")])] = path
+        except ValueError:
+            continue
+    if levels is None:
+        if not found:
+            raise SponlibError(f"no spon-{method}-<level>.safetensors in {folder}; train some with "
+                               "`python -m sponlib train` or name --spon-dir")
+        return dict(sorted(found.items()))
+    missing = [level for level in levels if level not in found]
+    if missing:
+        raise SponlibError(f"no SPON vectors for {method} at {', '.join(map(str, missing))} in {folder} "
+                           f"(found: {', '.join(map(str, sorted(found))) or 'none'})")
+    return {level: found[level] for level in levels}
+
+
+def cmd_analyse(args) -> None:
+    import os
+
+    from .analysis_record import run_analysis
+    from .calibration import Calibration
+    from .data import data_dir, load_corpus, load_windows
+    from .models import load_model, resolve_device, resolve_dtype
+    from .results import write_result
+    from .sparsity import split_method
+    from .spon import load_spon
+
+    split_method(args.method)
+    source = load_corpus(args.corpus)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    name = getattr(model, "sponlib_source", {}).get("name", "")
+    folder = args.spon_dir or str(data_dir() / "artifacts" / name)
+    spon = {level: load_spon(path, model) for level, path in _spon_files(folder, args.method, args.levels).items()}
+    calibration_path = args.calibration or _shipped_calibration(model)
+    if calibration_path is None:
+        raise SponlibError("name a calibration file: --calibration FILE (make one with `python -m sponlib calibrate`)")
+    calibration = Calibration.load(calibration_path, model)
+    windows = load_windows(source, tokenizer, args.window_len, args.windows, args.seed)
+    payload = run_analysis(model, windows.ids, calibration, spon, rule=args.method, main_level=args.main_level,
+                           max_tokens=args.max_tokens, lens_tokens=args.lens_tokens, seed=args.seed)
+    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path  # noqa: E731
+    payload = {"windows": windows.describe(), "calibration": shown(calibration_path),
+               "spon_files": {str(level): shown(path) for level, path in
+                              _spon_files(folder, args.method, args.levels).items()}, **payload}
+    write_result(args.json, "representation_analysis", payload, model=model, device=resolve_device(args.device),
+                 dtype=resolve_dtype(args.dtype))
+    s = payload["summary"]
+    print(f"{'metric (distance from dense, mean over layers)':48s} {'masked':>9s} {'SPON':>9s}")
+    for metric in payload["metric_order"]:
+        print(f"{metric:48s} {s[metric]['masked']:9.4f} {s[metric]['spon']:9.4f}")
     print(f"wrote {args.json}")
 
 

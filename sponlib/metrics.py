@@ -56,12 +56,17 @@ def _two_sets(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of (N, d1) and (N, d2) states, computed in float64 in feature space."""
+    """Linear CKA of (N, d1) and (N, d2) states in float64: through d x d cross-covariances, or
+    through N x N Gram matrices when there are fewer tokens than features (cheaper then)."""
     x, y = _two_sets(x, y)
     xc = x.double() - x.double().mean(0)  # (N, d1)
     yc = y.double() - y.double().mean(0)  # (N, d2)
-    cross = (yc.T @ xc).square().sum()  # ‖Ycᵀ Xc‖²_F
-    norms = (xc.T @ xc).norm() * (yc.T @ yc).norm()
+    if x.shape[0] < max(x.shape[1], y.shape[1]):
+        k, l = xc @ xc.T, yc @ yc.T  # (N, N) each
+        cross, norms = (k * l).sum(), k.norm() * l.norm()
+    else:
+        cross = (yc.T @ xc).square().sum()  # ‖Ycᵀ Xc‖²_F
+        norms = (xc.T @ xc).norm() * (yc.T @ yc).norm()
     return float(cross / norms) if norms > 0 else float("nan")
 
 

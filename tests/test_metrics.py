@@ -60,6 +60,9 @@ def test_cka_matches_float64_reference_on_random_data(states):
     x, y = states
     assert linear_cka(x.float(), y.float()) == pytest.approx(reference_cka(x.double().numpy(), y.double().numpy()),
                                                              abs=1e-6)
+    few = slice(0, 10)  # fewer tokens than features: the Gram-matrix path
+    assert linear_cka(x[few], y[few]) == pytest.approx(reference_cka(x[few].double().numpy(), y[few].double().numpy()),
+                                                       abs=1e-9)
     kx, ky = (x.double() @ x.double().T).numpy(), (y.double() @ y.double().T).numpy()
     expected = reference_unbiased_hsic(kx, ky) / np.sqrt(reference_unbiased_hsic(kx, kx) * reference_unbiased_hsic(ky, ky))
     assert debiased_cka(x, y) == pytest.approx(expected, rel=1e-9)
