@@ -250,7 +250,8 @@ def cka_heatmap(matrix: Any, *, title: str | None = None, x_label: str = "layer 
     return fig
 
 
-def _pc_titles(explained: Sequence[float] | None) -> tuple[str, str]:
+def pc_titles(explained: Sequence[float] | None) -> tuple[str, str]:
+    """Axis titles of a PCA plane, with each component's share of dense variance when given."""
     if explained is None:
         return "PC1", "PC2"
     shares = _array(explained, "explained").ravel()
@@ -268,7 +269,7 @@ def pca_scatter(points: Mapping[Any, Any], *, explained: Sequence[float] | None 
         raise InvalidArgumentError(f"max_points is {max_points}; pass at least 1.")
     arrays = _named(points, "points", ndim=2)
     styles = _styles(list(arrays))
-    fig = _figure(title or "Hidden states in dense's principal plane", *_pc_titles(explained))
+    fig = _figure(title or "Hidden states in dense's principal plane", *pc_titles(explained))
     for name, xy in arrays.items():
         if len(xy) > max_points:
             xy = xy[np.linspace(0, len(xy) - 1, int(max_points)).round().astype(int)]  # (max_points, 2)
@@ -285,7 +286,7 @@ def pca_trajectories(paths: Mapping[Any, Any], *, explained: Sequence[float] | N
     diamond, and about 8 layers (always the last) labelled with their index."""
     arrays = _named(paths, "paths", ndim=2)
     styles = _styles(list(arrays))
-    fig = _figure(title or "Path through the layers in dense's principal plane", *_pc_titles(explained))
+    fig = _figure(title or "Path through the layers in dense's principal plane", *pc_titles(explained))
     for name, xy in arrays.items():
         last, step = len(xy) - 1, max(1, math.ceil(len(xy) / 8))
         labels = [str(layer) if layer == last or (layer % step == 0 and last - layer >= step / 2) else ""

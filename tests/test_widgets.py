@@ -1,0 +1,71 @@
+"""Dashboards update their figures in place when a control is set from code, and reuse the cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from sponlib.analysis import LayerAnalysis
+from sponlib.calibration import calibrate
+from sponlib.errors import InvalidArgumentError
+from sponlib.spon import SponVectors
+from sponlib.tiny import tiny_model
+from sponlib.widgets import DriftExplorer, ThresholdExplorer
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    model = tiny_model("llama")
+    calibration = calibrate(model, torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(1)),
+                            refine_levels=(0.5,), progress=False)
+    thresholds = calibration.thresholds(0.5, "teal")
+    vectors = SponVectors.zeros(model)
+    for alpha in vectors.alphas.values():
+        alpha.normal_(0, 0.3)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+    return LayerAnalysis(model, ids, calibration, spon={("teal", 0.5): (thresholds, vectors.alphas)}, lens_tokens=8)
+
+
+def test_drift_explorer_moves_its_curves_with_the_slider(analysis):
+    explorer = DriftExplorer(analysis, rules=("teal", "wina"))
+    masked, spon = explorer.drift.data[0], explorer.drift.data[1]
+    at_half = list(masked.y)
+    assert spon.visible is True and not np.isnan(spon.y).any()  # vectors exist at 0.5
+    explorer.level.value = 0.8
+    assert list(masked.y) != at_half and np.all(np.array(masked.y) > 0)
+    assert np.allclose(masked.y, analysis.result("teal", 0.8)["metrics"]["drift"])
+    assert spon.visible == "legendonly"  # no vectors at 0.8
+    assert "0.8" in explorer.kl.layout.title.text
+    explorer.rule.value = "wina"
+    assert np.allclose(masked.y, analysis.result("wina", 0.8)["metrics"]["drift"])
+    pca_before = list(explorer.pca.data[1].x)
+    explorer.layer.value = 0
+    assert list(explorer.pca.data[1].x) != pca_before
+    assert "measured sparsity" in explorer.status.value
+
+
+def test_revisiting_a_level_uses_the_cache(analysis):
+    explorer = DriftExplorer(analysis)
+    explorer.level.value = 0.3
+    computed = len(analysis.timings)
+    explorer.level.value = 0.5
+    explorer.level.value = 0.3
+    assert len(analysis.timings) == computed  # nothing recomputed
+
+
+def test_threshold_explorer_moves_the_threshold_line(analysis):
+    explorer = ThresholdExplorer(analysis, block=1, role="gate")
+    line = explorer.figure.layout.shapes[0]
+    before, bars = line.x0, list(explorer.figure.data[0].y)
+    explorer.level.value = 0.8
+    assert explorer.figure.layout.shapes[0].x0 > before  # a higher level, a higher threshold
+    assert list(explorer.figure.data[0].y) != bars  # upstream masks changed what block 1 reads
+    assert "zeroed in this projection" in explorer.status.value
+    explorer.role.value = "down"
+    assert "down_proj" in explorer.figure.layout.title.text
+    explorer.level.value = 0.0
+    assert explorer.figure.layout.shapes[0].visible is False  # dense: no threshold
+
+
+def test_unknown_rule_is_refused_up_front(analysis):
+    with pytest.raises(InvalidArgumentError):
+        DriftExplorer(analysis, rules=("magnitude",))
