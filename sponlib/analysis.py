@@ -6,8 +6,9 @@ correction (W α against the mean sparsification residual).
     captures = capture_variants(model, ids, variants, tokens=select_tokens(8, 512, 2048))
     per_layer = compare(model, captures["dense"], captures["masked"])   # metric -> L values
 
-`LayerAnalysis` caches one result per (variant, rule, level), so dashboards that revisit a
-setting redraw at once. `analyse_model` makes the record behind data/results/analysis_*.json.
+`LayerAnalysis` caches one result per (rule, level, with or without SPON), so dashboards that
+revisit a setting redraw at once; `separation` tests which metrics tell masked from SPON apart.
+`sponlib.analysis_record.run_analysis` makes the record behind data/results/analysis_*.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .hooks import HookSet
 from .metrics import cka_matrix, cosine, kl_divergence, linear_cka, minibatch_cka, relative_drift
 from .sparsity import Sparsifier, Thresholds, input_scores
 
-# What each per-layer metric says about "far from dense", and which way is worse.
+# The per-layer metrics, and the value each takes for the dense model itself.
 METRICS = {
     "drift": "relative L2 drift ‖h − h_dense‖ / ‖h_dense‖ (0 = dense)",
     "cosine": "mean cosine with the dense state (1 = dense)",
@@ -40,8 +41,9 @@ WITH_FIRST_POSITION = {"cka_all_positions": "linear CKA over every position, the
 HIGHER_IS_CLOSER = {"cosine", "cka", "cka_debiased", "cka_all_positions"}
 
 
-def distance(metric: str, value: float) -> float:
-    """Every metric turned into a distance from dense: 0 at dense, larger is farther."""
+def distance(metric: str, value):
+    """Every metric turned into a distance from dense: 0 at dense, larger is farther (a float or
+    an array of them)."""
     return 1.0 - value if metric in HIGHER_IS_CLOSER else value
 
 
@@ -211,7 +213,7 @@ def separation(per_window: dict[str, dict[str, np.ndarray]], levels: list[float]
 
     summary = {}
     for metric in (*METRICS, *WITH_FIRST_POSITION):
-        runs = {run: np.vectorize(lambda v: distance(metric, v))(np.asarray(values[metric], dtype=float))
+        runs = {run: distance(metric, np.asarray(values[metric], dtype=float))
                 for run, values in per_window.items() if metric in values}  # run -> (W, L) distances
         pairs = [level for level in levels if f"masked@{level}" in runs and f"spon@{level}" in runs]
         if main_level not in pairs:

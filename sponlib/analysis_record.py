@@ -122,7 +122,7 @@ def run_analysis(model, ids: torch.Tensor, calibration, spon: dict[float, tuple]
         "metrics": {**METRICS, **WITH_FIRST_POSITION},
         "measured_sparsity": {k: round(v, 4) for k, v in measured.items()},
         "per_layer": per_layer,
-        "per_window_main": {run: {m: np.round(v, 5).tolist() for m, v in per_window[run].items()}
+        "per_window_main": {run: {m: np.round(v, 9).tolist() for m, v in per_window[run].items()}
                             for run in (f"masked@{main_level}", f"spon@{main_level}")},
         "summary": {metric: {kind: round(float(np.mean([distance(metric, v) for v in main[kind][metric]])), 5)
                              for kind in main} for metric in (*METRICS, *WITH_FIRST_POSITION)},

@@ -36,6 +36,13 @@ def _provenance_line(record: dict) -> str:
             f"Command: `{record['command']}`")
 
 
+def _run_line(record: dict) -> str:
+    """Model, dtype, device, torch and command of a record that has no protocol windows."""
+    model, device = record["model"], record["device"]
+    return (f"Model `{model['name']}`, {record['dtype']}, {device['device']} ({device['name']}), torch "
+            f"{record['versions']['torch']}. Command: `{record['command']}`\n")
+
+
 def render_perplexity(record: dict) -> str:
     lines = ["| text | windows | predicted tokens | perplexity |", "| --- | ---: | ---: | ---: |"]
     for row in record["results"]:
@@ -220,6 +227,58 @@ def render_throughput(record: dict) -> str:
             f"{record['versions']['torch']}. Command: `{record['command']}`\n")
 
 
+def render_analysis(record: dict) -> str:
+    """Which metrics separate masked from SPON (from analysis_<model>.json), then the per-level
+    drift and output KL, the CKA-saturation counts and the SPON-versus-mean-residual check."""
+    main, sep = record["main_level"], record["separation"]
+    lines = [f"| metric (distance from dense) | masked {main:g} | SPON {main:g} | SPON / masked | median t | "
+             "separated | mask within 0.02 of dense |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for metric in record["metric_order"]:
+        e = sep[metric]
+        lines.append(f"| {metric} | {e['distance_masked']:.4f} | {e['distance_spon']:.4f} | "
+                     f"{e['distance_spon'] / e['distance_masked']:.2f} | {e['t_median']:.1f} | {e['separated']:.0%} | "
+                     f"{e['near_ideal']:.0%} |")
+    levels = ["", "| level | drift masked / SPON | output KL masked / SPON (nats) | measured sparsity masked / SPON |",
+              "| ---: | ---: | ---: | ---: |"]
+    for level in record["levels"]:
+        m, s_ = record["per_layer"][f"masked@{level}"], record["per_layer"][f"spon@{level}"]
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        levels.append(f"| {level:g} | {mean(m['drift']):.3f} / {mean(s_['drift']):.3f} | {m['lens_kl'][-1]:.3f} / "
+                      f"{s_['lens_kl'][-1]:.3f} | {record['measured_sparsity'][f'masked@{level}']:.3f} / "
+                      f"{record['measured_sparsity'][f'spon@{level}']:.3f} |")
+    high = lambda values: sum(v >= 0.98 for v in values)  # noqa: E731
+    n_layers = len(record["per_layer"][f"masked@{main}"]["cka"])
+    with_first, without = ({k: record["per_layer"][f"{k}@{main}"][metric] for k in ("masked", "spon")}
+                           for metric in ("cka_all_positions", "cka"))
+    align = record["spon_alignment"][str(main)]
+    windows, tokens = record["windows"], record["tokens"]
+    return ("\n".join(lines + levels) + "\n\n"
+            f"Distances, mean over the {n_layers} layers, on {tokens['per_variant']:,} tokens of "
+            f"{windows['windows']} windows of {windows['window_len']} tokens of {windows['source']} "
+            f"(first position of each window left out), {record['rule']} mask. t: paired t statistic of masked minus "
+            f"SPON distance across windows (median over layers); separated: share of (layer, level) pairs where SPON "
+            f"is closer with t above {sep[record['metric_order'][0]]['critical_t']:.2f} (5 %, two-sided). "
+            f"CKA saturation: plain CKA over every position reads ≥ 0.98 in {high(with_first['masked'])} of {n_layers} "
+            f"layers for the mask at {main:g} and {high(with_first['spon'])} for SPON; without the first position of "
+            f"each window, in {high(without['masked'])} and {high(without['spon'])}. SPON against the mean residual "
+            f"at {main:g}: median cosine of W α with W E[x − S(x)] {align['median_cosine_mask_states']:.2f} (masked "
+            f"states) / {align['median_cosine_spon_states']:.2f} (SPON states), median ‖W α‖ / ‖W E[x − S(x)]‖ "
+            f"{align['median_norm_ratio']:.1f}.\n\n" + _run_line(record))
+
+
+def render_widget_latency(record: dict) -> str:
+    """Dashboard redraw times after a slider move (benchmarks/widget_latency.py)."""
+    lines = ["| dashboard | level | median s | max s | goal | met |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for key, s_ in record["summary"].items():
+        dashboard, kind = key.split("/")
+        lines.append(f"| {dashboard} | {kind} | {s_['median_s']:.3f} | {s_['max_s']:.3f} | < {s_['goal_s']:g} s | "
+                     f"{'yes' if s_['met'] else 'no'} |")
+    probe = record["probe"]
+    return ("\n".join(lines) + f"\n\nProbe: {probe['windows']} window of {probe['window_len']} tokens of "
+            f"{probe['source']}, logit lens on {record['lens_tokens']} tokens, {record['threads']} torch threads. "
+            f"A new level with SPON vectors runs two forward passes (masked, then SPON).\n\n" + _run_line(record))
+
+
 # result file -> renderer; later stages register their tables here.
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "dense_baseline.json": render_perplexity,
@@ -231,6 +290,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "spon_folded_cpu.json": render_fold_check,
     "spon_throughput_h200.json": render_throughput,
     "spon_throughput_cpu.json": render_throughput,
+    "analysis_smollm2.json": render_analysis,
+    "widget_latency_cpu.json": render_widget_latency,
 }
 
 

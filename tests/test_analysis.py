@@ -215,7 +215,7 @@ def test_analysis_record_on_a_tiny_model():
 
 
 @pytest.mark.slow
-def test_the_record_reproduces_on_the_real_model(default_model, default_tokenizer):
+def test_the_record_reproduces_on_the_real_model(default_model):
     """Recompute two of the record's numbers from scratch: window 0's drift and CKA at the last
     block, masked at 0.5, with the record's windows and token sample."""
     from sponlib.analysis_record import _tokens
@@ -225,8 +225,8 @@ def test_the_record_reproduces_on_the_real_model(default_model, default_tokenize
     from sponlib.report import results_dir
 
     record = json.loads((results_dir() / "analysis_smollm2.json").read_text())
-    model = default_model
-    windows = load_windows(load_corpus("persuasion"), default_tokenizer, 512, record["windows"]["windows"], seed=0)
+    model, tokenizer = default_model
+    windows = load_windows(load_corpus("persuasion"), tokenizer, 512, record["windows"]["windows"], seed=0)
     tokens, first = _tokens(windows.ids, record["tokens"]["per_variant"], record["tokens"]["seed"])
     calibration = Calibration.load(data_dir() / "artifacts" / "smollm2-135m" / "calibration.safetensors", model)
     caps = capture_variants(model, windows.ids, [Variant("dense"), Variant("masked", calibration.thresholds(0.5, "teal"))],

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sponlib.report import results_dir, update_readme
@@ -110,3 +111,41 @@ def test_folded_export_matches_spon_at_run_time_on_the_protocol_windows():
     for a, b in zip(folded["results"], runtime["results"]):
         assert a["corpus"] == b["corpus"] and a["windows"] == b["windows"] == 64
         assert abs(a["ppl"] / b["ppl"] - 1) < 0.01 and abs(a["measured"] - b["measured"]) < 0.002
+
+
+def test_analysis_record_compares_dense_masked_and_spon_layer_by_layer():
+    import math
+
+    import numpy as np
+
+    from sponlib.analysis import separation
+
+    record = json.loads((results_dir() / "analysis_smollm2.json").read_text())
+    assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"
+    assert record["windows"]["source"] == "persuasion" and record["rule"] == "teal" and record["main_level"] == 0.5
+    assert {"torch", "transformers"} <= set(record["versions"]) and record["windows"]["seed"] == 0
+    for kind in ("masked", "spon"):
+        layers = record["per_layer"][f"{kind}@0.5"]
+        assert {"drift", "cosine", "cka", "lens_kl"} <= set(layers)
+        assert all(len(v) == 30 and all(math.isfinite(x) for x in v) for v in layers.values())
+        assert abs(record["measured_sparsity"][f"{kind}@0.5"] - 0.5) <= 0.02
+    # SPON brings the output distribution closer to dense at every level (output KL = last lens layer)
+    for level in record["levels"]:
+        assert record["per_layer"][f"spon@{level}"]["lens_kl"][-1] < record["per_layer"][f"masked@{level}"]["lens_kl"][-1]
+    # the separation table is what the per-window values give
+    main = record["per_window_main"]
+    recomputed = separation(main, [0.5], 0.5)
+    for metric, entry in recomputed.items():
+        assert entry["t_median"] == pytest.approx(record["separation"][metric]["t_median"], rel=1e-3, abs=1e-3)
+    assert record["metric_order"] == sorted(record["separation"], key=lambda m: -record["separation"][m]["t_median"])
+    assert np.array(record["cka_heatmap"]["masked"]).shape == (30, 30)
+
+
+def test_widget_latency_summary_is_computed_from_its_rows():
+    record = json.loads((results_dir() / "widget_latency_cpu.json").read_text())
+    assert record["model"]["name"] == "smollm2-135m" and record["probe"]["window_len"] == 256
+    assert record["threads"] == 2
+    for key, entry in record["summary"].items():
+        dashboard, kind = key.split("/")
+        times = [r["seconds"] for r in record["rows"] if r["dashboard"] == dashboard and r["kind"] == kind]
+        assert entry["max_s"] == max(times) and entry["met"] == (max(times) < entry["goal_s"])
