@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,17 +255,22 @@ class LayerAnalysis:
     Metrics leave out the first position of each window (see `sponlib.analysis_record`); the
     probe's perplexity counts every token that has a next one. The logit lens runs on the first
     `lens_tokens` tokens (the head is the costly part: 30 layers x 49k words for SmolLM2), and the
-    dense model's lens is computed once (`lens_tokens` x layers x vocabulary floats)."""
+    dense model's lens is computed once (`lens_tokens` x layers x vocabulary floats).
+
+    Memory: each cached setting keeps its residual stream for the PCA views (blocks x tokens x
+    width floats, 18 MB for SmolLM2 on 256 tokens); beyond `max_cached` settings the least
+    recently used one is dropped and recomputed if visited again."""
 
     def __init__(self, model, ids: torch.Tensor, calibration, spon: dict | None = None, lens_tokens: int = 12,
-                 metrics=("drift", "cosine", "cka", "lens_kl")):
+                 metrics=("drift", "cosine", "cka", "lens_kl"), max_cached: int = 24):
         self.model, self.ids, self.calibration = model, ids, calibration  # ids: (B, L)
         self.spon = {(rule, round(float(level), 4)): pair for (rule, level), pair in (spon or {}).items()}
         self.lens_tokens, self.metrics = lens_tokens, tuple(metrics)
         self.tokens = select_tokens(*ids.shape)  # (B * L, 2): every token
         self.later = self.tokens[:, 1] > 0  # (B * L,) rows the metrics use
         self.timings: dict = {}  # setting -> seconds its computation took
-        self._cache: dict = {}
+        self.max_cached = max_cached
+        self._cache: OrderedDict = OrderedDict()  # setting -> result, least recently used first
         self._projections = block_projections(model)
         self._dense: Capture | None = None
         self._dense_lens: torch.Tensor | None = None  # (L, lens_tokens, V)
@@ -304,11 +310,21 @@ class LayerAnalysis:
         logprobs = lens_logprobs(self.model, states.resid()[-1][rows])  # (n, V)
         return float(torch.exp(-logprobs.gather(1, targets[:, None]).mean()))
 
+    def _cached(self, key, compute) -> dict:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            self._cache[key] = compute()
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
     def result(self, rule: str, level: float, with_spon: bool = False) -> dict:
         """{"capture", "measured", "perplexity", "metrics": metric -> per-layer list} at one
         setting (cached)."""
         key = (rule, round(float(level), 4), with_spon)
-        if key not in self._cache:
+
+        def compute() -> dict:
             started = time.perf_counter()
             dense = self.dense
             variant = self.variant(rule, level, with_spon)
@@ -316,24 +332,28 @@ class LayerAnalysis:
                 states = capture(self.model, self.ids, tokens=self.tokens, inputs=False)
             metrics = compare(self.model, dense.subset(self.later), states.subset(self.later),
                               lens_tokens=self.lens_tokens, reference_lens=self._dense_lens, metrics=self.metrics)
-            self._cache[key] = {"capture": states, "measured": sparsifier.summary()["weighted"],
-                                "perplexity": self.perplexity(states), "metrics": metrics}
+            result = {"capture": states, "measured": sparsifier.summary()["weighted"],
+                      "perplexity": self.perplexity(states), "metrics": metrics}
             self.timings[key] = time.perf_counter() - started
-        return self._cache[key]
+            return result
+
+        return self._cached(key, compute)
 
     def projection_input(self, rule: str | None, level: float, block: int, role: str) -> dict:
         """What one projection reads at a setting (upstream masks on; rule None: dense), before its
         own mask, from one forward pass that also gives the measured sparsity and the probe's
         perplexity: {"values": (B * L, in), "measured", "perplexity"}, cached."""
         key = ("input", rule, round(float(level), 4), block, role)
-        if key not in self._cache:
+
+        def compute() -> dict:
             variant = Variant("dense") if rule is None else self.variant(rule, level)
             with variant.active(self.model) as sparsifier:
                 states = capture(self.model, self.ids, tokens=self.tokens, inputs=(role,), blocks=(block,))
-            self._cache[key] = {"values": states[input_name(self.model, block, role)],
-                                "measured": sparsifier.summary()["weighted"] if sparsifier else 0.0,
-                                "perplexity": self.perplexity(states)}
-        return self._cache[key]
+            return {"values": states[input_name(self.model, block, role)],
+                    "measured": sparsifier.summary()["weighted"] if sparsifier else 0.0,
+                    "perplexity": self.perplexity(states)}
+
+        return self._cached(key, compute)
 
 
 # ------------------------------------------------------------------ PCA across layers

@@ -193,6 +193,18 @@ def test_layer_analysis_caches_each_setting():
         analysis.result("teal", 1.5)
 
 
+def test_layer_analysis_cache_is_bounded():
+    model, calibration, _ = _setup()
+    analysis = LayerAnalysis(model, _ids(), calibration, lens_tokens=4, max_cached=2)
+    first = analysis.result("teal", 0.3)
+    evicted = analysis.result("teal", 0.4)
+    assert analysis.result("teal", 0.3) is first  # used again: now the most recent
+    analysis.result("teal", 0.5)  # evicts 0.4, the least recently used
+    assert len(analysis._cache) == 2 and analysis.result("teal", 0.3) is first
+    again = analysis.result("teal", 0.4)  # recomputed, same numbers
+    assert again is not evicted and again["metrics"]["drift"] == pytest.approx(evicted["metrics"]["drift"])
+
+
 def test_analysis_record_on_a_tiny_model():
     from sponlib.analysis_record import run_analysis
 
