@@ -115,11 +115,10 @@ def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, res
 
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}  # name -> per-batch (n, d) rows
-    batch_rows: list[torch.Tensor] = []  # rows of the current batch, set per batch below
+    rows = tokens[:0]  # (n, 2) pairs of the batch running now, relative to it; set per batch below
 
     def keep(name: str):
         def hook(x: torch.Tensor) -> None:  # x: (b, L, d)
-            rows = batch_rows[0]
             parts.setdefault(name, []).append(x[rows[:, 0], rows[:, 1]].detach().to("cpu", torch.float32))
         return hook
 
@@ -151,7 +150,7 @@ def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, res
             in_batch = (tokens[:, 0] >= start) & (tokens[:, 0] < start + batch_size)
             if not in_batch.any():
                 continue
-            batch_rows[:] = [tokens[in_batch] - torch.tensor([start, 0])]
+            rows = tokens[in_batch] - torch.tensor([start, 0])
             model(input_ids=ids[start:start + batch_size].to(device), use_cache=False, logits_to_keep=1)
     states = {name: torch.cat(chunks) for name, chunks in parts.items()}
     states.update({alias: states[first] for alias, first in aliases.items()})
