@@ -556,7 +556,8 @@ def cmd_analyse(args) -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     name = getattr(model, "sponlib_source", {}).get("name", "")
     folder = args.spon_dir or str(data_dir() / "artifacts" / name)
-    spon = {level: load_spon(path, model) for level, path in _spon_files(folder, args.method, args.levels).items()}
+    files = _spon_files(folder, args.method, args.levels)  # listed once: the record names what was loaded
+    spon = {level: load_spon(path, model) for level, path in files.items()}
     calibration_path = args.calibration or _shipped_calibration(model)
     if calibration_path is None:
         raise SponlibError("name a calibration file: --calibration FILE (make one with `python -m sponlib calibrate`)")
@@ -566,8 +567,7 @@ def cmd_analyse(args) -> None:
                            max_tokens=args.max_tokens, lens_tokens=args.lens_tokens, seed=args.seed)
     shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path  # noqa: E731
     payload = {"windows": windows.describe(), "calibration": shown(calibration_path),
-               "spon_files": {str(level): shown(path) for level, path in
-                              _spon_files(folder, args.method, args.levels).items()}, **payload}
+               "spon_files": {str(level): shown(path) for level, path in files.items()}, **payload}
     write_result(args.json, "representation_analysis", payload, model=model, device=resolve_device(args.device),
                  dtype=resolve_dtype(args.dtype))
     s = payload["summary"]

@@ -88,8 +88,9 @@ class DriftExplorer(_Dashboard):
         rule, level = self.rule.value, self.level.value
         a = self.analysis
         masked = a.result(rule, level) if level > 0 else None
-        self._show(masked, None, pending=level > 0 and a.has_spon(rule, level))
-        if level > 0 and a.has_spon(rule, level):
+        with_spon = level > 0 and a.has_spon(rule, level)
+        self._show(masked, None, pending=with_spon)
+        if with_spon:
             self._show(masked, a.result(rule, level, with_spon=True))
 
     def _show(self, masked: dict | None, spon: dict | None, pending: bool = False) -> None:
@@ -155,8 +156,7 @@ class ThresholdExplorer(_Dashboard):
             self.figure.layout.annotations = fresh.layout.annotations
             self.figure.layout.title = fresh.layout.title
             self.figure.layout.xaxis = fresh.layout.xaxis
-        dense = a.projection_input(None, 0.0, block, role)
         self.status.value = (f"zeroed in this projection: {plots.zeroed_share(values, tau):.1%} · "
                              f"all projections: {seen['measured']:.3f} · probe perplexity "
-                             f"{seen['perplexity']:.2f} (dense {dense['perplexity']:.2f})")
+                             f"{seen['perplexity']:.2f} (dense {a.dense_perplexity:.2f})")
 
