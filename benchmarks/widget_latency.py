@@ -19,11 +19,10 @@ import time
 import torch
 
 from sponlib.analysis import LayerAnalysis
-from sponlib.calibration import Calibration
-from sponlib.data import data_dir, load_corpus, load_windows
+from sponlib.artifacts import shipped_calibration, shipped_spon
+from sponlib.data import load_corpus, load_windows
 from sponlib.models import load_model
 from sponlib.results import write_result
-from sponlib.spon import load_spon
 from sponlib.widgets import DriftExplorer, ThresholdExplorer
 
 GOALS = {"new": 2.0, "cached": 0.2}  # seconds
@@ -55,14 +54,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype="float32", device="cpu")
-    folder = data_dir() / "artifacts" / args.model
-    calibration = Calibration.load(folder / "calibration.safetensors", model)
-    spon = {}
-    for level in (0.25, 0.4, 0.5, 0.6, 0.7):
-        path = folder / f"spon-teal-{level}.safetensors"
-        if path.is_file():
-            vectors, thresholds = load_spon(path, model)
-            spon[("teal", level)] = (thresholds, vectors.alphas)
+    calibration = shipped_calibration(model)
+    spon = shipped_spon(model, "teal")
     probe = load_windows(load_corpus(args.corpus), tokenizer, args.tokens, 1, seed=0)
     levels = [float(x) for x in args.levels.split(",")]
 

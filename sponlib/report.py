@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import data_dir
+from .errors import CorruptFileError, InvalidArgumentError
 from .io import atomic_write_text
 
 _BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
@@ -25,6 +26,28 @@ _BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- 
 
 def results_dir() -> Path:
     return data_dir() / "results"
+
+
+def load_result(filename: str) -> dict:
+    """A record of data/results/ by file name, e.g. `load_result("spon_recovery.json")`."""
+    path = results_dir() / filename
+    if not path.is_file():
+        known = ", ".join(sorted(p.name for p in results_dir().glob("*.json")))
+        raise InvalidArgumentError(f"no result record {filename!r} in {results_dir()}; known: {known}")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}); restore it with git or rerun its command")
+    if not isinstance(record, dict) or "kind" not in record:
+        raise CorruptFileError(f"{path} is not a sponlib result record (no 'kind'); restore it with git")
+    return record
+
+
+def source_line(record: dict) -> str:
+    """Where a record's numbers come from, in one line: model, dtype, device, date and command."""
+    model, device = record.get("model", {}), record.get("device", {})
+    return (f"{model.get('name', '?')}, {record.get('dtype', '?')}, {device.get('name', device.get('device', '?'))}, "
+            f"{record.get('created', '?')[:10]}: `{record.get('command', '?')}`")
 
 
 def _provenance_line(record: dict) -> str:
