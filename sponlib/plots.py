@@ -335,6 +335,33 @@ def recovery_bars(rows: Sequence[Mapping[str, Any]], *, targets: Mapping[str, fl
     return fig
 
 
+def perplexity_vs_sparsity(sparsity: Any, perplexities: Mapping[Any, Any], *, dense: float | None = None,
+                           title: str | None = None, log_y: bool = True) -> go.Figure:
+    """Perplexity of each named curve (a mask rule, "masked", "spon"...) against sparsity, on a log
+    axis by default (collapse is exponential), with the dense perplexity as a grey dotted line."""
+    levels = _array(sparsity, "sparsity").ravel()  # (S,)
+    if levels.size == 0 or not np.all((levels >= 0) & (levels < 1)):
+        raise InvalidArgumentError(f"sparsity is {levels.tolist()}; pass a non-empty sequence of levels in [0, 1).")
+    arrays = _named(perplexities, "perplexities", ndim=1)
+    for name, values in arrays.items():
+        if values.size != levels.size:
+            raise InvalidArgumentError(f"{name!r} has {values.size} values for {levels.size} sparsity levels; "
+                                       "give one value per level (NaN where there is none).")
+    order = np.argsort(levels, kind="stable")
+    styles = _styles(list(arrays))
+    fig = _figure(title or "Perplexity against sparsity", "sparsity (share of inputs zeroed)", "perplexity")
+    for name, values in arrays.items():
+        fig.add_trace(go.Scatter(x=levels[order], y=values[order], name=name, mode="lines+markers",
+                                 line=dict(width=2, **styles[name]),
+                                 hovertemplate=f"{name}<br>sparsity %{{x:.2f}}<br>perplexity %{{y:.4g}}<extra></extra>"))
+    if dense is not None:
+        fig.add_hline(y=float(dense), line=dict(color=VARIANT_COLOURS["dense"], width=1, dash="dot"),
+                      annotation_text="dense", annotation_position="bottom right")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
 def speed_vs_sparsity(sparsity: Any, speedups: Mapping[Any, Any], *, bound: Any = None, title: str | None = None,
                       unit: str = "speed-up vs dense") -> go.Figure:
     """Speed of each implementation against sparsity, with a dashed grey bound: the given one (one value

@@ -30,6 +30,7 @@ BUILDERS = {
     "recovery": lambda: plots.recovery_bars([{"run": "teal@0.5", "persuasion": 0.68, "brown": 0.47}],
                                             targets={"persuasion": 0.7, "brown": 0.7}),
     "speed": lambda: plots.speed_vs_sparsity([0, 0.25, 0.5], {"Triton sparse GEMV": [1.0, 1.2, 1.6]}),
+    "perplexity": lambda: plots.perplexity_vs_sparsity([0.25, 0.5], {"teal": [35.0, 55.0]}, dense=34.6),
 }
 
 
@@ -246,3 +247,23 @@ def test_speed_vs_sparsity_draws_the_physical_bound():
 def test_speed_vs_sparsity_refuses_mismatches(sparsity, speedups, bound):
     with pytest.raises(InvalidArgumentError):
         plots.speed_vs_sparsity(sparsity, speedups, bound=bound)
+
+
+def test_perplexity_vs_sparsity_sorts_levels_and_marks_dense():
+    fig = plots.perplexity_vs_sparsity([0.7, 0.25, 0.5], {"masked": [640.0, 35.2, 54.7], "spon": [79.8, 35.0, 41.1]},
+                                       dense=34.65)
+    masked, spon = fig.data
+    np.testing.assert_array_equal(masked.x, [0.25, 0.5, 0.7])
+    np.testing.assert_array_equal(masked.y, [35.2, 54.7, 640.0])
+    np.testing.assert_array_equal(spon.y, [35.0, 41.1, 79.8])
+    assert spon.line.dash == "dash" and masked.line.color == plots.VARIANT_COLOURS["masked"]
+    assert fig.layout.yaxis.type == "log"
+    assert [shape.y0 for shape in fig.layout.shapes] == [34.65]
+    assert plots.perplexity_vs_sparsity([0.5], {"a": [2.0]}, log_y=False).layout.yaxis.type != "log"
+
+
+@pytest.mark.parametrize("sparsity, curves", [([], {"a": []}), ([0.5, 1.0], {"a": [1, 2]}), ([0.5], {"a": [1, 2]}),
+                                              ([0.5], {})])
+def test_perplexity_vs_sparsity_refuses_mismatches(sparsity, curves):
+    with pytest.raises(InvalidArgumentError):
+        plots.perplexity_vs_sparsity(sparsity, curves)
