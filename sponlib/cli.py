@@ -8,7 +8,9 @@
     train      train SPON vectors for one mask rule and level
     export     fold SPON vectors into biases and write a plain Hugging Face checkpoint
     recovery   train and evaluate SPON across levels, rules and ablations (data/results/spon_recovery.json)
+    analyse    layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)
     readme     regenerate the README's result tables from data/results/
+    figures    export the README's figures as PNG from data/results/ (docs/figures/), through chromium
 
 Errors sponlib raises on purpose print as one line (exit status 2), without a traceback.
 """
@@ -163,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", default="README.md")
     p.add_argument("--check", action="store_true", help="fail if the README is out of date instead of writing")
     p.set_defaults(run=cmd_readme)
+
+    p = sub.add_parser("figures", help="export the README's figures as PNG from data/results/ (needs chromium)")
+    p.add_argument("--out", default="docs/figures", help="folder for the PNGs (default docs/figures)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="figures to export, by name (default all; an unknown name lists the known ones)")
+    p.set_defaults(run=cmd_figures)
     return parser
 
 
@@ -286,11 +294,13 @@ def _calibration_for(args, model, tokenizer, methods, prefix: str = ""):
     write it to --calibration when given."""
     import os
 
+    from .artifacts import shipped_calibration_path
     from .calibration import Calibration
     from .sparsity import split_method
 
     if args.calibration is None:
-        args.calibration = _shipped_calibration(model)
+        path = shipped_calibration_path(model)
+        args.calibration = str(path) if path else None
     if args.calibration and os.path.exists(args.calibration):
         return Calibration.load(args.calibration, model)
     greedy_scores = sorted({split_method(m)[0] for m in methods if split_method(m)[1] == "greedy"})
@@ -300,15 +310,6 @@ def _calibration_for(args, model, tokenizer, methods, prefix: str = ""):
     if args.calibration:
         calibration.save(args.calibration)
     return calibration
-
-
-def _shipped_calibration(model) -> str | None:
-    """data/artifacts/<model>/calibration.safetensors when the model is a known one and it exists."""
-    from .data import data_dir
-
-    name = getattr(model, "sponlib_source", {}).get("name", "")
-    path = data_dir() / "artifacts" / name / "calibration.safetensors"
-    return str(path) if name and path.is_file() else None
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -516,36 +517,13 @@ def cmd_sweep(args) -> None:
     print(f"wrote {args.json}")
 
 
-def _spon_files(folder: str, method: str, levels) -> dict[float, str]:
-    """level -> spon-<method>-<level>.safetensors in `folder`: the asked levels (each must exist),
-    or every level found."""
-    import glob
-    import os
-
-    found = {}
-    for path in glob.glob(os.path.join(folder, f"spon-{method}-*.safetensors")):
-        try:
-            found[float(os.path.basename(path)[len(f"spon-{method}-"):-len(".safetensors")])] = path
-        except ValueError:
-            continue
-    if levels is None:
-        if not found:
-            raise SponlibError(f"no spon-{method}-<level>.safetensors in {folder}; train some with "
-                               "`python -m sponlib train` or name --spon-dir")
-        return dict(sorted(found.items()))
-    missing = [level for level in levels if level not in found]
-    if missing:
-        raise SponlibError(f"no SPON vectors for {method} at {', '.join(map(str, missing))} in {folder} "
-                           f"(found: {', '.join(map(str, sorted(found))) or 'none'})")
-    return {level: found[level] for level in levels}
-
-
 def cmd_analyse(args) -> None:
     import os
 
     from .analysis_record import run_analysis
+    from .artifacts import artifacts_dir, shipped_calibration_path, spon_files
     from .calibration import Calibration
-    from .data import data_dir, load_corpus, load_windows
+    from .data import load_corpus, load_windows
     from .models import load_model, resolve_device, resolve_dtype
     from .results import write_result
     from .sparsity import split_method
@@ -554,18 +532,17 @@ def cmd_analyse(args) -> None:
     split_method(args.method)
     source = load_corpus(args.corpus)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    name = getattr(model, "sponlib_source", {}).get("name", "")
-    folder = args.spon_dir or str(data_dir() / "artifacts" / name)
-    files = _spon_files(folder, args.method, args.levels)  # listed once: the record names what was loaded
+    folder = args.spon_dir or artifacts_dir(model)
+    files = spon_files(folder, args.method, args.levels)  # listed once: the record names what was loaded
     spon = {level: load_spon(path, model) for level, path in files.items()}
-    calibration_path = args.calibration or _shipped_calibration(model)
+    calibration_path = args.calibration or shipped_calibration_path(model)
     if calibration_path is None:
         raise SponlibError("name a calibration file: --calibration FILE (make one with `python -m sponlib calibrate`)")
     calibration = Calibration.load(calibration_path, model)
     windows = load_windows(source, tokenizer, args.window_len, args.windows, args.seed)
     payload = run_analysis(model, windows.ids, calibration, spon, rule=args.method, main_level=args.main_level,
                            max_tokens=args.max_tokens, lens_tokens=args.lens_tokens, seed=args.seed)
-    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path  # noqa: E731
+    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)  # noqa: E731
     payload = {"windows": windows.describe(), "calibration": shown(calibration_path),
                "spon_files": {str(level): shown(path) for level, path in files.items()}, **payload}
     write_result(args.json, "representation_analysis", payload, model=model, device=resolve_device(args.device),
@@ -584,6 +561,13 @@ def cmd_readme(args) -> None:
     if args.check and changed:
         raise SponlibError(f"{args.readme} is out of date with data/results/; run `python -m sponlib readme`")
     print(f"{args.readme}: {'updated' if changed else 'up to date'}")
+
+
+def cmd_figures(args) -> None:
+    from .figures import export_figures
+
+    for path in export_figures(args.out, names=args.only):
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,178 @@
+"""The README's figures: each drawn with the builders of `sponlib.plots` from a result record under
+data/results/, and exported as PNG through kaleido and Debian's chromium.
+
+    drift_per_layer  hidden-state drift from dense per layer, masked and SPON, at several teal levels
+    spon_recovery    share of the perplexity lost to the teal mask that SPON wins back, per level
+    cka_heatmaps     CKA between dense layers and masked / SPON layers at the record's main level
+
+`python -m sponlib figures` writes them to docs/figures/. Every number in a figure is read from its
+record, so a figure changes only when the code that measured it writes a new record.
+
+Export never downloads a browser: kaleido drives the chromium named by $SPONLIB_CHROMIUM, else
+the `chromium` on PATH (`make browser` installs Debian's), and fails with a clear message if
+there is none. Width, height and scale are fixed, so reruns give the same pictures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from . import plots
+from .errors import InvalidArgumentError, MissingPackageError, SponlibError
+from .io import atomic_write_bytes
+from .report import RECOVERY_TARGETS, load_result
+
+ANALYSIS_RECORD = "analysis_smollm2.json"
+RECOVERY_RECORD = "spon_recovery.json"
+WIDTH = 1000  # px at scale 1; each figure keeps the height its builder gives it
+SCALE = 2  # sharp on high-density screens, still well under 300 KB a figure
+DEFAULT_OUT = Path("docs") / "figures"
+
+
+class BrowserNotFoundError(SponlibError, FileNotFoundError):
+    """No chromium to render figures with; the message says how to get one."""
+
+
+def _model_and_text(record: dict) -> str:
+    """The model and the text a record analysed, for a title."""
+    return f"{record['model']['name']}, {record['windows']['source']}"
+
+
+def drift_levels(record: dict) -> list[float]:
+    """The levels the drift figure shows: the lowest, the record's main level and the highest."""
+    levels = sorted(record["levels"])
+    return sorted({levels[0], record["main_level"], levels[-1]})
+
+
+def drift_per_layer(record: dict | None = None) -> go.Figure:
+    """Relative L2 drift of the residual stream from dense, per layer, for the teal mask and SPON at
+    the lowest, main and highest level of the analysis record."""
+    record = load_result(ANALYSIS_RECORD) if record is None else record
+    curves = {f"{kind}@{level}": record["per_layer"][f"{kind}@{level}"]["drift"]
+              for level in drift_levels(record) for kind in ("masked", "spon")}
+    return plots.drift_per_layer(curves, title=f"Drift of the residual stream from dense: {record['rule']} mask "
+                                               f"vs SPON ({_model_and_text(record)})")
+
+
+def recovery_rows(record: dict) -> list[dict]:
+    """One row per level of the teal runs: {"run": name, text: recovery, ...}, texts in record order."""
+    texts = [test["source"] for test in record["settings"]["test"]]
+    return [{"run": row["name"], **{text: row["texts"][text]["recovery"] for text in texts}}
+            for row in record["experiments"] if row["group"] == "levels"]
+
+
+def recovery_targets(record: dict) -> list[tuple[str, str, float]]:
+    """(run, text, least recovery) of each target in `report.RECOVERY_TARGETS` that the record ran."""
+    texts = [test["source"] for test in record["settings"]["test"]]
+    runs = {row["level"]: row["name"] for row in record["experiments"] if row["group"] == "levels"}
+    return [(runs[level], texts[index], least) for level, index, least in RECOVERY_TARGETS if level in runs]
+
+
+def spon_recovery(record: dict | None = None) -> go.Figure:
+    """Recovery of the perplexity lost to the teal mask, per level and test text, each target a
+    short black bar over the bar it is set for (targets hold for one level, so no line across)."""
+    record = load_result(RECOVERY_RECORD) if record is None else record
+    fig = plots.recovery_bars(recovery_rows(record), title=f"Perplexity lost to the teal mask that SPON wins "
+                                                           f"back ({record['model']['name']})")
+    # Bars and target marks share an offset group per text, so each mark sits over its own bar.
+    fig.for_each_trace(lambda bar: bar.update(offsetgroup=bar.name, alignmentgroup="recovery"))
+    for number, (run, text, least) in enumerate(recovery_targets(record)):
+        fig.add_trace(go.Scatter(
+            x=[run], y=[least], name="target", legendgroup="target", showlegend=number == 0,
+            offsetgroup=text, alignmentgroup="recovery", mode="markers",
+            marker=dict(symbol="line-ew", size=34, line=dict(width=3, color="#000000")),
+            hovertemplate=f"target for {text}<br>%{{x}}<br>recovery ≥ %{{y:.2f}}<extra></extra>"))
+    fig.update_layout(scattermode="group", xaxis_title="teal level (run)")
+    return fig
+
+
+def cka_heatmaps(record: dict | None = None) -> go.Figure:
+    """CKA of every dense layer with every masked layer, and with every SPON layer, at the record's
+    main level, side by side on one colour scale."""
+    record = load_result(ANALYSIS_RECORD) if record is None else record
+    level, matrices = record["main_level"], record["cka_heatmap"]
+    low = float(np.nanmin([matrices["masked"], matrices["spon"]]))  # one colour scale for both panels
+    panels = [plots.cka_heatmap(matrices[kind], zmin=low, x_label=f"layer ({kind})") for kind in ("masked", "spon")]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=[f"dense vs masked@{level}", f"dense vs spon@{level}"])
+    for column, panel in enumerate(panels, start=1):
+        fig.add_trace(panel.data[0].update(showscale=column == 2), row=1, col=column)  # one colour bar
+        fig.update_xaxes(panel.layout.xaxis, row=1, col=column)
+        fig.update_yaxes(panel.layout.yaxis, scaleanchor="x" if column == 1 else f"x{column}", row=1, col=column)
+    # the builder's look, with room at the top for the panel titles under the figure's title
+    fig.update_layout(template=panels[0].layout.template, height=panels[0].layout.height,
+                      margin=panels[0].layout.margin, margin_t=95,
+                      title_text=f"CKA between layers at {record['rule']} {level} ({_model_and_text(record)})")
+    return fig
+
+
+# figure name (the PNG's file stem) -> builder reading its record
+FIGURES: dict[str, Callable[[], go.Figure]] = {
+    "drift_per_layer": drift_per_layer,
+    "spon_recovery": spon_recovery,
+    "cka_heatmaps": cka_heatmaps,
+}
+
+
+def chromium_path() -> str:
+    """The chromium kaleido drives: $SPONLIB_CHROMIUM, else `chromium` on PATH. Never downloaded."""
+    chosen = os.environ.get("SPONLIB_CHROMIUM")
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise BrowserNotFoundError(f"SPONLIB_CHROMIUM is {chosen!r}, which is not an executable file; "
+                                       "point it at a chromium, or unset it to use the one on PATH")
+        return chosen
+    found = shutil.which("chromium")
+    if not found:
+        raise BrowserNotFoundError("no chromium found to render figures with: run `make browser` (it installs "
+                                   "Debian's chromium, `apt-get install chromium`), or set SPONLIB_CHROMIUM "
+                                   "to a chromium executable; sponlib never downloads a browser")
+    return found
+
+
+def _run(coroutine):
+    """asyncio.run, also from a cell of a running notebook (its loop is busy: use a worker thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def render_png(figures: dict[str, go.Figure], scale: float = SCALE) -> dict[str, bytes]:
+    """PNG bytes of each figure, all rendered by one chromium at WIDTH x the figure's own height."""
+    try:
+        import kaleido  # a dev extra: only exporting needs it
+    except ImportError:
+        raise MissingPackageError("exporting figures needs kaleido: `make setup`, or pip install -e '.[dev]'") from None
+    browser = chromium_path()
+
+    async def render() -> dict[str, bytes]:
+        # mathjax=False: kaleido would load MathJax from a CDN, and the export runs offline.
+        async with kaleido.Kaleido(path=browser, mathjax=False) as session:
+            return {name: await session.calc_fig(fig, opts=dict(format="png", width=WIDTH,
+                                                                height=fig.layout.height, scale=scale))
+                    for name, fig in figures.items()}
+
+    return _run(render())
+
+
+def export_figures(out_dir: str | os.PathLike = DEFAULT_OUT, names: Sequence[str] | None = None,
+                   scale: float = SCALE) -> list[Path]:
+    """Write `<name>.png` into out_dir for each named figure (default: all of FIGURES), each
+    through a temporary file and a rename. Returns the paths written."""
+    names = list(FIGURES) if names is None else list(names)
+    if unknown := [name for name in names if name not in FIGURES]:
+        raise InvalidArgumentError(f"no figure named {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+    images = render_png({name: FIGURES[name]() for name in names}, scale=scale)  # records read before chromium starts
+    return [atomic_write_bytes(Path(out_dir) / f"{name}.png", images[name]) for name in names]

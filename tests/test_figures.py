@@ -1,0 +1,135 @@
+"""The README's figures: each shows exactly the numbers of its result record, exports as a PNG of
+the promised size through chromium (never downloaded), and is committed under docs/figures/."""
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import plotly
+import plotly.basedatatypes
+import plotly.io as pio
+import pytest
+
+from sponlib import figures
+from sponlib.cli import main
+from sponlib.report import RECOVERY_TARGETS, results_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "docs" / "figures"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 300_000  # the README stays light to load
+
+
+def record(name):
+    return json.loads((results_dir() / name).read_text())
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, which a valid PNG has first, right after the signature."""
+    assert data[:8] == PNG_SIGNATURE, "not a PNG: wrong signature"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13, "not a PNG: IHDR is not the first chunk"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_drift_figure_shows_the_records_drift_per_layer():
+    analysis = record(figures.ANALYSIS_RECORD)
+    levels = sorted(analysis["levels"])
+    fig = figures.drift_per_layer()
+    assert {levels[0], analysis["main_level"], levels[-1]} == set(figures.drift_levels(analysis))
+    assert [trace.name for trace in fig.data] == [f"{kind}@{level}" for level in figures.drift_levels(analysis)
+                                                  for kind in ("masked", "spon")]
+    for trace in fig.data:
+        assert list(trace.y) == analysis["per_layer"][trace.name]["drift"], trace.name
+        assert list(trace.x) == list(range(len(trace.y)))
+
+
+def test_recovery_figure_shows_the_records_recovery_and_the_targets():
+    recovery = record(figures.RECOVERY_RECORD)
+    texts = [test["source"] for test in recovery["settings"]["test"]]
+    levels = [row for row in recovery["experiments"] if row["group"] == "levels"]
+    fig = figures.spon_recovery()
+    bars = [trace for trace in fig.data if trace.type == "bar"]
+    assert [bar.name for bar in bars] == texts
+    for bar in bars:
+        assert list(bar.x) == [row["name"] for row in levels]
+        assert list(bar.y) == [row["texts"][bar.name]["recovery"] for row in levels], bar.name
+    marks = [(trace.x[0], trace.offsetgroup, trace.y[0]) for trace in fig.data if trace.type == "scatter"]
+    by_level = {row["level"]: row["name"] for row in levels}
+    assert marks == [(by_level[level], texts[index], least) for level, index, least in RECOVERY_TARGETS]
+    assert all(bar.offsetgroup == bar.name for bar in bars)  # each mark sits over its own text's bar
+
+
+def test_cka_figure_shows_the_records_heatmaps_on_one_scale():
+    analysis = record(figures.ANALYSIS_RECORD)
+    fig = figures.cka_heatmaps()
+    left, right = fig.data
+    assert np.array_equal(np.asarray(left.z), np.asarray(analysis["cka_heatmap"]["masked"]))
+    assert np.array_equal(np.asarray(right.z), np.asarray(analysis["cka_heatmap"]["spon"]))
+    assert (left.zmin, left.zmax) == (right.zmin, right.zmax)
+    assert left.zmin == min(np.min(analysis["cka_heatmap"][kind]) for kind in ("masked", "spon"))
+    assert [left.showscale, right.showscale] == [False, True]
+    assert [a.text for a in fig.layout.annotations] == [f"dense vs {kind}@{analysis['main_level']}"
+                                                        for kind in ("masked", "spon")]
+
+
+@pytest.mark.parametrize("name", figures.FIGURES)
+def test_every_figure_is_titled_and_shows_nothing(name, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a figure builder tried to show a figure")
+
+    monkeypatch.setattr(plotly.basedatatypes.BaseFigure, "show", refuse)
+    monkeypatch.setattr(pio, "show", refuse)
+    fig = figures.FIGURES[name]()
+    assert capsys.readouterr() == ("", "")
+    assert fig.layout.title.text and fig.layout.height
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+def test_chromium_comes_from_sponlib_chromium_and_its_absence_is_explained(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPONLIB_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    with pytest.raises(figures.BrowserNotFoundError, match="SPONLIB_CHROMIUM"):
+        figures.chromium_path()
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SPONLIB_CHROMIUM", str(fake))
+    assert figures.chromium_path() == str(fake)
+    monkeypatch.delenv("SPONLIB_CHROMIUM")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(figures.BrowserNotFoundError, match="make browser"):
+        figures.chromium_path()
+
+
+def test_unknown_figure_names_are_refused_before_anything_renders(tmp_path, capsys):
+    assert main(["figures", "--out", str(tmp_path), "--only", "drift_per_layer", "no_such_figure"]) == 2
+    assert "no_such_figure" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_export_writes_pngs_of_the_promised_size(tmp_path):
+    """Starts chromium: fails, never skips, where there is none (CI installs it with `make browser`)."""
+    try:
+        figures.chromium_path()
+    except figures.BrowserNotFoundError as error:
+        pytest.fail(f"cannot test the figure export: {error}")
+    written = figures.export_figures(tmp_path, scale=1)
+    assert written == [tmp_path / f"{name}.png" for name in figures.FIGURES]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in written)  # no temp files
+    for name, path in zip(figures.FIGURES, written):
+        assert png_size(path.read_bytes()) == (figures.WIDTH, figures.FIGURES[name]().layout.height), name
+
+
+@pytest.mark.parametrize("name", figures.FIGURES)
+def test_every_figure_is_committed_as_a_modest_png(name):
+    path = COMMITTED / f"{name}.png"
+    assert path.is_file(), f"{path} is missing: run `python -m sponlib figures`"
+    data = path.read_bytes()
+    height = figures.FIGURES[name]().layout.height
+    assert png_size(data) == (figures.WIDTH * figures.SCALE, height * figures.SCALE), "re-export it"
+    assert len(data) < MAX_PNG_BYTES
+
+
+def test_docs_figures_holds_no_figure_that_is_not_registered():
+    assert {path.stem for path in COMMITTED.glob("*.png")} <= set(figures.FIGURES)
