@@ -9,6 +9,7 @@
     export     fold SPON vectors into biases and write a plain Hugging Face checkpoint
     recovery   train and evaluate SPON across levels, rules and ablations (data/results/spon_recovery.json)
     analyse    layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)
+    generalize shipped SPON vectors on many texts: recovery per Brown genre (data/results/spon_generalization.json)
     readme     regenerate the README's result tables from data/results/
     figures    export the README's figures as PNG from data/results/ (docs/figures/), through chromium
 
@@ -160,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens of the logit lens, spread over the windows (default 512)")
     p.add_argument("--json", required=True, help="where to write the record")
     p.set_defaults(run=cmd_analyse)
+
+    p = sub.add_parser("generalize", help="shipped SPON vectors on many texts: recovery per Brown genre")
+    _add_model_args(p)
+    p.add_argument("--corpus", action="append", default=[], metavar="NAME",
+                   help="text to evaluate, the in-domain one first; repeatable (default: persuasion and every "
+                        "brown-<genre>)")
+    p.add_argument("--windows", type=int, default=32, help="windows per text (default 32)")
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed that picks the windows (default 0)")
+    p.add_argument("--method", default="teal", help="mask rule (default teal)")
+    p.add_argument("--levels", type=_floats, default=None,
+                   help="comma-separated levels (default: every level with vectors in --spon-dir)")
+    p.add_argument("--spon-dir", default=None,
+                   help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)")
+    p.add_argument("--calibration", default=None, help="calibration file (default: the shipped one)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", required=True, help="where to write the record")
+    p.set_defaults(run=cmd_generalize)
 
     p = sub.add_parser("readme", help="regenerate the README's result tables from data/results/")
     p.add_argument("--readme", default="README.md")
@@ -551,6 +570,43 @@ def cmd_analyse(args) -> None:
     print(f"{'metric (distance from dense, mean over layers)':48s} {'masked':>9s} {'SPON':>9s}")
     for metric in payload["metric_order"]:
         print(f"{metric:48s} {s[metric]['masked']:9.4f} {s[metric]['spon']:9.4f}")
+    print(f"wrote {args.json}")
+
+
+def cmd_generalize(args) -> None:
+    import os
+
+    from .artifacts import artifacts_dir, shipped_calibration_path, spon_files
+    from .calibration import Calibration
+    from .data import load_corpus, load_windows
+    from .generalization import DEFAULT_TEXTS, generalization
+    from .models import load_model, resolve_device, resolve_dtype
+    from .results import write_result
+    from .sparsity import split_method
+    from .spon import load_spon
+
+    split_method(args.method)
+    sources = [load_corpus(name) for name in (args.corpus or DEFAULT_TEXTS)]  # unknown names fail before the model
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    files = spon_files(args.spon_dir or artifacts_dir(model), args.method, args.levels)
+    spon = {level: load_spon(path, model) for level, path in files.items()}
+    calibration_path = args.calibration or shipped_calibration_path(model)
+    if calibration_path is None:
+        raise SponlibError("name a calibration file: --calibration FILE (make one with `python -m sponlib calibrate`)")
+    calibration = Calibration.load(calibration_path, model)
+    texts = [load_windows(source, tokenizer, args.window_len, args.windows, args.seed) for source in sources]
+    started = time.perf_counter()
+    payload = generalization(model, calibration, texts, spon, rule=args.method, batch_size=args.batch_size)
+    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)  # noqa: E731
+    payload = {"calibration": shown(calibration_path), "spon_files": {f"{level:g}": shown(path) for level, path in files.items()},
+               "elapsed_s": round(time.perf_counter() - started, 1), **payload}
+    write_result(args.json, "spon_generalization", payload, model=model, device=resolve_device(args.device),
+                 dtype=resolve_dtype(args.dtype))
+    print(f"{'text':26s} {'level':>5s} {'dense':>8s} {'masked':>9s} {'SPON':>9s} {'recovery':>9s}")
+    for row in payload["rows"]:
+        recovered = "-" if row["recovery"] is None else f"{row['recovery']:.3f}"
+        print(f"{row['text']:26s} {row['level']:5g} {row['ppl_dense']:8.2f} {row['ppl_masked']:9.2f} "
+              f"{row['ppl_spon']:9.2f} {recovered:>9s}")
     print(f"wrote {args.json}")
 
 

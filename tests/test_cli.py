@@ -141,6 +141,26 @@ def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
     run = sponlib(*base, "--spon", str(spon), "--thresholds", str(out / "sparsity_thresholds.json"))
     assert run.returncode == 2 and "drop --thresholds" in run.stderr
 
+    # the same vectors on two texts: the in-domain row repeats what eval measured
+    generalize = ["generalize", "--model", model, "--corpus", "persuasion", "--corpus", "brown-humor",
+                  "--windows", "2", "--window-len", "64", "--spon-dir", str(spon.parent),
+                  "--calibration", str(calibration)]
+    run = sponlib(*generalize, "--json", str(tmp_path / "general.json"))
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "general.json").read_text())
+    assert record["kind"] == "spon_generalization" and [t["source"] for t in record["texts"]] == ["persuasion",
+                                                                                                  "brown-humor"]
+    own, other = record["rows"]
+    assert (own["text"], own["level"]) == ("persuasion", 0.5) and own["ppl_spon"] == pytest.approx(row["ppl"])
+    for r in record["rows"]:
+        gap = r["ppl_masked"] - r["ppl_dense"]
+        assert r["recovery"] is None if gap <= 0 else r["recovery"] == pytest.approx((r["ppl_masked"] - r["ppl_spon"]) / gap)
+    assert record["summary"]["0.5"]["others"] == (other["recovery"] is not None)
+    run = sponlib(*generalize, "--levels", "0.7", "--json", str(tmp_path / "x.json"))
+    assert run.returncode == 2 and "no SPON vectors for teal at 0.7" in run.stderr
+    run = sponlib("generalize", "--model", model, "--corpus", "brown-nonsense", "--json", str(tmp_path / "x.json"))
+    assert run.returncode == 2 and "brown-nonsense" in run.stderr and not (tmp_path / "x.json").exists()
+
 
 def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
