@@ -45,9 +45,10 @@ def load_result(filename: str) -> dict:
 
 def source_line(record: dict) -> str:
     """Where a record's numbers come from, in one line: model, dtype, device, date and command."""
-    model, device = record.get("model", {}), record.get("device", {})
-    return (f"{model.get('name', '?')}, {record.get('dtype', '?')}, {device.get('name', device.get('device', '?'))}, "
-            f"{record.get('created', '?')[:10]}: `{record.get('command', '?')}`")
+    device = record.get("device", {})
+    parts = [record["model"]["name"]] if "model" in record else []  # benchmarks of bare kernels have none
+    parts += [record.get("dtype", "?"), device.get("name", device.get("device", "?")), record.get("created", "?")[:10]]
+    return f"{', '.join(parts)}: `{record.get('command', '?')}`"
 
 
 def _provenance_line(record: dict) -> str:

@@ -50,6 +50,7 @@ def test_load_result_reads_records_and_refuses_bad_ones(monkeypatch, tmp_path):
     record = load_result("dense_baseline.json")
     assert record["kind"] == "perplexity" and "smollm2-135m" in source_line(record)
     assert record["command"] in source_line(record)
+    assert source_line(load_result("gemv_cpu.json")).startswith("float32, ")  # no model: none named
     monkeypatch.setattr("sponlib.report.results_dir", lambda: tmp_path)
     (tmp_path / "broken.json").write_text('{"kind": "perplexity", "results": [')
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
