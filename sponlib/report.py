@@ -304,6 +304,37 @@ def render_widget_latency(record: dict) -> str:
 
 
 # result file -> renderer; later stages register their tables here.
+def render_generalization(record: dict) -> str:
+    """Recovery of the shipped vectors on each Brown genre against the in-domain novel, per level
+    (from spon_generalization.json)."""
+    lines = ["| level | in domain | Brown genres, median | least | most | genres below in domain |",
+             "| ---: | ---: | ---: | --- | --- | ---: |"]
+    for level, s in record["summary"].items():
+        least, most = s["least_other"], s["most_other"]
+        lines.append(f"| {level} | {s['in_domain']:.3f} | {s['median_other']:.3f} | {least['recovery']:.3f} "
+                     f"({least['text']}) | {most['recovery']:.3f} ({most['text']}) | "
+                     f"{s['others_below_in_domain']} of {s['others']} |")
+    first = record["texts"][0]
+    return ("\n".join(lines) + f"\n\n{len(record['texts'])} texts ({first['source']} first), {first['windows']} windows of "
+            f"{first['window_len']} tokens each, seed {first['seed']}, {record['rule']} mask. " + _run_line(record))
+
+
+def render_gemv_cpu(record: dict) -> str:
+    """The CPU row path of the sparse GEMV against dense and against itself at s = 0
+    (from gemv_cpu.json, benchmarks/sparse_gemv_cpu.py)."""
+    lines = ["| sparsity | row path vs dense `F.linear`, median | best (shape) | row path vs itself at 0, median | "
+             "ideal 1/(1−s) |", "| ---: | ---: | --- | ---: | ---: |"]
+    for level, s in record["summary"].items():
+        lines.append(f"| {level} | {s['rows_median_speedup']:.2f} | {s['rows_best_speedup']:.2f} "
+                     f"({s['rows_best_shape']}) | {s['rows_median_speedup_vs_rows_at_0']:.2f} | {s['ideal_speedup']:.2f} |")
+    device = record["device"]
+    return ("\n".join(lines) + f"\n\nBatch {record['batch']}, {record['dtype']}, {record['threads']} threads on "
+            f"{device['name']}, medians of {record['rounds']} interleaved rounds of {record['repeats']} calls, each "
+            f"call on a fresh weight copy and input ({len({(r['model'], r['projection']) for r in record['rows']})} "
+            f"SmolLM2-135M and Llama-3-8B shapes), torch {record['versions']['torch']}. "
+            f"Command: `{record['command']}`\n")
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "dense_baseline.json": render_perplexity,
     "sparsity_sweep.json": render_sweep,
@@ -316,6 +347,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "spon_throughput_cpu.json": render_throughput,
     "analysis_smollm2.json": render_analysis,
     "widget_latency_cpu.json": render_widget_latency,
+    "spon_generalization.json": render_generalization,
+    "gemv_cpu.json": render_gemv_cpu,
 }
 
 
