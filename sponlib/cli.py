@@ -51,6 +51,16 @@ def _add_window_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed that picks the windows (default 0)")
 
 
+def _add_trained_args(p: argparse.ArgumentParser) -> None:
+    """The SPON vectors and calibration of commands that evaluate trained vectors (analyse, generalize)."""
+    p.add_argument("--method", default="teal", help="mask rule (default teal)")
+    p.add_argument("--levels", type=_floats, default=None,
+                   help="comma-separated levels (default: every level with vectors in --spon-dir)")
+    p.add_argument("--spon-dir", default=None,
+                   help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)")
+    p.add_argument("--calibration", default=None, help="calibration file (default: the shipped one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sponlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,13 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=8, help="windows of that text (default 8)")
     p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the windows and token sample (default 0)")
-    p.add_argument("--method", default="teal", help="mask rule (default teal)")
-    p.add_argument("--levels", type=_floats, default=None,
-                   help="comma-separated levels (default: every level with vectors in --spon-dir)")
+    _add_trained_args(p)
     p.add_argument("--main-level", type=float, default=0.5, help="level of the heatmaps and PCA (default 0.5)")
-    p.add_argument("--spon-dir", default=None,
-                   help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)")
-    p.add_argument("--calibration", default=None, help="calibration file (default: the shipped one)")
     p.add_argument("--max-tokens", type=int, default=2048, help="tokens compared per variant (default 2048)")
     p.add_argument("--lens-tokens", type=int, default=512,
                    help="tokens of the logit lens, spread over the windows (default 512)")
@@ -170,12 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=32, help="windows per text (default 32)")
     p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed that picks the windows (default 0)")
-    p.add_argument("--method", default="teal", help="mask rule (default teal)")
-    p.add_argument("--levels", type=_floats, default=None,
-                   help="comma-separated levels (default: every level with vectors in --spon-dir)")
-    p.add_argument("--spon-dir", default=None,
-                   help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)")
-    p.add_argument("--calibration", default=None, help="calibration file (default: the shipped one)")
+    _add_trained_args(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", required=True, help="where to write the record")
     p.set_defaults(run=cmd_generalize)
@@ -536,34 +536,42 @@ def cmd_sweep(args) -> None:
     print(f"wrote {args.json}")
 
 
-def cmd_analyse(args) -> None:
+def _trained(args, model) -> tuple[dict, object, dict]:
+    """The SPON vectors of --spon-dir (level -> (vectors, thresholds)), listed once, the calibration,
+    and where both came from, for the record."""
     import os
 
-    from .analysis_record import run_analysis
     from .artifacts import artifacts_dir, shipped_calibration_path, spon_files
     from .calibration import Calibration
-    from .data import load_corpus, load_windows
-    from .models import load_model, resolve_device, resolve_dtype
-    from .results import write_result
-    from .sparsity import split_method
     from .spon import load_spon
 
-    split_method(args.method)
-    source = load_corpus(args.corpus)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    folder = args.spon_dir or artifacts_dir(model)
-    files = spon_files(folder, args.method, args.levels)  # listed once: the record names what was loaded
+    files = spon_files(args.spon_dir or artifacts_dir(model), args.method, args.levels)
     spon = {level: load_spon(path, model) for level, path in files.items()}
     calibration_path = args.calibration or shipped_calibration_path(model)
     if calibration_path is None:
         raise SponlibError("name a calibration file: --calibration FILE (make one with `python -m sponlib calibrate`)")
     calibration = Calibration.load(calibration_path, model)
+    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)  # noqa: E731
+    provenance = {"calibration": shown(calibration_path),
+                  "spon_files": {f"{level:g}": shown(path) for level, path in files.items()}}
+    return spon, calibration, provenance
+
+
+def cmd_analyse(args) -> None:
+    from .analysis_record import run_analysis
+    from .data import load_corpus, load_windows
+    from .models import load_model, resolve_device, resolve_dtype
+    from .results import write_result
+    from .sparsity import split_method
+
+    split_method(args.method)
+    source = load_corpus(args.corpus)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    spon, calibration, provenance = _trained(args, model)
     windows = load_windows(source, tokenizer, args.window_len, args.windows, args.seed)
     payload = run_analysis(model, windows.ids, calibration, spon, rule=args.method, main_level=args.main_level,
                            max_tokens=args.max_tokens, lens_tokens=args.lens_tokens, seed=args.seed)
-    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)  # noqa: E731
-    payload = {"windows": windows.describe(), "calibration": shown(calibration_path),
-               "spon_files": {str(level): shown(path) for level, path in files.items()}, **payload}
+    payload = {"windows": windows.describe(), **provenance, **payload}
     write_result(args.json, "representation_analysis", payload, model=model, device=resolve_device(args.device),
                  dtype=resolve_dtype(args.dtype))
     s = payload["summary"]
@@ -574,32 +582,20 @@ def cmd_analyse(args) -> None:
 
 
 def cmd_generalize(args) -> None:
-    import os
-
-    from .artifacts import artifacts_dir, shipped_calibration_path, spon_files
-    from .calibration import Calibration
     from .data import load_corpus, load_windows
     from .generalization import DEFAULT_TEXTS, generalization
     from .models import load_model, resolve_device, resolve_dtype
     from .results import write_result
     from .sparsity import split_method
-    from .spon import load_spon
 
     split_method(args.method)
     sources = [load_corpus(name) for name in (args.corpus or DEFAULT_TEXTS)]  # unknown names fail before the model
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    files = spon_files(args.spon_dir or artifacts_dir(model), args.method, args.levels)
-    spon = {level: load_spon(path, model) for level, path in files.items()}
-    calibration_path = args.calibration or shipped_calibration_path(model)
-    if calibration_path is None:
-        raise SponlibError("name a calibration file: --calibration FILE (make one with `python -m sponlib calibrate`)")
-    calibration = Calibration.load(calibration_path, model)
+    spon, calibration, provenance = _trained(args, model)
     texts = [load_windows(source, tokenizer, args.window_len, args.windows, args.seed) for source in sources]
     started = time.perf_counter()
     payload = generalization(model, calibration, texts, spon, rule=args.method, batch_size=args.batch_size)
-    shown = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)  # noqa: E731
-    payload = {"calibration": shown(calibration_path), "spon_files": {f"{level:g}": shown(path) for level, path in files.items()},
-               "elapsed_s": round(time.perf_counter() - started, 1), **payload}
+    payload = {**provenance, "elapsed_s": round(time.perf_counter() - started, 1), **payload}
     write_result(args.json, "spon_generalization", payload, model=model, device=resolve_device(args.device),
                  dtype=resolve_dtype(args.dtype))
     print(f"{'text':26s} {'level':>5s} {'dense':>8s} {'masked':>9s} {'SPON':>9s} {'recovery':>9s}")
