@@ -480,6 +480,7 @@ def cmd_export(args) -> None:
 def cmd_recovery(args) -> None:
     from .data import data_dir, load_corpus, load_windows
     from .models import load_model
+    from .artifacts import model_name
     from .recovery import RecoveryRun, check_experiments, protocol_experiments
 
     experiments = protocol_experiments(args.levels)
@@ -495,8 +496,7 @@ def cmd_recovery(args) -> None:
         train_windows(count)  # too little training text fails now, not after hours
     tests = [load_windows(load_corpus(name), tokenizer, args.window_len, args.windows, args.seed)
              for name in (args.test_corpus or ["persuasion", "brown"])]
-    name = getattr(model, "sponlib_source", {}).get("name", "model")
-    artifacts = args.artifacts or str(data_dir() / "artifacts" / name)
+    artifacts = args.artifacts or str(data_dir() / "artifacts" / (model_name(model) or "model"))
     run = RecoveryRun(model, calibration, tests, train_windows, val_windows, config, args.json, artifacts,
                       tune_lrs=args.tune_lrs, tune_steps=args.tune_steps)
     if args.tune_lrs:

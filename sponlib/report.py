@@ -355,8 +355,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
 def render_block(filename: str) -> str:
     if filename not in RENDERERS:
         raise KeyError(f"no README renderer for {filename}; known: {', '.join(RENDERERS)}")
-    record = json.loads((results_dir() / filename).read_text())
-    return RENDERERS[filename](record)
+    return RENDERERS[filename](load_result(filename))
 
 
 def update_readme(path: str | Path = "README.md", check: bool = False) -> bool:

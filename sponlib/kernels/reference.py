@@ -60,7 +60,8 @@ def sparse_gemv_rows(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
     tokens = x.reshape(-1, x.shape[-1])  # (T, in)
     keep = input_scores(tokens, col_norm) > tau  # (T, in)
     token, row = keep.nonzero(as_tuple=True)  # (n,), (n,): kept entries, token by token
-    offsets = torch.cumsum(keep.sum(dim=1), 0) - keep.sum(dim=1)  # (T,) where each token's rows start
+    counts = keep.sum(dim=1)  # (T,) rows each token reads
+    offsets = torch.cumsum(counts, 0) - counts  # (T,) where each token's rows start
     y = F.embedding_bag(row, weight_t, offsets, mode="sum", per_sample_weights=tokens[token, row])  # (T, out)
     y = y.reshape(*x.shape[:-1], weight_t.shape[1])
     return y if bias is None else y + bias
