@@ -52,10 +52,20 @@ def split_method(method: str) -> tuple[str, str]:
     return method, "uniform"
 
 
+def comparison_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores are compared with τ in: float32, or float64 for a float64 model. Half-
+    precision activations are upcast (exactly) first, so τ is never rounded to bf16/fp16 and the
+    hooks, the torch reference and the GPU kernels keep the same inputs."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def score_weights(module: nn.Linear, score: str) -> torch.Tensor | None:
     """What the input magnitudes are multiplied by before thresholding: ‖W[:, i]‖₂ for wina
-    ((in,) tensor), nothing for teal."""
-    return module.weight.detach().norm(dim=0) if score == "wina" else None
+    ((in,) tensor in the comparison dtype), nothing for teal."""
+    if score != "wina":
+        return None
+    weight = module.weight.detach()
+    return weight.to(comparison_dtype(weight.dtype)).norm(dim=0)
 
 
 def sparse_input(x: torch.Tensor, keep: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
@@ -65,8 +75,10 @@ def sparse_input(x: torch.Tensor, keep: torch.Tensor, alpha: torch.Tensor | None
 
 
 def input_scores(x: torch.Tensor, col_norm: torch.Tensor | None) -> torch.Tensor:
-    """Score of every input entry: |x_i| (teal) or |x_i| · ‖W[:, i]‖₂ (wina). (..., in) -> (..., in)"""
-    return x.abs() if col_norm is None else x.abs() * col_norm
+    """Score of every input entry, in the comparison dtype: |x_i| (teal) or |x_i| · ‖W[:, i]‖₂
+    (wina). (..., in) -> (..., in)"""
+    magnitude = x.abs().to(comparison_dtype(x.dtype))
+    return magnitude if col_norm is None else magnitude * col_norm.to(magnitude.dtype)
 
 
 @dataclass

@@ -31,6 +31,12 @@ def input_major(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().t().contiguous()
 
 
+def keep_mask(x: torch.Tensor, tau: float | torch.Tensor, col_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Which inputs a projection reads: score > τ, in the comparison dtype. A NaN input is kept
+    (it is not <= τ), so it reaches the output as it would in the dense model. (..., in) -> bool"""
+    return ~(input_scores(x, col_norm) <= tau)
+
+
 def _check(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, tau: float) -> None:
     if x.shape[-1] != weight_t.shape[0]:
         raise InvalidArgumentError(f"input has {x.shape[-1]} features but the input-major weight has "
@@ -46,7 +52,7 @@ def sparse_gemv_reference(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.T
     """y = S(x) Wᵀ + b as a dense product on the masked input. x (..., in), weight_t (in, out),
     bias (out,) or None, col_norm (in,) for wina -> (..., out)."""
     _check(x, weight_t, bias, tau)
-    keep = input_scores(x, col_norm) > tau  # (..., in)
+    keep = keep_mask(x, tau, col_norm)  # (..., in)
     y = (x * keep) @ weight_t  # (..., out)
     return y if bias is None else y + bias
 
@@ -58,7 +64,7 @@ def sparse_gemv_rows(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
     x (..., in) -> (..., out)."""
     _check(x, weight_t, bias, tau)
     tokens = x.reshape(-1, x.shape[-1])  # (T, in)
-    keep = input_scores(tokens, col_norm) > tau  # (T, in)
+    keep = keep_mask(tokens, tau, col_norm)  # (T, in)
     token, row = keep.nonzero(as_tuple=True)  # (n,), (n,): kept entries, token by token
     counts = keep.sum(dim=1)  # (T,) rows each token reads
     offsets = torch.cumsum(counts, 0) - counts  # (T,) where each token's rows start
