@@ -1,15 +1,30 @@
-"""The sparse GEMV's torch reference: dense-on-masked input, the row-reading path, the hooks' rule."""
+"""The sparse GEMV on the CPU: its torch reference (dense on the masked input, the row-reading
+path, the hooks' rule), the `sponlib::sparse_gemv` custom op (paths, fused segments, opcheck,
+torch.compile, refusals), `SparseLinear` swapped into a tiny model against the `Sparsifier` hooks,
+and the Triton kernel's tests run under Triton's CPU interpreter."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sponlib.adapters import iter_projections
 from sponlib.errors import InvalidArgumentError
-from sponlib.kernels import input_major, sparse_gemv_rows, sparse_gemv_reference
+from sponlib.kernels import (FusedSparseLinear, SegmentOf, SparseLinear, input_major, new_workspace, ops, set_thresholds, sparse_gemv,
+                             sparse_gemv_reference, sparse_gemv_rows, sparse_linears, swap_in, swap_out)
+from sponlib.kernels.ops import check_gemv_arguments
 from sponlib.models import model_fingerprint
-from sponlib.sparsity import Sparsifier, Thresholds
+from sponlib.sparsity import Sparsifier, Thresholds, input_scores, score_weights
 from sponlib.tiny import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _case(seed: int, batch: int, n_in: int = 96, n_out: int = 40, bias: bool = True):
@@ -79,3 +94,425 @@ def test_bad_input_is_refused_clearly():
         sparse_gemv_reference(x, input_major(weight), bias, float("nan"))
     with pytest.raises(InvalidArgumentError, match="out, in"):
         input_major(torch.ones(3))
+
+
+# --- the op `sponlib::sparse_gemv` on the CPU -------------------------------------------------
+
+
+def _op_case(seed: int, shape: tuple, n_out: int = 40, dtype=torch.float64, bias: bool = True, wina: bool = False,
+             n_in: int = 96):
+    """Arguments of the op: x (*shape, in), weight_t (in, out), bias (out,) or None, col_norm
+    (1, in) for wina or None, and τ (1,) at the median score, so that about half the inputs drop."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, n_in, generator=g, dtype=torch.float64).to(dtype)
+    weight_t = torch.randn(n_in, n_out, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(n_out, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    col_norm = (torch.rand(1, n_in, generator=g, dtype=torch.float64) + 0.5).to(dtype) if wina else None
+    scores = x.abs() * (1 if col_norm is None else col_norm[0])  # (*shape, in), the rule written out
+    return x, weight_t, b, col_norm, scores.median().reshape(1)
+
+
+def _spy_on_rows(monkeypatch) -> list:
+    """Record the op's calls of the row-reading path, which the CPU takes for a single token."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(args[0].shape))
+        return sparse_gemv_rows(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "sparse_gemv_rows", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("score", ["teal", "wina"])
+@pytest.mark.parametrize("shape", [(), (1, 1), (5,), (2, 3)], ids=["x(in)", "x(1,1,in)", "x(5,in)", "x(2,3,in)"])
+def test_op_equals_the_reference_for_one_token_and_several(shape, score, bias, dtype, monkeypatch):
+    x, weight_t, b, col_norm, tau = _op_case(len(shape) * 7 + sum(shape), shape, dtype=dtype, bias=bias,
+                                             wina=score == "wina")
+    rows = _spy_on_rows(monkeypatch)
+    y = sparse_gemv(x, weight_t, tau, b, col_norm)
+    assert y.shape == (*shape, weight_t.shape[1]) and y.dtype == dtype
+    expected = sparse_gemv_reference(x, weight_t, b, float(tau), None if col_norm is None else col_norm[0])
+    torch.testing.assert_close(y, expected)
+    # one token reads only its kept rows; several take the masked dense product
+    assert rows == ([tuple(x.shape)] if x.numel() == x.shape[-1] else [])
+    # τ drops about half the inputs, so a path that ignored it would be far off
+    dense = x @ weight_t + (0 if b is None else b)
+    assert not torch.allclose(y, dense, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("score", ["teal", "wina"])
+@pytest.mark.parametrize("tokens", [1, 4])
+@pytest.mark.parametrize("segments", [(24, 16), (16, 8, 16)], ids=["2-segments", "3-segments"])
+def test_fused_segments_each_use_their_own_threshold(segments, tokens, score):
+    g = torch.Generator().manual_seed(len(segments) * 10 + tokens)
+    n_in, n_out = 64, sum(segments)
+    x = torch.randn(tokens, n_in, generator=g, dtype=torch.float64)
+    weight_t = torch.randn(n_in, n_out, generator=g, dtype=torch.float64)
+    bias = torch.randn(n_out, generator=g, dtype=torch.float64)
+    tau = torch.tensor([0.3, 0.9, 1.5][:len(segments)], dtype=torch.float64)
+    col_norm = torch.rand(len(segments), n_in, generator=g, dtype=torch.float64) + 0.5 if score == "wina" else None
+    y = sparse_gemv(x, weight_t, tau, bias, col_norm, segments)
+    # each segment as the separate projection it stands for: its own slice of Wᵀ, τ and norms
+    parts, start = [], 0
+    for i, size in enumerate(segments):
+        stop = start + size
+        parts.append(sparse_gemv_reference(x, weight_t[:, start:stop].contiguous(), bias[start:stop], float(tau[i]),
+                                           None if col_norm is None else col_norm[i]))
+        start = stop
+    torch.testing.assert_close(y, torch.cat(parts, dim=-1))
+    # the thresholds differ enough that the first one applied everywhere gives another result
+    first_everywhere = sparse_gemv_reference(x, weight_t, bias, float(tau[0]),
+                                             None if col_norm is None else col_norm[0])
+    assert not torch.allclose(y, first_everywhere)
+
+
+def _opcheck_arguments(case: int) -> tuple:
+    """Positional arguments of torch.ops.sponlib.sparse_gemv.default."""
+    if case == 0:  # one token, teal, float32, bias: the row path
+        x, weight_t, b, _, tau = _op_case(20, (1,), dtype=torch.float32)
+        return x, weight_t, tau.float(), b, None, [weight_t.shape[1]], None
+    # a (2, 3) batch, wina, float64, two segments, no bias, with a workspace
+    x, weight_t, _, _, _ = _op_case(21, (2, 3), n_out=48)
+    col_norm = torch.rand(2, x.shape[-1], dtype=torch.float64) + 0.5
+    tau = torch.tensor([0.4, 1.1], dtype=torch.float64)
+    return x, weight_t, tau, None, col_norm, [32, 16], new_workspace(48, "cpu")
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["row-path", "segments-wina"])
+def test_opcheck_accepts_the_schema_and_the_fake_implementation(case):
+    """opcheck runs the op against its schema, its fake (meta) implementation and AOT dispatch:
+    what torch.compile relies on when it traces through the op without running it."""
+    if not hasattr(torch.library, "opcheck"):
+        pytest.skip(f"torch.library.opcheck is not in torch {torch.__version__} (it came in 2.4)")
+    result = torch.library.opcheck(torch.ops.sponlib.sparse_gemv.default, _opcheck_arguments(case))
+    assert result and set(result.values()) == {"SUCCESS"}, result
+
+
+@pytest.mark.parametrize("score", ["teal", "wina"])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_op_traces_under_torch_compile(tokens, score):
+    x, weight_t, b, col_norm, tau = _op_case(30 + tokens, (tokens,), wina=score == "wina")
+
+    def project(x, weight_t, tau, bias, col_norm):
+        return torch.relu(sparse_gemv(x, weight_t, tau, bias, col_norm))  # an op around it, fused into one graph
+
+    torch._dynamo.reset()
+    compiled = torch.compile(project, backend="aot_eager", fullgraph=True)  # fullgraph: no graph break allowed
+    norm = None if col_norm is None else col_norm[0]
+    for scale in (1.0, 2.0):  # a new τ value in the same tensor shape
+        expected = torch.relu(sparse_gemv_reference(x, weight_t, b, float(tau) * scale, norm))
+        torch.testing.assert_close(compiled(x, weight_t, tau * scale, b, col_norm), expected)
+
+
+def test_new_thresholds_need_no_recompilation():
+    """τ is a tensor input of the graph, not a constant baked into it."""
+    testing = pytest.importorskip("torch._dynamo.testing")
+    counter = testing.CompileCounterWithBackend("aot_eager")
+    x, weight_t, b, _, _ = _op_case(40, (1,))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, t: sparse_gemv(x, weight_t, t, b), backend=counter, fullgraph=True)
+    for value in (0.1, 0.5, 1.0, 2.0):
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.testing.assert_close(compiled(x, t), sparse_gemv_reference(x, weight_t, b, value))
+    assert counter.frame_count == 1
+
+
+def _valid_arguments() -> dict:
+    """Arguments the op accepts: x (2, 32), weight_t (32, 24), τ (1,), bias (24,), one segment."""
+    g = torch.Generator().manual_seed(3)
+    return dict(x=torch.randn(2, 32, generator=g), weight_t=torch.randn(32, 24, generator=g), tau=torch.tensor([0.5]),
+                bias=torch.randn(24, generator=g), col_norm=None, segments=[24], workspace=None)
+
+
+BAD_ARGUMENTS = {  # what is wrong -> (the arguments it changes, given the valid ones; a word of the message)
+    "weight-out-in": (lambda a: {"weight_t": a["weight_t"].t().contiguous()}, "input_major"),
+    "weight-3d": (lambda a: {"weight_t": a["weight_t"].reshape(32, 2, 12)}, "input_major"),
+    "weight-not-contiguous": (lambda a: {"weight_t": a["weight_t"].t().contiguous().t()}, "contiguous"),
+    "x-float64-weight-float32": (lambda a: {"x": a["x"].double()}, "cast"),
+    "tau-two-for-one-segment": (lambda a: {"tau": torch.tensor([0.5, 0.5])}, "per segment"),
+    "tau-0d": (lambda a: {"tau": torch.tensor(0.5)}, "per segment"),
+    "tau-integer": (lambda a: {"tau": torch.tensor([1])}, "float tensor"),
+    "segments-sum-short": (lambda a: {"segments": [12, 8], "tau": torch.tensor([0.5, 0.5])}, "summing"),
+    "segment-of-size-zero": (lambda a: {"segments": [24, 0], "tau": torch.tensor([0.5, 0.5])}, "positive"),
+    "four-segments": (lambda a: {"segments": [6, 6, 6, 6], "tau": torch.full((4,), 0.5)}, "1 to 3"),
+    "no-segments": (lambda a: {"segments": [], "tau": torch.zeros(0)}, "1 to 3"),
+    "bias-short": (lambda a: {"bias": a["bias"][:-1]}, "outputs"),
+    "col-norm-1d": (lambda a: {"col_norm": torch.ones(32)}, "col_norm"),
+    "col-norm-two-segments": (lambda a: {"col_norm": torch.ones(2, 32)}, "col_norm"),
+    "workspace-short": (lambda a: {"workspace": torch.zeros(24)}, "workspace"),
+    "workspace-float64": (lambda a: {"workspace": torch.zeros(48, dtype=torch.float64)}, "float32"),
+    "tau-on-another-device": (lambda a: {"tau": torch.zeros(1, device="meta")}, "move them"),
+}
+
+
+@pytest.mark.parametrize("wrong", list(BAD_ARGUMENTS))
+def test_bad_op_arguments_are_refused_clearly(wrong):
+    check_gemv_arguments(**_valid_arguments())  # so that the refusal below comes from the change
+    change, word = BAD_ARGUMENTS[wrong]
+    arguments = _valid_arguments()
+    arguments.update(change(arguments))
+    with pytest.raises(InvalidArgumentError, match=word):
+        check_gemv_arguments(**arguments)
+    with pytest.raises(InvalidArgumentError, match=word):
+        sparse_gemv(**arguments)
+
+
+# --- SparseLinear swapped into a model, against the Sparsifier hooks -------------------------
+
+
+def _tiny64():
+    """The tiny Llama in float64: sparse and hooked models then agree to ~1e-15, so a 1e-9
+    tolerance checks the function, not the rounding."""
+    return tiny_model("llama").to(torch.float64)
+
+
+def _ids(tokens: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (1, tokens), generator=torch.Generator().manual_seed(seed))  # (1, T)
+
+
+def _logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits  # (1, T, V)
+
+
+def _calibrated(model, score: str, quantile: float, ids=None) -> Thresholds:
+    """Per-projection thresholds at the `quantile` of each projection's scores in a dense pass,
+    like a calibration: every projection then drops about that share of its inputs."""
+    seen = {}
+    hooks = [p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
+             for p in iter_projections(model)]
+    try:
+        _logits(model, _ids(16, seed=99) if ids is None else ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    taus = {p.name: float(torch.quantile(input_scores(seen[p.name], score_weights(p.module, score)).double().flatten(),
+                                         quantile)) for p in iter_projections(model)}
+    return Thresholds(score, quantile, dict.fromkeys(taus, quantile), taus, model_fingerprint(model))
+
+
+def _alphas(model, seed: int, scale: float = 0.05) -> dict:
+    """Random SPON vectors, projection name -> (in,) float64."""
+    g = torch.Generator().manual_seed(seed)
+    return {p.name: torch.randn(p.in_features, generator=g, dtype=torch.float64) * scale
+            for p in iter_projections(model)}
+
+
+@pytest.mark.parametrize("tokens", [1, 7])
+@pytest.mark.parametrize("score", ["teal", "wina"])
+def test_swapped_in_model_equals_the_hooked_dense_model(score, tokens):
+    """One token takes the row path in every projection, seven the masked dense product."""
+    model = _tiny64()
+    thresholds, alphas, ids = _calibrated(model, score, 0.5), _alphas(model, 1), _ids(tokens)
+    dense = _logits(model, ids)
+    with Sparsifier(model, thresholds):
+        without_spon = _logits(model, ids)
+    with Sparsifier(model, thresholds, alphas=alphas):
+        hooked = _logits(model, ids)
+    swap_in(model, thresholds, alphas)
+    assert len(sparse_linears(model)) == len(thresholds.taus) == 14
+    torch.testing.assert_close(_logits(model, ids), hooked, rtol=0, atol=1e-9)
+    # both the thresholds and the SPON vectors move the logits far beyond the tolerance
+    assert (hooked - dense).abs().max() > 1e-3 and (hooked - without_spon).abs().max() > 1e-3
+
+
+def test_swap_out_restores_the_dense_model_exactly():
+    model = _tiny64()
+    ids = _ids(7)
+    weights = {p.name: p.module.weight.clone() for p in iter_projections(model)}
+    dense = _logits(model, ids)
+    swap_in(model, _calibrated(model, "teal", 0.5), _alphas(model, 1))
+    assert not torch.allclose(_logits(model, ids), dense)
+    swap_out(model)
+    assert sparse_linears(model) == {}
+    assert torch.equal(_logits(model, ids), dense)
+    for p in iter_projections(model):  # plain nn.Linear again (iter_projections refuses anything else)
+        assert type(p.module) is nn.Linear and torch.equal(p.module.weight, weights[p.name]) and p.module.bias is None
+
+
+def test_swap_out_restores_a_model_whose_projections_have_biases():
+    """Folding SPON writes into the module's bias in place; the original bias must stay apart."""
+    model = tiny_model("qwen2").to(torch.float64)  # q/k/v have biases, unlike Llama
+    ids = _ids(7)
+    dense = _logits(model, ids)
+    swap_in(model, _calibrated(model, "teal", 0.5), _alphas(model, 1))
+    swap_out(model)
+    assert torch.equal(_logits(model, ids), dense)
+
+
+@pytest.mark.parametrize("score", ["teal", "wina"])
+def test_set_thresholds_changes_the_function_in_place(score):
+    model = _tiny64()
+    dense_model = copy.deepcopy(model)  # stays dense, for the hooks
+    ids = _ids(7)
+    first, second = _calibrated(model, score, 0.4), _calibrated(model, score, 0.7)
+    swap_in(model, first, _alphas(model, 1))
+    storage = {n: (m.tau.data_ptr(), m.bias.data_ptr()) for n, m in sparse_linears(model).items()}
+    before = _logits(model, ids)
+    # new vectors for every other projection: the rest fall back to their dense (zero) bias
+    alphas = {n: a for i, (n, a) in enumerate(_alphas(dense_model, 2).items()) if i % 2 == 0}
+    for thresholds, vectors in ((second, alphas), (first, None)):
+        set_thresholds(model, thresholds, vectors)
+        with Sparsifier(dense_model, thresholds, alphas=vectors):
+            hooked = _logits(dense_model, ids)
+        after = _logits(model, ids)
+        torch.testing.assert_close(after, hooked, rtol=0, atol=1e-9)
+        assert (after - before).abs().max() > 1e-3
+        # the same tensors, new values: a compiled or CUDA-graphed model would read them
+        assert {n: (m.tau.data_ptr(), m.bias.data_ptr()) for n, m in sparse_linears(model).items()} == storage
+
+
+def test_swapping_refuses_incomplete_thresholds_unknown_vectors_and_other_rules():
+    model = _tiny64()
+    thresholds = _calibrated(model, "teal", 0.5)
+    first = min(thresholds.taus)
+    partial = Thresholds("teal", 0.5, thresholds.levels, {n: t for n, t in thresholds.taus.items() if n != first},
+                         thresholds.fingerprint)
+    with pytest.raises(InvalidArgumentError, match="thresholds lack"):
+        swap_in(model, partial)
+    with pytest.raises(InvalidArgumentError, match="SPON vectors"):
+        swap_in(model, thresholds, {"model.layers.9.mlp.up_proj": torch.zeros(32, dtype=torch.float64)})
+    assert sparse_linears(model) == {}  # refused before any projection was replaced
+    with pytest.raises(InvalidArgumentError, match="swap_in"):
+        set_thresholds(model, thresholds)  # nothing swapped in yet
+    swap_in(model, thresholds)
+    with pytest.raises(InvalidArgumentError, match="thresholds lack"):
+        set_thresholds(model, partial)
+    with pytest.raises(InvalidArgumentError, match="rule"):
+        set_thresholds(model, Thresholds("wina", 0.5, thresholds.levels, thresholds.taus, thresholds.fingerprint))
+
+
+def test_a_refused_vector_leaves_the_model_untouched():
+    model = _tiny64()
+    thresholds, alphas = _calibrated(model, "teal", 0.5), _alphas(model, 1)
+    last = sorted(alphas)[-1]
+    for bad in (torch.zeros(3, dtype=torch.float64), torch.full_like(alphas[last], float("nan"))):
+        with pytest.raises(InvalidArgumentError, match="SPON vector"):
+            swap_in(model, thresholds, {**alphas, last: bad})
+        assert sparse_linears(model) == {}  # checked before the first projection was replaced
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])  # qwen2: q/k/v have biases
+@pytest.mark.parametrize("score", ["teal", "wina"])
+def test_fused_groups_equal_the_hooked_model_and_swap_back(model_type, score):
+    """q/k/v and gate/up as one launch each: the same function as the hooks, per-projection
+    thresholds and SPON biases included; set_thresholds and swap_out work through the groups."""
+    model = tiny_model(model_type).to(torch.float64)
+    thresholds, alphas, ids = _calibrated(model, score, 0.5), _alphas(model, 2), _ids(1)
+    dense = _logits(model, ids)
+    with Sparsifier(model, thresholds, alphas=alphas):
+        hooked = _logits(model, ids)
+    swap_in(model, thresholds, alphas, fuse=True)
+    modules = sparse_linears(model)
+    assert sum(isinstance(m, SegmentOf) for m in modules.values()) == 5 * model.config.num_hidden_layers
+    torch.testing.assert_close(_logits(model, ids), hooked, rtol=0, atol=1e-9)
+    assert all(m.fused.pending is None for m in modules.values() if isinstance(m, SegmentOf))
+    tau = model.model.layers[0].self_attn.q_proj.fused.tau
+    moved = Thresholds(score, 0.6, thresholds.levels, {n: t * 1.3 for n, t in thresholds.taus.items()},
+                       thresholds.fingerprint)
+    set_thresholds(model, moved)  # no vectors: every bias back to the original
+    assert model.model.layers[0].self_attn.q_proj.fused.tau.data_ptr() == tau.data_ptr()  # written in place
+    with_new = _logits(model, ids)
+    swap_out(model)
+    assert torch.equal(_logits(model, ids), dense)
+    with Sparsifier(model, moved):
+        torch.testing.assert_close(with_new, _logits(model, ids), rtol=0, atol=1e-9)
+
+
+def test_fused_segments_take_their_outputs_from_one_launch_also_when_compiled(monkeypatch):
+    """The followers (k, v, up) take their part of the leader's launch, eagerly and under
+    torch.compile(fullgraph=True); computing alone would mean the pattern was missed."""
+    model = tiny_model("llama").eval()
+    swap_in(model, _calibrated(model, "teal", 0.5), fuse=True, check=False)
+    expected = _logits(model, _ids(1))
+
+    def alone(*args):
+        raise AssertionError("a segment computed alone")
+
+    monkeypatch.setattr(FusedSparseLinear, "segment_alone", alone)
+    torch.testing.assert_close(_logits(model, _ids(1)), expected)
+    compiled = torch.compile(lambda ids: model(ids).logits, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(_ids(1)), expected)
+
+
+def test_a_segment_called_alone_still_computes_its_projection():
+    torch.manual_seed(3)
+    linears = [nn.Linear(24, n, dtype=torch.float64) for n in (24, 8, 8)]
+    fused = FusedSparseLinear(linears, [0.3, 0.5, 0.7])
+    x = torch.randn(2, 24, dtype=torch.float64)
+    y = SegmentOf(fused, 2)(x)  # no leader call before it
+    torch.testing.assert_close(y, sparse_gemv_reference(x, input_major(linears[2].weight), linears[2].bias, 0.7))
+
+
+def test_sparse_linear_refuses_bad_thresholds_and_vectors():
+    linear = nn.Linear(32, 24, dtype=torch.float64)
+    for tau in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgumentError, match="threshold"):
+            SparseLinear.from_linear(linear, tau)
+    module = SparseLinear.from_linear(linear, 0.5)
+    for tau in (-1.0, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="threshold"):
+            module.set_tau(tau)
+    assert module.tau.tolist() == [0.5]  # a refused τ leaves the old one
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        SparseLinear.from_linear(linear, 0.5, alpha=torch.zeros(24, dtype=torch.float64))  # (out,), not (in,)
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        module.set_alpha(torch.tensor([float("nan")] + [0.0] * 31, dtype=torch.float64))
+    assert torch.equal(module.bias, linear.bias)  # a refused vector leaves the bias as it was
+
+
+@pytest.mark.parametrize("score", ["teal", "wina"])
+def test_float32_single_token_matches_the_hooked_linear(score, monkeypatch):
+    """Every projection of the float32 model, fed the input it sees on one token, through the
+    CPU row path against the hooked nn.Linear: W (S(x) + α) + b computed two ways in float32."""
+    model = tiny_model("llama")
+    ids = _ids(1, seed=5)
+    thresholds, alphas = _calibrated(model, score, 0.5, ids), _alphas(model, 3)
+    seen = {}
+    hooks = [p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
+             for p in iter_projections(model)]
+    _logits(model, ids)
+    for h in hooks:
+        h.remove()
+    rows = _spy_on_rows(monkeypatch)
+    with torch.no_grad(), Sparsifier(model, thresholds, alphas=alphas) as sparsifier:
+        for p in iter_projections(model):
+            x = seen[p.name]  # (1, 1, in)
+            sparse = SparseLinear.from_linear(p.module, thresholds.taus[p.name], score, alphas[p.name])
+            y = sparse(x)
+            assert y.dtype == torch.float32
+            torch.testing.assert_close(y, p.module(x))  # the pre-hook masks and adds α
+    assert len(rows) == 14  # every projection took the row path
+    assert 0.3 < sparsifier.summary()["mean"] < 0.7  # and dropped about half its inputs
+
+
+# --- the Triton kernel under Triton's CPU interpreter ----------------------------------------
+
+
+def test_triton_kernel_tests_pass_under_the_cpu_interpreter():
+    """tests/test_kernels_gpu.py with TRITON_INTERPRET=1: Triton then executes the kernel's
+    source on CPU tensors, so a machine without a GPU (CI) still checks the kernel's logic
+    (masks at τ, split-K, segments, the workspace) against the reference; the tests that need a
+    real GPU (compile, CUDA graphs) skip there. A subprocess, because triton.jit reads the
+    variable when the kernel module is imported; CUDA hidden, so it interprets even on a GPU host."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "pytest", "tests/test_kernels_gpu.py", "-q", "-o", "addopts=",
+               "-p", "no:cacheprovider"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    report = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, report
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 10, report
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_op_refuses_negative_or_nan_thresholds_on_the_cpu(tokens):
+    x, weight, bias = _case(2, tokens)
+    for tau in (-0.5, float("nan")):
+        with pytest.raises(InvalidArgumentError, match=">= 0"):
+            sparse_gemv(x, input_major(weight), torch.tensor([tau]), bias)

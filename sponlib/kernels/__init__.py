@@ -1,11 +1,17 @@
 """Sparse forward passes of one projection: what a kernel computes, and implementations of it.
 
-    reference   the torch reference of the sparse GEMV, on any device (the ground truth)
+    reference     the torch reference of the sparse GEMV, on any device (the ground truth)
+    triton_gemv   the Triton kernel for one token on the GPU (needs triton)
+    ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
+    module        `SparseLinear`, and swapping it into a Hugging Face model and back
 
 A projection y = W x + b under activation sparsity reads only the weight rows of its kept inputs
 when W is stored input-major (Wᵀ, shape (in, out)): a zeroed input skips one contiguous row.
 """
 
-from .reference import input_major, sparse_gemv_rows, sparse_gemv_reference
+from .module import FusedSparseLinear, SegmentOf, SparseLinear, set_thresholds, sparse_linears, swap_in, swap_out
+from .ops import new_workspace, sparse_gemv
+from .reference import input_major, keep_mask, sparse_gemv_reference, sparse_gemv_rows
 
-__all__ = ["input_major", "sparse_gemv_rows", "sparse_gemv_reference"]
+__all__ = ["FusedSparseLinear", "SegmentOf", "SparseLinear", "input_major", "keep_mask", "new_workspace", "set_thresholds", "sparse_gemv", "sparse_gemv_reference",
+           "sparse_gemv_rows", "sparse_linears", "swap_in", "swap_out"]
