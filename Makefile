@@ -2,6 +2,7 @@
 #
 #   make lab     set up if needed, prepare the default model, serve notebooks/ on 127.0.0.1
 #   make test    set up if needed, install chromium if missing, run the whole test suite offline
+#   make test-gpu  the sparse kernel's GPU tests (on a CUDA machine; they skip without one)
 #
 # Python packages install into a project-local virtual environment (.venv). The browser test
 # drives Debian's chromium, which `make browser` installs system-wide with apt-get (as root, or
@@ -21,7 +22,7 @@ STAMP      := $(VENV)/.sponlib-setup
 # Jupyter refuses to run as root unless told; CI and containers run as root.
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab browser test clean-venv
+.PHONY: setup model lab browser test test-gpu clean-venv
 
 setup: $(STAMP)
 
@@ -69,6 +70,11 @@ browser:
 
 test: setup browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 SPONLIB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+
+# The Triton kernel against the torch reference on a CUDA GPU (skips cleanly without one). Set up
+# with the machine's CUDA build of torch, e.g. `make test-gpu TORCH_SPEC=torch`.
+test-gpu: setup
+	$(PY) -m pytest tests/test_kernels_gpu.py -o addopts="" -q
 
 clean-venv:
 	rm -rf $(VENV)
