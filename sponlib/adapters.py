@@ -129,6 +129,11 @@ def block_projections(model: nn.Module) -> list[dict[str, Projection]]:
                     f"block {index} of {type(model).__name__} has no '{adapter.roles[role]}' "
                     f"(role {role!r}); this adapter does not fit the model"
                 ) from e
+            if type(module).__name__ in ("SparseLinear", "SegmentOf"):  # sponlib.kernels, not imported here
+                raise UnsupportedArchitectureError(
+                    f"'{module_names[id(module)]}' is a {type(module).__name__}: sparse kernels are swapped into "
+                    "this model; call sponlib.kernels.swap_out(model) first"
+                )
             if not isinstance(module, nn.Linear):
                 raise UnsupportedArchitectureError(
                     f"'{module_names[id(module)]}' is a {type(module).__name__}, not nn.Linear: "

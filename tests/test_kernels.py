@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sponlib.adapters import iter_projections
-from sponlib.errors import InvalidArgumentError
+from sponlib.errors import InvalidArgumentError, UnsupportedArchitectureError
 from sponlib.kernels import (FusedSparseLinear, SegmentOf, SparseLinear, input_major, new_workspace, ops, set_thresholds, sparse_gemv,
                              sparse_gemv_reference, sparse_gemv_rows, sparse_linears, swap_in, swap_out)
 from sponlib.kernels.ops import check_gemv_arguments
@@ -379,6 +379,8 @@ def test_swapping_refuses_incomplete_thresholds_unknown_vectors_and_other_rules(
     with pytest.raises(InvalidArgumentError, match="swap_in"):
         set_thresholds(model, thresholds)  # nothing swapped in yet
     swap_in(model, thresholds)
+    with pytest.raises(UnsupportedArchitectureError, match="swap_out"):
+        swap_in(model, thresholds)  # already swapped in
     with pytest.raises(InvalidArgumentError, match="thresholds lack"):
         set_thresholds(model, partial)
     with pytest.raises(InvalidArgumentError, match="rule"):
