@@ -25,7 +25,7 @@ from ..errors import InvalidArgumentError
 from ..models import check_fingerprint
 from ..sparsity import Thresholds, comparison_dtype, score_weights
 from .ops import new_workspace, sparse_gemv
-from .reference import input_major, keep_mask
+from .reference import input_major, sparse_gemv_reference
 
 
 def _check_tau(tau: float, what: str) -> float:
@@ -71,9 +71,7 @@ class SparseLinear(nn.Module):
             self.bias = None if self.dense_bias is None else self.dense_bias.clone()
             return
         _check_alpha(alpha, self.in_features)
-        shift = alpha.to(self.weight_t.device, torch.float64) @ self.weight_t.double()  # (out,)
-        base = 0.0 if self.dense_bias is None else self.dense_bias.double()
-        folded = (base + shift).to(self.weight_t.dtype)
+        folded = _fold(self.weight_t, self.dense_bias, alpha)
         if self.bias is None:
             self.bias = folded
         else:
@@ -133,11 +131,10 @@ class FusedSparseLinear(nn.Module):
         return torch.split(y, self.segments, dim=-1)
 
     def segment_alone(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """One segment's output when it is called without the group (masked dense product)."""
+        """One segment's output when it is called without the group (the torch reference)."""
         cols = self.columns(index)
-        keep = keep_mask(x, self.tau[index], None if self.col_norm is None else self.col_norm[index])
-        y = (x * keep) @ self.weight_t[:, cols]
-        return y if self.bias is None else y + self.bias[cols]
+        return sparse_gemv_reference(x, self.weight_t[:, cols], None if self.bias is None else self.bias[cols],
+                                     self.tau[index], None if self.col_norm is None else self.col_norm[index])
 
     def set_tau(self, index: int, tau: float) -> None:
         self.tau[index] = _check_tau(tau, "a fused projection")
@@ -151,8 +148,7 @@ class FusedSparseLinear(nn.Module):
             self.bias[cols] = self.dense_bias[cols]
             return
         _check_alpha(alpha, self.in_features)
-        shift = alpha.to(self.weight_t.device, torch.float64) @ self.weight_t[:, cols].double()  # (out_g,)
-        self.bias[cols] = (self.dense_bias[cols].double() + shift).to(self.bias.dtype)
+        self.bias[cols] = _fold(self.weight_t[:, cols], self.dense_bias[cols], alpha)
 
     def to_linear(self, index: int) -> nn.Linear:
         cols = self.columns(index)
@@ -191,6 +187,13 @@ def _check_alpha(alpha: torch.Tensor, in_features: int, name: str = "this projec
         raise InvalidArgumentError(f"SPON vector has shape {tuple(alpha.shape)}; {name} takes {in_features} inputs")
     if not torch.isfinite(alpha).all():
         raise InvalidArgumentError(f"SPON vector of {name} has NaN or infinite entries; train or load it again")
+
+
+def _fold(weight_t: torch.Tensor, dense_bias: torch.Tensor | None, alpha: torch.Tensor) -> torch.Tensor:
+    """b + W α in float64, in the weight's dtype. weight_t (in, out), dense_bias (out,), α (in,) -> (out,)"""
+    shift = alpha.to(weight_t.device, torch.float64) @ weight_t.double()  # (out,)
+    base = 0.0 if dense_bias is None else dense_bias.double()
+    return (base + shift).to(weight_t.dtype)
 
 
 def _dense_linear(weight_t: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
