@@ -2,6 +2,8 @@
 
 They exercise the plumbing (hooks, adapters, perplexity arithmetic) in milliseconds. They are
 never a source of results: every number sponlib reports comes from a real trained model.
+`quantile_thresholds` gives such a model exact per-projection thresholds from one dense pass,
+without the histograms of a real calibration.
 """
 
 from __future__ import annotations
@@ -39,6 +41,27 @@ def tiny_config(arch: str, **overrides) -> PretrainedConfig:
     if arch not in _CONFIGS:
         raise ValueError(f"no tiny config for {arch!r}; choose from {', '.join(TINY_ARCHITECTURES)}")
     return _CONFIGS[arch](**{**_TINY_SIZES, **overrides})
+
+
+def quantile_thresholds(model, ids: torch.Tensor, score: str, quantile: float):
+    """Thresholds at the `quantile` of each projection's scores over a dense pass on `ids`: every
+    projection then drops about that share of its inputs on similar text. -> Thresholds"""
+    from .adapters import iter_projections
+    from .models import model_fingerprint
+    from .sparsity import Thresholds, input_scores, score_weights
+
+    seen = {}
+    hooks = [p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
+             for p in iter_projections(model)]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    taus = {p.name: float(torch.quantile(input_scores(seen[p.name], score_weights(p.module, score)).double().flatten(),
+                                         quantile)) for p in iter_projections(model)}
+    return Thresholds(score, quantile, dict.fromkeys(taus, quantile), taus, model_fingerprint(model))
 
 
 def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):

@@ -8,13 +8,11 @@ import copy
 import pytest
 import torch
 
-from sponlib.adapters import iter_projections
 from sponlib.decoding import StaticDecoder
 from sponlib.errors import InvalidArgumentError
 from sponlib.kernels import sparse_linears, swap_in
-from sponlib.models import model_fingerprint
-from sponlib.sparsity import Sparsifier, Thresholds, input_scores, score_weights
-from sponlib.tiny import tiny_model
+from sponlib.sparsity import Sparsifier, Thresholds
+from sponlib.tiny import quantile_thresholds, tiny_model
 
 
 def _model(dtype=torch.float32):
@@ -37,20 +35,7 @@ def _hf_greedy(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
 
 
 def _calibrated(model, score: str, quantile: float) -> Thresholds:
-    """Per-projection thresholds at the `quantile` of each projection's scores in a dense pass,
-    like a calibration: every projection then drops about that share of its inputs."""
-    seen = {}
-    hooks = [p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
-             for p in iter_projections(model)]
-    try:
-        with torch.no_grad():
-            model(_prompt(32, seed=2))
-    finally:
-        for h in hooks:
-            h.remove()
-    taus = {p.name: float(torch.quantile(input_scores(seen[p.name], score_weights(p.module, score)).double().flatten(),
-                                         quantile)) for p in iter_projections(model)}
-    return Thresholds(score, quantile, dict.fromkeys(taus, quantile), taus, model_fingerprint(model))
+    return quantile_thresholds(model, _prompt(32, seed=2), score, quantile)
 
 
 def test_eager_decoding_equals_hugging_face_greedy_generation():

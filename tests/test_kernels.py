@@ -21,8 +21,8 @@ from sponlib.kernels import (FusedSparseLinear, SegmentOf, SparseLinear, input_m
                              sparse_gemv_reference, sparse_gemv_rows, sparse_linears, swap_in, swap_out)
 from sponlib.kernels.ops import check_gemv_arguments
 from sponlib.models import model_fingerprint
-from sponlib.sparsity import Sparsifier, Thresholds, input_scores, score_weights
-from sponlib.tiny import tiny_model
+from sponlib.sparsity import Sparsifier, Thresholds
+from sponlib.tiny import quantile_thresholds, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,19 +279,7 @@ def _logits(model, ids) -> torch.Tensor:
 
 
 def _calibrated(model, score: str, quantile: float, ids=None) -> Thresholds:
-    """Per-projection thresholds at the `quantile` of each projection's scores in a dense pass,
-    like a calibration: every projection then drops about that share of its inputs."""
-    seen = {}
-    hooks = [p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
-             for p in iter_projections(model)]
-    try:
-        _logits(model, _ids(16, seed=99) if ids is None else ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    taus = {p.name: float(torch.quantile(input_scores(seen[p.name], score_weights(p.module, score)).double().flatten(),
-                                         quantile)) for p in iter_projections(model)}
-    return Thresholds(score, quantile, dict.fromkeys(taus, quantile), taus, model_fingerprint(model))
+    return quantile_thresholds(model, _ids(16, seed=99) if ids is None else ids, score, quantile)
 
 
 def _alphas(model, seed: int, scale: float = 0.05) -> dict:
