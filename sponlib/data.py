@@ -89,6 +89,7 @@ class Windows:
     seed: int
     available: int  # windows the source holds in all
     stride: int | None = None  # tokens between window starts; None: non-overlapping (= window_len)
+    bos: int | None = None  # the token each window starts with, when the model needs one (Gemma)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -98,6 +99,8 @@ class Windows:
                   "seed": self.seed, "available_windows": self.available}
         if self.stride is not None:
             record["stride"] = self.stride
+        if self.bos is not None:
+            record["bos_token"] = self.bos
         return record
 
 
@@ -226,13 +229,20 @@ def tokenize_source(source: TextSource, tokenizer) -> list[TokenStream]:
 
 
 def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | None = None,
-                  seed: int = 0, source: str = "", stride: int | None = None) -> Windows:
+                  seed: int = 0, source: str = "", stride: int | None = None, bos: int | None = None) -> Windows:
     """Cut every stream into windows of `window_len` tokens (a stream's tail shorter than a window
     is dropped) and pick `n_windows` of them at random with `seed`, kept in corpus order.
     `n_windows=None` (or 0) takes them all. Windows do not overlap unless `stride` (tokens between
-    window starts, below `window_len`) asks for it: training draws on more distinct windows so."""
+    window starts, below `window_len`) asks for it: training draws on more distinct windows so.
+    With `bos`, each window is that token followed by `window_len - 1` tokens of text."""
     if window_len < 2:
         raise DataError(f"window length must be at least 2 tokens (got {window_len})")
+    if bos is not None:
+        inner = token_windows(streams, window_len - 1, n_windows, seed, source,
+                              None if stride is None else min(stride, window_len - 1))
+        inner.ids = torch.cat([torch.full((len(inner), 1), bos, dtype=inner.ids.dtype), inner.ids], 1)  # (N, L)
+        inner.window_len, inner.bos = window_len, bos
+        return inner
     if n_windows is not None and n_windows < 0:
         raise DataError(f"number of windows must be positive, or 0 for all (got {n_windows})")
     if stride is not None and not 1 <= stride <= window_len:
@@ -262,7 +272,19 @@ def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | 
                    window_len, seed, available, stride if step != window_len else None)
 
 
+def leading_special_token(tokenizer) -> int | None:
+    """The token the tokenizer puts before every text (a BOS), or None. Gemma needs it: without
+    it Gemma-3-270m's perplexity on Persuasion is 173 instead of 38. SmolLM2's tokenizer adds none."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    special = tokenizer("a")["input_ids"]
+    if len(special) == len(plain) + 1 and special[1:] == plain:
+        return int(special[0])
+    return None
+
+
 def load_windows(source: TextSource, tokenizer, window_len: int, n_windows: int | None = None,
                  seed: int = 0, stride: int | None = None) -> Windows:
-    """tokenize_source + token_windows in one call."""
-    return token_windows(tokenize_source(source, tokenizer), window_len, n_windows, seed, source.name, stride)
+    """tokenize_source + token_windows in one call; each window starts with the tokenizer's BOS
+    when it adds one (then the window holds window_len - 1 tokens of text)."""
+    return token_windows(tokenize_source(source, tokenizer), window_len, n_windows, seed, source.name, stride,
+                         bos=leading_special_token(tokenizer))

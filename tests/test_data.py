@@ -129,3 +129,23 @@ def test_missing_file_short_text_and_bad_window_requests(byte_tokenizer, tmp_pat
         token_windows(streams, 1)
     with pytest.raises(DataError, match="positive"):
         token_windows(streams, 8, -1)
+
+
+def test_windows_start_with_bos_when_the_tokenizer_adds_one(byte_tokenizer):
+    from sponlib.data import leading_special_token, token_windows
+
+    class BosTokenizer:  # the byte tokenizer with a BOS (id 300) before every text, as Gemma's adds
+        def __call__(self, text, add_special_tokens=True, verbose=False):
+            ids = list(text.encode("utf-8"))
+            return {"input_ids": ([300] if add_special_tokens else []) + ids}
+
+    assert leading_special_token(byte_tokenizer) is None
+    assert leading_special_token(BosTokenizer()) == 300
+    streams = [TokenStream("doc", 0, np.arange(100, dtype=np.int64))]
+    plain = token_windows(streams, 10, seed=0)
+    with_bos = token_windows(streams, 10, seed=0, bos=300)
+    assert with_bos.ids.shape[1] == 10 and (with_bos.ids[:, 0] == 300).all()
+    assert torch.equal(with_bos.ids[0, 1:], torch.arange(9))  # then 9 tokens of text
+    assert torch.equal(with_bos.ids[1, 1:], torch.arange(9, 18))  # windows still do not overlap
+    assert len(with_bos) == 11 and len(plain) == 10
+    assert with_bos.describe()["bos_token"] == 300 and "bos_token" not in plain.describe()

