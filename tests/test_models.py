@@ -16,7 +16,7 @@ from sponlib.models import KNOWN_MODELS, load_model, locate_gguf, prepare_model
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(UnknownModelError, match=r"unknown model 'smollm-9000'.*Known names: smollm2-135m"):
+    with pytest.raises(UnknownModelError, match=r"unknown model 'smollm-9000'.*Known names: gemma3-270m, smollm2-135m"):
         prepare_model("smollm-9000")
 
 
