@@ -38,8 +38,8 @@ def test_eval_writes_a_complete_record(tmp_path):
     (["eval", "--corpus", "wiki"], "unknown corpus 'wiki'"),
     (["eval", "--text-file", "/nonexistent/file.txt"], "does not exist"),
     (["eval"], "name some text"),
-    (["eval", "--corpus", "persuasion", "--model", "smollm-9000"], "Known names: smollm2-135m"),
-    (["prepare", "--model", "smollm-9000"], "Known names: smollm2-135m"),
+    (["eval", "--corpus", "persuasion", "--model", "smollm-9000"], "Known names: gemma3-270m, smollm2-135m"),
+    (["prepare", "--model", "smollm-9000"], "Known names: gemma3-270m, smollm2-135m"),
 ])
 def test_bad_input_prints_one_clear_line(args, message):
     run = sponlib(*args)
