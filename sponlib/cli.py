@@ -180,6 +180,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="where to write the record")
     p.set_defaults(run=cmd_generalize)
 
+    p = sub.add_parser("harness", help="lm-evaluation-harness tasks (hellaswag, lambada, ...) on a dense, masked "
+                       "or SPON model (needs lm-eval: pip install 'sponlib[harness]')")
+    _add_model_args(p)
+    p.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], required=True,
+                   help="comma-separated lm-eval task, group or tag names, e.g. hellaswag,lambada_openai")
+    p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1); omit for the dense model")
+    p.add_argument("--method", default=None, help="mask rule: teal (default), wina, greedy, greedy-wina")
+    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the one shipped for a known model)")
+    p.add_argument("--spon", metavar="FILE|shipped", help="SPON vectors, or `shipped` for those shipped at --sparsity "
+                   "(their thresholds come with them)")
+    p.add_argument("--thresholds", metavar="FILE", help="a thresholds file instead of a calibration")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="folder of extra task YAML files; repeatable")
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+    p.add_argument("--limit", type=float, default=None,
+                   help="examples per task, or a share of them below 1: for quick looks, not results")
+    p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
+    p.add_argument("--json", metavar="OUT", help="write lm-eval's results (no per-example outputs) with provenance")
+    p.set_defaults(run=cmd_harness)
+
+    p = sub.add_parser("tasks", help="task accuracy, knowledge and generation drift: dense, masked and SPON")
+    _add_model_args(p)
+    _add_trained_args(p)
+    p.add_argument("--cloze", type=int, default=200, help="cloze passages per held-out text (default 200)")
+    p.add_argument("--choice", type=int, default=250, help="next-sentence choices per held-out text (default 250)")
+    p.add_argument("--drift", type=int, default=50, help="generation prompts per held-out text (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed that picks the examples (default 0)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", default="data/results/tasks.json",
+                   help="record to write or extend; other families in it are kept (default %(default)s)")
+    p.set_defaults(run=cmd_tasks)
+
     p = sub.add_parser("readme", help="regenerate the README's result tables from data/results/")
     p.add_argument("--readme", default="README.md")
     p.add_argument("--check", action="store_true", help="fail if the README is out of date instead of writing")
@@ -603,6 +635,59 @@ def cmd_generalize(args) -> None:
         recovered = "-" if row["recovery"] is None else f"{row['recovery']:.3f}"
         print(f"{row['text']:26s} {row['level']:5g} {row['ppl_dense']:8.2f} {row['ppl_masked']:9.2f} "
               f"{row['ppl_spon']:9.2f} {recovered:>9s}")
+    print(f"wrote {args.json}")
+
+
+def cmd_harness(args) -> None:
+    from .models import resolve_device, resolve_dtype
+    from .results import write_result
+    from .tasks.harness import check_model_args, check_tasks, lm_from_model_args, results_record, run_harness
+
+    keys = ("sparsity", "method", "calibration", "thresholds", "spon")
+    model_args = {"model": args.model, "dtype": args.dtype, "device": args.device,
+                  **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}}
+    check_model_args(model_args)  # bad settings and task names fail before the model loads
+    manager = check_tasks(args.tasks, args.include_path)
+    lm = lm_from_model_args(model_args, batch_size=args.batch_size)
+    started = time.perf_counter()
+    results = run_harness(lm, args.tasks, limit=args.limit, batch_size=args.batch_size,
+                          num_fewshot=args.num_fewshot, task_manager=manager)
+    from lm_eval.utils import make_table
+
+    print(make_table(results))
+    if results.get("groups"):
+        print(make_table(results, "groups"))
+    mask = results["config"]["sponlib"]
+    measured = f", measured {mask['measured_sparsity']:.3f}" if "measured_sparsity" in mask else ""
+    print(f"mask: {mask['method']}{'+spon' if mask['spon'] else ''} at {mask['sparsity']:g}{measured}")
+    if args.json:
+        payload = {"model_args": model_args, "tasks": args.tasks, "include_path": args.include_path,
+                   "limit": args.limit, "num_fewshot": args.num_fewshot, "batch_size": args.batch_size,
+                   "elapsed_s": round(time.perf_counter() - started, 1), "lm_eval": results_record(results)}
+        write_result(args.json, "lm_eval_harness", payload, model=lm.model, device=resolve_device(args.device),
+                     dtype=resolve_dtype(args.dtype))
+        print(f"wrote {args.json}")
+
+
+def cmd_tasks(args) -> None:
+    from .io import sha256_file
+    from .models import load_model
+    from .sparsity import split_method
+    from .tasks.record import TaskSizes, run_family
+
+    split_method(args.method)
+    sizes = TaskSizes(cloze=args.cloze, choice=args.choice, drift=args.drift, seed=args.seed)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    spon, calibration, provenance = _trained(args, model)
+    # the vectors of a family whose weights may not be committed (Gemma) stay identifiable
+    provenance["spon_sha256"] = {level: sha256_file(path) for level, path in provenance["spon_files"].items()}
+    entry = run_family(args.json, model, tokenizer, calibration, spon, sorted(spon), args.method, sizes,
+                       args.batch_size, provenance)
+    print(f"{'task':30s} {'level':>5s} {'dense':>7s} {'masked':>7s} {'SPON':>7s} {'recovery':>9s}")
+    for row in entry["summary"]:
+        recovered = "-" if row["recovery"] is None else f"{row['recovery']:.2f}"
+        print(f"{row['task'] + '/' + row['source'] + '/' + row['metric']:30s} {row['level']:5g} "
+              f"{row['dense']['value']:7.3f} {row['masked']['value']:7.3f} {row['spon']['value']:7.3f} {recovered:>9s}")
     print(f"wrote {args.json}")
 
 
