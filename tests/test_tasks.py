@@ -312,3 +312,45 @@ def test_record_refuses_a_file_that_is_not_a_tasks_record(tmp_path, tiny_family)
     with pytest.raises(CorruptFileError, match="not valid JSON"):
         record.run_family(path, model, tokenizer, calibration, spon, [0.5], progress=False)
     assert path.read_text() == "{truncated"  # nothing lost
+
+
+# ------------------------------------------------------------------ the committed record
+
+
+def test_tasks_record_covers_both_families_and_agrees_with_its_outcomes():
+    from sponlib.report import load_result, render_tasks, task_verdicts
+
+    record = load_result("tasks.json")
+    assert set(record["families"]) == {"smollm2-135m", "gemma3-270m"}
+    for family, entry in record["families"].items():
+        assert entry["model"]["name"] == family and entry["device"]["name"] and entry["versions"]["torch"]
+        assert entry["settings"]["sizes"]["seed"] == 0 and entry["settings"]["method"] == "teal"
+        for level in (0.25, 0.5, 0.7):
+            assert {f"masked@{level:g}", f"spon@{level:g}"} <= set(entry["cells"])
+        for row in entry["summary"]:
+            name = f"{row['task']}/{row['source']}/{row['metric']}"
+            masked = entry["cells"][f"masked@{row['level']:g}"]["outcomes"][name]
+            spon = entry["cells"][f"spon@{row['level']:g}"]["outcomes"][name]
+            assert row["masked"]["value"] == pytest.approx(sum(masked) / len(masked))
+            assert row["spon_minus_masked"]["difference"] == pytest.approx((sum(spon) - sum(masked)) / len(spon))
+            low, high = row["masked"]["ci"]
+            assert low <= row["masked"]["value"] <= high
+        verdicts = task_verdicts(entry)
+        rendered = render_tasks(record)
+        assert f"better in {len(verdicts['better'])}, worse in {len(verdicts['worse'])}" in rendered
+
+
+def test_task_verdicts_follow_the_direction_of_each_metric():
+    from sponlib.report import task_verdicts
+
+    def row(task, source, metric, ci):
+        return {"task": task, "source": source, "metric": metric, "level": 0.5, "spon_minus_masked": {"ci": ci}}
+
+    entry = {"summary": [row("cloze", "brown", "accuracy", [0.01, 0.05]),  # more accuracy: better
+                         row("drift", "brown", "repetition", [0.01, 0.05]),  # more repetition: worse
+                         row("drift", "persuasion", "repetition", [-0.2, -0.1]),  # less: better
+                         row("choice", "brown", "accuracy", [-0.01, 0.02])]}
+    verdicts = task_verdicts(entry)
+    assert verdicts["better"] == ["last-word cloze, Brown at 0.5", "generation, repeated 4-grams, Persuasion at 0.5"]
+    assert verdicts["worse"] == ["generation, repeated 4-grams, Brown at 0.5"]
+    assert verdicts["same"] == ["next-sentence choice, Brown at 0.5"]
