@@ -4,6 +4,8 @@ data/results/, and exported as PNG through kaleido and Debian's chromium.
     drift_per_layer  hidden-state drift from dense per layer, masked and SPON, at several teal levels
     spon_recovery    share of the perplexity lost to the teal mask that SPON wins back, per level
     cka_heatmaps     CKA between dense layers and masked / SPON layers at the record's main level
+    task_scores      task accuracy, knowledge and generation drift against the level, dense / masked /
+                     SPON, for each model family
 
 `python -m sponlib figures` writes them to docs/figures/. Every number in a figure is read from its
 record, so a figure changes only when the code that measured it writes a new record.
@@ -33,6 +35,13 @@ from .report import RECOVERY_TARGETS, load_result
 
 ANALYSIS_RECORD = "analysis_smollm2.json"
 RECOVERY_RECORD = "spon_recovery.json"
+TASKS_RECORD = "tasks.json"
+# (task, source, metric, panel title) of the task figure's rows
+TASK_PANELS = (
+    ("knowledge", "all", "top1", "knowledge: first token top-1"),
+    ("drift", "persuasion", "first_divergence", "generation: first divergent token (dense: never)"),
+    ("drift", "persuasion", "repetition", "generation: repeated 4-grams"),
+)
 WIDTH = 1000  # px at scale 1; each figure keeps the height its builder gives it
 SCALE = 2  # sharp on high-density screens, still well under 300 KB a figure
 DEFAULT_OUT = Path("docs") / "figures"
@@ -115,11 +124,51 @@ def cka_heatmaps(record: dict | None = None) -> go.Figure:
     return fig
 
 
+def task_rows(entry: dict, task: str, source: str, metric: str) -> list[dict]:
+    """The summary rows of one family's task metric, by level."""
+    return sorted((r for r in entry["summary"] if (r["task"], r["source"], r["metric"]) == (task, source, metric)),
+                  key=lambda r: r["level"])
+
+
+def task_scores(record: dict | None = None) -> go.Figure:
+    """One column per model family, one row per task metric (TASK_PANELS): masked and SPON against
+    the level with their 95% intervals, the dense value as a dotted line."""
+    record = load_result(TASKS_RECORD) if record is None else record
+    families = list(record["families"])
+    fig = make_subplots(rows=len(TASK_PANELS), cols=len(families), horizontal_spacing=0.1, vertical_spacing=0.1,
+                        subplot_titles=[f"{family}: {title}" for _, _, _, title in TASK_PANELS for family in families])
+    for row, (task, source, metric, _) in enumerate(TASK_PANELS, start=1):
+        for column, family in enumerate(families, start=1):
+            rows = task_rows(record["families"][family], task, source, metric)
+            levels = [r["level"] for r in rows]
+            for variant in ("masked", "spon"):
+                values = [r[variant]["value"] for r in rows]
+                fig.add_trace(go.Scatter(
+                    x=levels, y=values, name=variant, legendgroup=variant, showlegend=row == 1 and column == 1,
+                    mode="lines+markers", line=dict(color=plots.VARIANT_COLOURS[variant],
+                                                    dash="dash" if variant == "spon" else "solid"),
+                    error_y=dict(type="data", symmetric=False, width=3, thickness=1.2,
+                                 array=[r[variant]["ci"][1] - v for r, v in zip(rows, values)],
+                                 arrayminus=[v - r[variant]["ci"][0] for r, v in zip(rows, values)]),
+                    hovertemplate=f"{family} {variant}<br>level %{{x}}<br>%{{y:.3f}}<extra></extra>"), row=row, col=column)
+            if metric != "first_divergence":  # the dense model never diverges from itself: off the scale
+                # after the traces: plotly draws no line on a subplot that has no data yet
+                fig.add_hline(y=rows[0]["dense"]["value"], line=dict(color=plots.VARIANT_COLOURS["dense"], dash="dot"),
+                              row=row, col=column)
+            fig.update_xaxes(title_text="teal level", title_standoff=2, tickvals=levels, row=row, col=column)
+    fig.update_layout(template=plots.TEMPLATE, height=230 * len(TASK_PANELS), margin=dict(l=60, r=20, t=90, b=55),
+                      title_text="Beyond perplexity: dense (dotted), the teal mask and SPON, with 95% intervals",
+                      yaxis_title="value", font_size=11)
+    fig.update_annotations(font_size=12)
+    return fig
+
+
 # figure name (the PNG's file stem) -> builder reading its record
 FIGURES: dict[str, Callable[[], go.Figure]] = {
     "drift_per_layer": drift_per_layer,
     "spon_recovery": spon_recovery,
     "cka_heatmaps": cka_heatmaps,
+    "task_scores": task_scores,
 }
 
 

@@ -133,3 +133,22 @@ def test_every_figure_is_committed_as_a_modest_png(name):
 
 def test_docs_figures_holds_no_figure_that_is_not_registered():
     assert {path.stem for path in COMMITTED.glob("*.png")} <= set(figures.FIGURES)
+
+
+def test_task_figure_shows_the_records_values_and_intervals():
+    tasks = record(figures.TASKS_RECORD)
+    fig = figures.task_scores()
+    families = list(tasks["families"])
+    traces = iter(fig.data)
+    for task, source, metric, _ in figures.TASK_PANELS:
+        for family in families:
+            rows = figures.task_rows(tasks["families"][family], task, source, metric)
+            for variant in ("masked", "spon"):
+                trace = next(traces)
+                assert trace.name == variant and list(trace.x) == [r["level"] for r in rows]
+                assert list(trace.y) == [r[variant]["value"] for r in rows], (family, task, metric)
+                top = [y + e for y, e in zip(trace.y, trace.error_y.array)]
+                assert top == pytest.approx([r[variant]["ci"][1] for r in rows])
+    dense_lines = [shape.y0 for shape in fig.layout.shapes]
+    knowledge = figures.task_rows(tasks["families"][families[0]], "knowledge", "all", "top1")
+    assert knowledge[0]["dense"]["value"] in dense_lines
