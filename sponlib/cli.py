@@ -10,6 +10,8 @@
     recovery   train and evaluate SPON across levels, rules and ablations (data/results/spon_recovery.json)
     analyse    layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)
     generalize shipped SPON vectors on many texts: recovery per Brown genre (data/results/spon_generalization.json)
+    tasks      cloze, next-sentence choice, knowledge probe and generation drift (data/results/tasks.json)
+    harness    lm-evaluation-harness tasks on a dense, masked or SPON model (optional extra `harness`)
     readme     regenerate the README's result tables from data/results/
     figures    export the README's figures as PNG from data/results/ (docs/figures/), through chromium
 
