@@ -181,6 +181,8 @@ def _convert_gguf(gguf_path: Path, dest: Path) -> None:
     src, filename = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=filename)
     check_tokenizer(tokenizer, filename)
+    tokenizer.save_pretrained(dest)  # first: a tokenizer that does not survive the trip fails fast
+    check_saved_tokenizer(tokenizer, AutoTokenizer.from_pretrained(dest), filename)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model (its config carries a quantization_config), so
     # rebuild the same architecture from a clean config and move the de-quantised weights over.
@@ -189,25 +191,42 @@ def _convert_gguf(gguf_path: Path, dest: Path) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
 
 
 # An English sentence every sub-word tokenizer encodes in far fewer tokens than characters.
 _PROBE_SENTENCE = "The capital of France is Paris, and the river that runs through it is the Seine."
 
 
+_UPGRADE = "Upgrade transformers (5.24 does it right): pip install -U 'transformers>=5.24,<6'"
+
+
 def check_tokenizer(tokenizer, source: str) -> None:
-    """Refuse a tokenizer that splits English into single characters. Some transformers releases
-    (5.17 among them) rebuild Gemma-3's GGUF tokenizer that way; every result made with it would be
-    meaningless (Gemma-3-270m reads Persuasion at perplexity ~30,000 instead of 34)."""
+    """Refuse a tokenizer that splits English into single characters: every result made with it
+    would be meaningless."""
     ids = tokenizer(_PROBE_SENTENCE, add_special_tokens=False)["input_ids"]
     if len(ids) > len(_PROBE_SENTENCE) // 2:
         import transformers
 
         raise MissingPackageError(
-            f"the tokenizer rebuilt from {source} by transformers {transformers.__version__} splits English into "
-            f"single characters ({len(ids)} tokens for {len(_PROBE_SENTENCE)} characters). Upgrade transformers "
-            "(5.24 reads it correctly): pip install -U 'transformers>=5.24,<6'")
+            f"the tokenizer read from {source} by transformers {transformers.__version__} splits English into "
+            f"single characters ({len(ids)} tokens for {len(_PROBE_SENTENCE)} characters). {_UPGRADE}")
+
+
+def check_saved_tokenizer(original, saved, source: str) -> None:
+    """Refuse a cached tokenizer that does not encode like the one read from the GGUF. transformers
+    5.17 saves Gemma-3's so that it reloads character by character and without its BOS, and
+    Gemma-3-270m then reads Persuasion at perplexity ~30,000 instead of 34."""
+    for special in (False, True):
+        want = original(_PROBE_SENTENCE, add_special_tokens=special)["input_ids"]
+        got = saved(_PROBE_SENTENCE, add_special_tokens=special)["input_ids"]
+        if list(want) != list(got):
+            import transformers
+
+            raise MissingPackageError(
+                f"transformers {transformers.__version__} does not save the tokenizer of {source} faithfully: read "
+                f"from the GGUF it encodes a test sentence in {len(want)} tokens, saved and reloaded in {len(got)}. "
+                + _UPGRADE)
+    check_tokenizer(saved, source)
 
 
 def _unknown_name_message(name: str) -> str:

@@ -178,13 +178,15 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644 and path.read_text() == "{}"
 
 
-def test_a_character_level_tokenizer_is_refused(default_tokenizer):
-    from sponlib.models import check_tokenizer
+def test_a_tokenizer_that_does_not_survive_saving_is_refused(default_tokenizer):
+    from sponlib.models import check_saved_tokenizer, check_tokenizer
 
-    class CharacterTokenizer:  # what transformers 5.17 rebuilt from Gemma-3's GGUF
+    class CharacterTokenizer:  # what transformers 5.17 reloads after saving Gemma-3's GGUF tokenizer
         def __call__(self, text, add_special_tokens=True):
             return {"input_ids": [ord(c) for c in text]}
 
     with pytest.raises(MissingPackageError, match="single characters"):
         check_tokenizer(CharacterTokenizer(), "model.gguf")
-    check_tokenizer(default_tokenizer, "SmolLM2")  # a real sub-word tokenizer passes
+    with pytest.raises(MissingPackageError, match="does not save the tokenizer of model.gguf faithfully"):
+        check_saved_tokenizer(default_tokenizer, CharacterTokenizer(), "model.gguf")
+    check_saved_tokenizer(default_tokenizer, default_tokenizer, "SmolLM2")  # a faithful copy passes
