@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data import data_dir
 from ..errors import CorruptFileError
 from ..io import atomic_write_json
 from ..results import command_line, device_record, library_versions, model_record
@@ -52,11 +53,12 @@ class TaskSet:
     choice: dict[str, list]
     probe: knowledge.Probe
     drift: dict[str, torch.Tensor]  # source -> (n, PROMPT_TOKENS) prompt ids
+    probe_file: str  # where the knowledge probe was read from
 
     def describe(self) -> dict:
         return {"cloze": {s: len(v) for s, v in self.cloze.items()},
                 "choice": {s: len(v) for s, v in self.choice.items()},
-                "knowledge": {"file": "data/tasks/knowledge.json", "name": self.probe.name,
+                "knowledge": {"file": self.probe_file, "name": self.probe.name,
                               "version": self.probe.version, "items": len(self.probe.items)},
                 "drift": {s: list(v.shape) for s, v in self.drift.items()},
                 "drift_new_tokens": drift.NEW_TOKENS, "repetition_ngram": drift.NGRAM}
@@ -66,7 +68,16 @@ def build_tasks(tokenizer, sizes: TaskSizes, probe_path=None) -> TaskSet:
     return TaskSet(cloze={s: cloze.build(s, sizes.cloze, sizes.seed) for s in HELD_OUT_SOURCES},
                    choice={s: choice.build(s, sizes.choice, sizes.seed) for s in HELD_OUT_SOURCES},
                    probe=knowledge.load_probe(probe_path),
-                   drift={s: drift.build(s, sizes.drift, tokenizer, sizes.seed) for s in HELD_OUT_SOURCES})
+                   drift={s: drift.build(s, sizes.drift, tokenizer, sizes.seed) for s in HELD_OUT_SOURCES},
+                   probe_file=_shown(Path(probe_path) if probe_path else knowledge.default_path()))
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the project when it lies inside it (as the records name their files)."""
+    try:
+        return str(path.resolve().relative_to(data_dir().resolve().parent))
+    except ValueError:
+        return str(path)
 
 
 def run_cell(model, tokenizer, tasks: TaskSet, dense_generations: dict | None, batch_size: int = 16,
