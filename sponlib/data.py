@@ -59,7 +59,7 @@ class TextSource:
         """Provenance for result files."""
         out: dict = {"name": self.name, "span": list(self.span)}
         if self.files:
-            out["files"] = [_display_path(f) for f in self.files]
+            out["files"] = [display_path(f) for f in self.files]
         if self.hub:
             out["hub"] = dict(zip(("path", "config", "split", "column"), self.hub))
         return out
@@ -108,7 +108,8 @@ def _stem(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".txt")
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
+    """A path relative to the project when it lies inside it, as result records name their files."""
     try:
         return str(path.resolve().relative_to(data_dir().resolve().parent))
     except ValueError:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import data_dir
+from ..data import display_path
 from ..errors import CorruptFileError
 from ..io import atomic_write_json
 from ..results import command_line, device_record, library_versions, model_record
@@ -31,7 +31,6 @@ from . import choice, cloze, drift, knowledge
 from .intervals import bootstrap_mean, paired_difference, wilson
 from .passages import HELD_OUT_SOURCES
 
-BINARY = {"cloze": ("accuracy",), "choice": ("accuracy",), "knowledge": ("top1", f"top{knowledge.TOP_K}", "exact")}
 DRIFT_METRICS = ("agreement", "first_divergence", "repetition")
 
 
@@ -69,15 +68,7 @@ def build_tasks(tokenizer, sizes: TaskSizes, probe_path=None) -> TaskSet:
                    choice={s: choice.build(s, sizes.choice, sizes.seed) for s in HELD_OUT_SOURCES},
                    probe=knowledge.load_probe(probe_path),
                    drift={s: drift.build(s, sizes.drift, tokenizer, sizes.seed) for s in HELD_OUT_SOURCES},
-                   probe_file=_shown(Path(probe_path) if probe_path else knowledge.default_path()))
-
-
-def _shown(path: Path) -> str:
-    """A path relative to the project when it lies inside it (as the records name their files)."""
-    try:
-        return str(path.resolve().relative_to(data_dir().resolve().parent))
-    except ValueError:
-        return str(path)
+                   probe_file=display_path(Path(probe_path) if probe_path else knowledge.default_path()))
 
 
 def run_cell(model, tokenizer, tasks: TaskSet, dense_generations: dict | None, batch_size: int = 16,
