@@ -27,6 +27,7 @@ from .capture import Capture, capture, input_name, lens_logprobs, select_tokens
 from .errors import InvalidArgumentError
 from .hooks import HookSet
 from .metrics import cka_matrix, cosine, kl_divergence, linear_cka, minibatch_cka, relative_drift
+from .placement import input_device
 from .sparsity import Sparsifier, Thresholds, input_scores
 
 # The per-layer metrics, and the value each takes for the dense model itself.
@@ -156,7 +157,7 @@ def mean_residuals(model, ids: torch.Tensor, sparsifier: Sparsifier, skip_first:
             sums[name] = sums.get(name, 0) + removed.double().sum(dim=(0, 1))
         return pre
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     with sparsifier, HookSet() as hooks:
         for name, hook in sparsifier.hooks.items():
             hooks.pre(sparsifier.projections[name].module, accumulate(name, hook), prepend=True)

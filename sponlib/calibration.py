@@ -34,6 +34,7 @@ from .errors import CorruptFileError, InvalidArgumentError, NumericalError
 from .hooks import HookSet
 from .io import atomic_write_bytes
 from .models import check_fingerprint, model_fingerprint
+from .placement import input_device
 from .results import device_record
 from .sparsity import (METHODS, SCORES, Thresholds, check_sparsity, input_scores, score_weights, sparse_input,
                        split_method)
@@ -173,7 +174,7 @@ def dense_statistics(model, ids: torch.Tensor, scores=SCORES, batch_size: int = 
                      progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """Pass 1: quantile tables of every projection's scores on the dense model."""
     hists: dict[str, dict[str, _Histogram]] = {s: {} for s in scores}
-    device = next(model.parameters()).device
+    device = input_device(model)
     with HookSet() as hooks:
         for block in block_projections(model):
             for group in INPUT_GROUPS:
@@ -230,7 +231,7 @@ def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, fl
             for p in block.values():
                 refiners[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score), alphas.get(p.name))
                 hooks.pre(p.module, refiners[p.name])
-        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
+        model(input_ids=ids.to(input_device(model)), use_cache=False, logits_to_keep=1)
     return {name: hook.tau for name, hook in refiners.items()}
 
 
@@ -270,7 +271,7 @@ def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_lev
         calibration.refined.setdefault(method, {})[float(level)] = refine_thresholds(
             model, ids[:refine_windows], split_method(method)[0], levels)
     timings["refine_s"] = time.perf_counter() - started - sum(timings.values())
-    device = next(model.parameters()).device
+    device = input_device(model)
     calibration.meta.update(elapsed_s=round(time.perf_counter() - started, 1),
                             timings={k: round(v, 1) for k, v in timings.items()}, device=device_record(device),
                             dtype=str(next(model.parameters()).dtype).removeprefix("torch."))

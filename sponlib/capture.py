@@ -27,6 +27,7 @@ import torch
 from .adapters import INPUT_GROUPS, ROLES, block_projections, decoder_layers, get_adapter
 from .errors import InvalidArgumentError
 from .hooks import HookSet
+from .placement import input_device
 
 
 def resid_name(block: int, where: str = "post") -> str:
@@ -113,7 +114,7 @@ def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, res
     if unknown:
         raise InvalidArgumentError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ROLES)}")
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     parts: dict[str, list[torch.Tensor]] = {}  # name -> per-batch (n, d) rows
     rows = tokens[:0]  # (n, 2) pairs of the batch running now, relative to it; set per batch below
 
@@ -173,7 +174,7 @@ def lens_logprobs(model, hidden: torch.Tensor, chunk: int = 256) -> torch.Tensor
     (N, d) float32 on any device -> (N, V) float32 on the CPU."""
     from .training import head_logits  # the one place that knows about soft-capping
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     dtype = next(model.parameters()).dtype
     norm = final_norm(model)
     out = []

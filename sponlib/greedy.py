@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .adapters import block_projections, decoder_layers
 from .errors import InvalidArgumentError
 from .hooks import HookSet
+from .placement import input_device
 from .sparsity import _MaskHook, score_weights
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95: every protocol level is on it
@@ -49,7 +50,7 @@ def capture_blocks(model, ids: torch.Tensor) -> list[tuple[tuple, dict, torch.Te
         for layer in decoder_layers(model):
             hooks.pre(layer, pre, with_kwargs=True)
             hooks.post(layer, post, with_kwargs=True)
-        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
+        model(input_ids=ids.to(input_device(model)), use_cache=False, logits_to_keep=1)
     return [tuple(c) for c in captured]
 
 

@@ -259,15 +259,44 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map) -> None:
+    """A device map is one of accelerate's strategies or a dict of module name -> device."""
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
+        raise InvalidArgumentError(f"unknown device map {device_map!r}: use one of "
+                                   f"{', '.join(DEVICE_MAP_STRATEGIES)} or a JSON file of module -> device")
+    if not isinstance(device_map, (str, dict)) or (isinstance(device_map, dict) and not device_map):
+        raise InvalidArgumentError("a device map is a strategy name or a non-empty dict of module -> device")
+
+
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype = "float32",
-               device: str | torch.device = "cpu"):
+               device: str | torch.device = "cpu", *, device_map: str | dict | None = None,
+               max_memory: dict | None = None, offload_folder: str | os.PathLike | None = None):
     """Load a causal LM and its tokenizer: `model, tokenizer = load_model("smollm2-135m")`.
 
     The model comes back in eval mode with gradients off for its weights (sponlib never trains
     them; SPON vectors are separate parameters). `model.sponlib_source` records where it came
     from, for result files.
+
+    `device_map` spreads a model too large for one device over several, through accelerate
+    (instead of `device`): a strategy ("auto", "balanced", "sequential", ...) bounded by
+    `max_memory` ({0: "70GiB", 1: "70GiB", "cpu": "200GiB"}), or an explicit dict of module name
+    -> device (0, "cuda:1", "cpu" or "disk"; disk needs `offload_folder`). sponlib's hooks, SPON
+    vectors and training follow each module to where it computes (sponlib.placement).
     """
-    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    if device_map is not None:
+        check_device_map(device_map)
+        if str(device) != "cpu":
+            raise InvalidArgumentError(f"give a device ({device}) or a device map ({device_map}), not both")
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        placement = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in placement.items() if v is not None}
+    else:
+        if max_memory is not None or offload_folder is not None:
+            raise InvalidArgumentError("max_memory and offload_folder only apply with a device_map")
+        torch_device, placement = resolve_device(device), {}
     name = str(name_or_path)
     source: dict = {"name": name}
     if name in KNOWN_MODELS:
@@ -285,11 +314,18 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | tor
         source["hub_id"] = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, **placement)
     except OSError as e:
         raise UnknownModelError(f"could not load {name!r}: {e}.{hub_offline_hint()} "
                                 + _unknown_name_message(name)) from e
-    model.to(torch_device).eval().requires_grad_(False)
+    except (ValueError, KeyError, RuntimeError, AssertionError) as e:
+        if not placement:
+            raise
+        # torch's or accelerate's own words: an unknown device, a GPU this machine lacks, ...
+        raise InvalidArgumentError(f"could not place {name!r} with device map {device_map!r}: {e}") from None
+    if not placement:
+        model.to(torch_device)
+    model.eval().requires_grad_(False)
     model.sponlib_source = source
     return model, tokenizer
 
@@ -300,13 +336,16 @@ def model_fingerprint(model) -> dict:
     loads of one checkpoint agree). `source` is informational."""
     from .adapters import iter_projections
 
+    from .placement import onloaded
+
     projections = list(iter_projections(model))
     shapes = hashlib.sha256(
         ";".join(f"{p.name}:{p.in_features}x{p.out_features}" for p in projections).encode()).hexdigest()
     weights = hashlib.sha256()
     with torch.no_grad():
         for p in projections:
-            row = p.module.weight[0].detach().to("cpu", torch.bfloat16).view(torch.int16)  # (in,)
+            with onloaded(p.module):  # an offloaded weight is a meta tensor outside its forward
+                row = p.module.weight[0].detach().to("cpu", torch.bfloat16).view(torch.int16)  # (in,)
             weights.update(row.numpy().tobytes())
     source = getattr(model, "sponlib_source", {})
     return {"architecture": type(model).__name__, "model_type": model.config.model_type,

@@ -20,6 +20,7 @@ from typing import Callable
 
 from .adapters import ROLES
 from .errors import InvalidArgumentError
+from .placement import input_device
 from .results import write_result
 from .spon import save_spon
 from .sweep import evaluate
@@ -112,7 +113,7 @@ class RecoveryRun:
 
     def _write(self) -> None:
         self.record["summary"] = summarise(self.record["experiments"])
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         write_result(self.json_path, "spon_recovery", self.record, model=self.model, device=device,
                      dtype=next(self.model.parameters()).dtype)
 

@@ -25,6 +25,7 @@ from .adapters import iter_projections
 from .errors import CorruptFileError, InvalidArgumentError
 from .io import atomic_write_json
 from .models import check_fingerprint
+from .placement import execution_device, onloaded
 
 SCORES = ("teal", "wina")  # what is thresholded
 METHODS = ("teal", "wina", "greedy", "greedy-wina")  # mask rule = score + allocation
@@ -64,21 +65,23 @@ def score_weights(module: nn.Linear, score: str) -> torch.Tensor | None:
     ((in,) tensor in the comparison dtype), nothing for teal."""
     if score != "wina":
         return None
-    weight = module.weight.detach()
-    return weight.to(comparison_dtype(weight.dtype)).norm(dim=0)
+    with onloaded(module):  # an offloaded weight is a meta tensor outside its forward
+        weight = module.weight.detach()
+        return weight.to(comparison_dtype(weight.dtype)).norm(dim=0)
 
 
 def sparse_input(x: torch.Tensor, keep: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
     """What the projection reads: S(x), plus its SPON vector if it has one. (..., in) -> (..., in)"""
     sparse = x * keep
-    return sparse if alpha is None else sparse + alpha.to(sparse.dtype)  # alpha broadcast over tokens
+    # alpha broadcast over tokens; .to is a no-op unless a device map split this projection off
+    return sparse if alpha is None else sparse + alpha.to(sparse.device, sparse.dtype)
 
 
 def input_scores(x: torch.Tensor, col_norm: torch.Tensor | None) -> torch.Tensor:
     """Score of every input entry, in the comparison dtype: |x_i| (teal) or |x_i| · ‖W[:, i]‖₂
     (wina). (..., in) -> (..., in)"""
     magnitude = x.abs().to(comparison_dtype(x.dtype))
-    return magnitude if col_norm is None else magnitude * col_norm.to(magnitude.dtype)
+    return magnitude if col_norm is None else magnitude * col_norm.to(magnitude.device, magnitude.dtype)
 
 
 @dataclass
@@ -148,7 +151,8 @@ class Sparsifier:
         sp.measured()  # projection name -> share of its inputs zeroed
 
     `alphas` (projection name -> (in,) vector, e.g. `SponVectors.alphas`) adds spontaneous neurons
-    after the mask: the projection computes W (S(x) + alpha). `count=False` skips the measured-
+    after the mask: the projection computes W (S(x) + alpha). Each vector is moved to where its
+    projection computes (a no-op when it is there already, so trained vectors stay the leaves). `count=False` skips the measured-
     sparsity bookkeeping (one reduction per projection per forward), as training does.
     """
 
@@ -172,6 +176,8 @@ class Sparsifier:
             if alpha is not None and alpha.shape != (proj.in_features,):
                 raise InvalidArgumentError(f"vector for {name} has shape {tuple(alpha.shape)}, "
                                            f"the projection takes {proj.in_features} inputs")
+            if alpha is not None:
+                alpha = alpha.to(execution_device(proj.module))
             self.hooks[name] = _MaskHook(thresholds.taus[name], score_weights(proj.module, thresholds.score),
                                          alpha, count)
         self._handles: list = []
@@ -199,6 +205,16 @@ class Sparsifier:
     def reset_stats(self) -> None:
         for hook in self.hooks.values():
             hook.zeroed, hook.seen = 0, 0
+
+    def counts(self) -> torch.Tensor:
+        """Inputs zeroed and seen by each projection since the last reset, in hook order: (P, 2)
+        float64 (what data-parallel processes sum before `measured`)."""
+        return torch.tensor([[float(h.zeroed), float(h.seen)] for h in self.hooks.values()], dtype=torch.float64)
+
+    def set_counts(self, counts: torch.Tensor) -> None:
+        """Replace the counts with (P, 2) ones in hook order, e.g. their sum over processes."""
+        for hook, (zeroed, seen) in zip(self.hooks.values(), counts.tolist()):
+            hook.zeroed, hook.seen = zeroed, int(seen)
 
     def measured(self) -> dict[str, float]:
         """Share of each projection's inputs zeroed since the last reset."""

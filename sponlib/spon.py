@@ -26,6 +26,7 @@ from .adapters import ROLES, iter_projections
 from .errors import CorruptFileError, InvalidArgumentError
 from .io import atomic_write_bytes, sha256_file
 from .models import check_fingerprint, model_fingerprint
+from .placement import execution_device, is_offloaded
 from .sparsity import Thresholds
 
 FORMAT = "sponlib-spon/1"
@@ -65,9 +66,9 @@ class SponVectors:
     @classmethod
     def zeros(cls, model: nn.Module, roles=ROLES) -> "SponVectors":
         """Zero vectors (the starting point: SPON at α = 0 is the plain mask) for the projections
-        of `model` whose role is in `roles`, on the model's device."""
+        of `model` whose role is in `roles`, each on the device its projection computes on."""
         roles = check_roles(roles)
-        alphas = {p.name: torch.zeros(p.in_features, dtype=torch.float32, device=p.module.weight.device)
+        alphas = {p.name: torch.zeros(p.in_features, dtype=torch.float32, device=execution_device(p.module))
                   for p in iter_projections(model) if p.role in roles}
         return cls(alphas, {"fingerprint": model_fingerprint(model), "roles": list(roles)})
 
@@ -89,6 +90,9 @@ class SponVectors:
         self._check_names(projections)
         for name, alpha in self.alphas.items():
             linear = projections[name]
+            if is_offloaded(linear):  # its weight is a placeholder; a bias added there would be lost
+                raise InvalidArgumentError(f"{name} is offloaded by its device map: folding changes weights in "
+                                           "place, so load the model without CPU or disk offload to fold")
             weight = linear.weight  # (out, in)
             shift = weight.double() @ alpha.to(weight.device, torch.float64)  # (out,), exact enough in fp64
             ensure_bias(linear)

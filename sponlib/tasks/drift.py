@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import leading_special_token
 from ..errors import InvalidArgumentError
+from ..placement import input_device
 from .passages import check_held_out, passages
 
 PROMPT_TOKENS, NEW_TOKENS, NGRAM = 32, 64, 4
@@ -49,7 +50,7 @@ def greedy_continuations(model, prompts: torch.Tensor, new_tokens: int = NEW_TOK
     """Greedy continuations with the KV cache: (N, P) prompt ids -> (N, new_tokens) ids, on the CPU."""
     if new_tokens < 1:
         raise InvalidArgumentError(f"need at least one new token (got {new_tokens})")
-    device = next(model.parameters()).device
+    device = input_device(model)
     # newer transformers name the KV cache `cache`, older ones `past_key_values`
     cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = []

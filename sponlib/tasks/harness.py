@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 
 from ..errors import InvalidArgumentError, MissingPackageError
+from ..placement import input_device
 from ..sparsity import Sparsifier, check_sparsity, split_method
 
 REQUIREMENT = "lm-eval>=0.4.13,<0.5"
@@ -183,7 +184,7 @@ def _sparsifier(model, thresholds, spon) -> Sparsifier | None:
         return None
     alphas = None
     if spon is not None:
-        device = next(model.parameters()).device
+        device = input_device(model)
         alphas = {n: a.to(device) for n, a in getattr(spon, "alphas", spon).items()}  # SponVectors or a dict
     return Sparsifier(model, thresholds, alphas=alphas)
 

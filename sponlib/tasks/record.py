@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..data import display_path
 from ..errors import CorruptFileError
 from ..io import atomic_write_json
+from ..placement import input_device
 from ..results import command_line, device_record, library_versions, model_record
 from ..sparsity import Sparsifier
 from . import choice, cloze, drift, knowledge
@@ -156,7 +157,7 @@ def run_family(path: str | os.PathLike, model, tokenizer, calibration, spon: dic
     `spon` maps level -> (SponVectors, Thresholds). Returns the family's entry."""
     path = Path(path)
     tasks = build_tasks(tokenizer, sizes, probe_path)
-    device = next(model.parameters()).device
+    device = input_device(model)
     settings = _settings(sizes, levels, method, tasks, next(model.parameters()).dtype)
     record = _load_record(path)
     family = model_record(model)["name"]

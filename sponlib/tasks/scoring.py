@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import DataError, InvalidArgumentError, NumericalError
+from ..placement import input_device
 from ..training import final_hidden, head_logits
 
 
@@ -57,7 +58,7 @@ def score_requests(model, tokenizer, requests: list[tuple[str, str]], batch_size
         raise InvalidArgumentError(f"batch size must be at least 1 (got {batch_size})")
     encoded = [encode_request(tokenizer, c, x) for c, x in requests]
     first_informative = [_first_informative(tokenizer, continuation) for _, continuation in encoded]
-    device = next(model.parameters()).device
+    device = input_device(model)
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     scores: list[ContinuationScore | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc=desc, unit="req", disable=not progress, leave=False)
