@@ -16,6 +16,10 @@
     figures    export the README's figures as PNG from data/results/ (docs/figures/), through chromium
 
 Errors sponlib raises on purpose print as one line (exit status 2), without a traceback.
+
+Beyond one GPU: calibrate, eval and train take --device-map (one process, the model spread over
+devices by accelerate); eval and train also run as data-parallel processes under torchrun or
+`accelerate launch`, where rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,30 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="known name, local Hugging Face folder or hub id (default: smollm2-135m)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto; under torchrun, "
+                   "cuda is each process's own GPU")
+
+
+def _add_placement_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("a model larger than one device (instead of --device)")
+    g.add_argument("--device-map", metavar="STRATEGY|FILE",
+                   help="spread the model with accelerate: auto, balanced, balanced_low_0, sequential, or a JSON "
+                        "file of module name -> device (0, cuda:1, cpu, disk)")
+    g.add_argument("--max-memory", type=_memory_limits, metavar="DEVICE=SIZE,...",
+                   help="per-device limits for a strategy, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    g.add_argument("--offload-folder", metavar="DIR", help="where modules mapped to disk are kept")
+
+
+def _memory_limits(text: str) -> dict:
+    """'0=70GiB,cpu=200GiB' -> {0: '70GiB', 'cpu': '200GiB'}."""
+    limits = {}
+    for item in text.split(","):
+        device, sep, size = item.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not DEVICE=SIZE (e.g. 0=70GiB or cpu=200GiB)")
+        device = device.strip()
+        limits[int(device) if device.isdigit() else device] = size.strip()
+    return limits
 
 
 def _add_text_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="calibrate thresholds for every projection")
     _add_model_args(p)
+    _add_placement_args(p)
     _add_calibration_args(p)
     p.add_argument("--out", required=True, help="calibration file to write (.safetensors)")
     p.add_argument("--json", metavar="OUT", help="also write a record: time taken, and measured sparsity "
@@ -88,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity over non-overlapping windows, dense or sparsified")
     _add_model_args(p)
+    _add_placement_args(p)
     _add_text_args(p)
     _add_window_args(p)
     p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1); omit for the dense model")
@@ -102,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_args(p, prefix="calib-")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--json", metavar="OUT", help="write the result record here (atomically)")
-    p.set_defaults(run=cmd_eval)
+    p.set_defaults(run=cmd_eval, data_parallel=True)
 
     p = sub.add_parser("train", help="train SPON vectors for one mask rule and level")
     _add_model_args(p)
+    _add_placement_args(p)
     p.add_argument("--sparsity", type=float, required=True, help="target sparsity in [0, 1)")
     p.add_argument("--method", default="teal", help="mask rule: teal (default), wina, greedy, greedy-wina")
     p.add_argument("--out", required=True, help="SPON file to write (.safetensors); its thresholds go next to it")
@@ -115,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(p)
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
     p.add_argument("--json", metavar="OUT", help="also write a record of the run (throughput, validation KL)")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=cmd_train, data_parallel=True)
 
     p = sub.add_parser("export", help="fold SPON vectors into biases and write a Hugging Face checkpoint")
     p.add_argument("--spon", required=True, metavar="FILE", help="SPON file (from `train`)")
@@ -280,6 +310,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     g.add_argument("--train-seed", type=int, default=d.seed, help="seed of the training windows and their order")
     g.add_argument("--precision", default=d.precision, help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
+    g.add_argument("--no-track-sparsity", dest="track_sparsity", action="store_false",
+                   help="keep the thresholds fixed instead of refitting them under the vectors before each validation")
+    g.add_argument("--refit-windows", type=int, default=d.refit_windows,
+                   help=f"training windows of each threshold refit (default {d.refit_windows})")
     g.add_argument("--roles", type=lambda text: tuple(text.split(",")), default=d.roles,
                    help="comma-separated projections that get vectors (default all: q,k,v,o,gate,up,down)")
 
@@ -289,7 +323,8 @@ def _train_config(args):
 
     return TrainConfig(steps=args.steps, batch_size=args.train_batch, lr=args.lr, weight_decay=args.weight_decay,
                        warmup=args.warmup, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                       seed=args.train_seed, precision=args.precision, roles=args.roles)
+                       seed=args.train_seed, precision=args.precision, roles=args.roles,
+                       track_sparsity=args.track_sparsity, refit_windows=args.refit_windows)
 
 
 def _training_text(args, tokenizer):
@@ -365,6 +400,51 @@ def _calibration_for(args, model, tokenizer, methods, prefix: str = ""):
     return calibration
 
 
+def _device_map(text: str | None):
+    """--device-map: a strategy name, or a JSON file of module name -> device."""
+    import json
+    import os
+
+    from .models import DEVICE_MAP_STRATEGIES
+
+    if text is None or text in DEVICE_MAP_STRATEGIES:
+        return text
+    if not os.path.isfile(text):
+        raise SponlibError(f"--device-map {text!r} is neither a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}) "
+                           "nor a JSON file")
+    try:
+        with open(text) as f:
+            device_map = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SponlibError(f"--device-map file {text} is not valid JSON ({e})") from None
+    if not isinstance(device_map, dict) or not device_map:
+        raise SponlibError(f"--device-map file {text} must hold one object of module name -> device")
+    return device_map
+
+
+def _load_placed(args, replicas):
+    """The model on --device (under torchrun: each process's own GPU) or spread by --device-map."""
+    from .models import load_model
+
+    device_map = _device_map(args.device_map)
+    if device_map is None:
+        if args.max_memory is not None or args.offload_folder is not None:
+            raise SponlibError("--max-memory and --offload-folder go with --device-map")
+        return load_model(args.model, dtype=args.dtype, device=replicas.device(args.device))
+    if replicas.active:
+        raise SponlibError("--device-map spreads one model over the devices of one process; under torchrun each "
+                           "process holds a whole model on its own GPU (--device cuda). Use one or the other")
+    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=device_map,
+                      max_memory=args.max_memory, offload_folder=args.offload_folder)
+
+
+def _placement_payload(model, replicas) -> dict:
+    """Where the run computed, for result records."""
+    from .placement import placement_record
+
+    return {"placement": placement_record(model), **replicas.describe()}
+
+
 def _print_rows(rows: list[dict]) -> None:
     print(f"{'text':24s} {'rule':12s} {'target':>6s} {'measured':>8s} {'windows':>7s} {'tokens':>7s} {'ppl':>10s}")
     for row in rows:
@@ -381,9 +461,10 @@ def _windows_for(args, tokenizer) -> list:
 
 
 def cmd_calibrate(args) -> None:
-    from .models import load_model
+    from .distributed import Replicas
 
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    replicas = Replicas()  # one process (main refuses data-parallel launch for this command)
+    model, tokenizer = _load_placed(args, replicas)
     greedy_windows = args.greedy_windows if args.greedy_windows is not None else 0
     started = time.perf_counter()
     calibration = _calibrate(model, tokenizer, _calibration_settings(args), greedy_windows)
@@ -391,7 +472,8 @@ def cmd_calibrate(args) -> None:
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     if args.json:
         from .data import load_corpus, load_windows
-        from .models import resolve_device, resolve_dtype
+        from .models import resolve_dtype
+        from .placement import input_device
         from .results import write_result
         from .sweep import calibration_check
 
@@ -399,14 +481,16 @@ def cmd_calibrate(args) -> None:
                                 args.seed)
         rows = calibration_check(model, calibration, held_out, args.refine_levels)
         payload = {"calibration": calibration.meta, "check": held_out.describe(), "tolerance": 0.02,
-                   "results": rows}
-        write_result(args.json, "calibration", payload, model=model, device=resolve_device(args.device),
+                   "results": rows, **_placement_payload(model, replicas)}
+        write_result(args.json, "calibration", payload, model=model, device=input_device(model),
                      dtype=resolve_dtype(args.dtype))
         print(f"wrote {args.json}")
 
 
 def cmd_eval(args) -> None:
-    from .models import load_model, resolve_device, resolve_dtype
+    from .distributed import Replicas
+    from .models import resolve_dtype
+    from .placement import input_device
     from .results import write_result
     from .sparsity import check_sparsity, split_method
     from .sweep import evaluate
@@ -415,34 +499,49 @@ def cmd_eval(args) -> None:
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
         split_method(args.method)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    thresholds, spon = None, None
     if args.spon and args.thresholds:
         raise SponlibError("--spon brings its own thresholds; drop --thresholds")
-    if args.spon:
-        spon, thresholds = _spon_for(args, model)
-    elif args.thresholds:
-        from .sparsity import Thresholds
+    with Replicas.from_environment(args.device) as replicas:
+        model, tokenizer = _load_placed(args, replicas)
+        thresholds, spon = None, None
+        if args.spon:
+            spon, thresholds = _spon_for(args, model)
+        elif args.thresholds:
+            from .sparsity import Thresholds
 
-        thresholds = Thresholds.load(args.thresholds, model)
-    elif args.sparsity is not None:
+            thresholds = Thresholds.load(args.thresholds, model)
+        elif args.sparsity is not None:
+            thresholds = _thresholds_for(args, model, tokenizer, replicas)
+        started = time.perf_counter()
+        rows = evaluate(model, _windows_for(args, tokenizer), thresholds, args.batch_size, spon=spon,
+                        replicas=replicas, progress=replicas.is_main)
+        if not replicas.is_main:
+            return
+        _print_rows(rows)
+        if args.json:
+            payload = {"windows": args.windows, "window_len": args.window_len, "seed": args.seed,
+                       "batch_size": args.batch_size, "elapsed_s": round(time.perf_counter() - started, 2),
+                       **_placement_payload(model, replicas)}
+            if thresholds is not None:
+                payload.update(method=thresholds.method, sparsity=thresholds.target,
+                               calibration=thresholds.calibration)
+            if spon is not None:
+                payload.update(spon=args.spon)
+            if args.thresholds:
+                payload.update(thresholds=args.thresholds)
+            write_result(args.json, "perplexity", {**payload, "results": rows}, model=model,
+                         device=input_device(model), dtype=resolve_dtype(args.dtype))
+            print(f"wrote {args.json}")
+
+
+def _thresholds_for(args, model, tokenizer, replicas):
+    """Thresholds of --method at --sparsity from the calibration. Under torchrun rank 0 alone loads
+    or calibrates, and the others receive its thresholds: every process masks alike."""
+    thresholds = None
+    if replicas.is_main:
         calibration = _calibration_for(args, model, tokenizer, [args.method], prefix="calib-")
         thresholds = calibration.thresholds(args.sparsity, args.method)
-    started = time.perf_counter()
-    rows = evaluate(model, _windows_for(args, tokenizer), thresholds, args.batch_size, spon=spon)
-    _print_rows(rows)
-    if args.json:
-        payload = {"windows": args.windows, "window_len": args.window_len, "seed": args.seed,
-                   "batch_size": args.batch_size, "elapsed_s": round(time.perf_counter() - started, 2)}
-        if thresholds is not None:
-            payload.update(method=thresholds.method, sparsity=thresholds.target, calibration=thresholds.calibration)
-        if spon is not None:
-            payload.update(spon=args.spon)
-        if args.thresholds:
-            payload.update(thresholds=args.thresholds)
-        write_result(args.json, "perplexity", {**payload, "results": rows}, model=model,
-                     device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
-        print(f"wrote {args.json}")
+    return replicas.broadcast(thresholds)
 
 
 def _spon_for(args, model):
@@ -459,7 +558,9 @@ def _spon_for(args, model):
 
 
 def cmd_train(args) -> None:
-    from .models import load_model, resolve_device, resolve_dtype
+    from .distributed import Replicas, check_even_batch, launched_world_size
+    from .models import resolve_dtype
+    from .placement import input_device
     from .results import write_result
     from .sparsity import check_sparsity, split_method
     from .spon import SponVectors, save_spon, thresholds_path
@@ -468,31 +569,34 @@ def cmd_train(args) -> None:
     check_sparsity(args.sparsity)
     split_method(args.method)
     config = _train_config(args)  # bad settings fail before the model loads
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calibration = _calibration_for(args, model, tokenizer, [args.method], prefix="calib-")
-    thresholds = calibration.thresholds(args.sparsity, args.method)
-    train_windows, val_windows = _training_text(args, tokenizer)
-    train = train_windows()
-    shape = SponVectors.zeros(model, config.roles)
-    print(f"training {shape.parameter_count():,} SPON parameters ({shape.share_of(model):.3%} of the model) on "
-          f"{len(train)} windows of {args.train_window_len} tokens; validation on {len(val_windows)} windows",
-          file=sys.stderr)
-    vectors, thresholds = train_spon(model, thresholds, train.ids, val_windows.ids, config,
-                                     checkpoint=args.out + ".ckpt",
-                         restart=args.restart)
-    vectors.meta["training"].update(train_text=train.describe(), val_text=val_windows.describe())
-    save_spon(vectors, thresholds, args.out)
-    t = vectors.meta["training"]
-    print(f"wrote {args.out} and {thresholds_path(args.out)}: validation KL {t['val_kl_base']:.4f} (mask) -> "
-          f"{t['val_kl_best']:.4f} (SPON, step {t['best_step']}); {t['tokens_per_s']:.0f} training tokens/s")
-    if args.json:
-        training = {k: v for k, v in t.items() if k != "history"}
-        payload = {"method": args.method, "sparsity": args.sparsity, "spon": args.out,
-                   "parameters": vectors.parameter_count(), "parameter_share": vectors.share_of(model),
-                   "training": training, "history": t["history"]}
-        write_result(args.json, "spon_training", payload, model=model, device=resolve_device(args.device),
-                     dtype=resolve_dtype(args.dtype))
-        print(f"wrote {args.json}")
+    check_even_batch(config.batch_size, launched_world_size())  # ... and before the processes wait for each other
+    with Replicas.from_environment(args.device) as replicas:
+        model, tokenizer = _load_placed(args, replicas)
+        thresholds = _thresholds_for(args, model, tokenizer, replicas)
+        train_windows, val_windows = _training_text(args, tokenizer)
+        train = train_windows()
+        if replicas.is_main:
+            shape = SponVectors.zeros(model, config.roles)
+            print(f"training {shape.parameter_count():,} SPON parameters ({shape.share_of(model):.3%} of the model) "
+                  f"on {len(train)} windows of {args.train_window_len} tokens; validation on {len(val_windows)} "
+                  f"windows{f'; {replicas.world_size} processes' if replicas.active else ''}", file=sys.stderr)
+        vectors, thresholds = train_spon(model, thresholds, train.ids, val_windows.ids, config,
+                                         checkpoint=args.out + ".ckpt", restart=args.restart, replicas=replicas)
+        if not replicas.is_main:
+            return
+        vectors.meta["training"].update(train_text=train.describe(), val_text=val_windows.describe())
+        save_spon(vectors, thresholds, args.out)
+        t = vectors.meta["training"]
+        print(f"wrote {args.out} and {thresholds_path(args.out)}: validation KL {t['val_kl_base']:.4f} (mask) -> "
+              f"{t['val_kl_best']:.4f} (SPON, step {t['best_step']}); {t['tokens_per_s']:.0f} training tokens/s")
+        if args.json:
+            training = {k: v for k, v in t.items() if k != "history"}
+            payload = {"method": args.method, "sparsity": args.sparsity, "spon": args.out,
+                       "parameters": vectors.parameter_count(), "parameter_share": vectors.share_of(model),
+                       "training": training, "history": t["history"]}
+            write_result(args.json, "spon_training", payload, model=model, device=input_device(model),
+                         dtype=resolve_dtype(args.dtype))
+            print(f"wrote {args.json}")
 
 
 def cmd_export(args) -> None:
@@ -710,8 +814,13 @@ def cmd_figures(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import launched_world_size
+
     args = build_parser().parse_args(argv)
     try:
+        if launched_world_size() > 1 and not getattr(args, "data_parallel", False):
+            raise SponlibError(f"`{args.command}` runs in one process; of the commands only eval and train share "
+                               "their work among processes started by torchrun or accelerate launch")
         args.run(args)
     except SponlibError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 Each window of L tokens is one forward pass with no context from outside it; positions 1..L-1
 are predicted, so a window contributes L-1 tokens. ppl = exp(total NLL / predicted tokens).
+Data-parallel processes (sponlib.distributed) each take a share of the windows and sum.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .distributed import Replicas
 from .errors import InvalidArgumentError, NumericalError
+from .placement import input_device
 
 
 @dataclass
@@ -36,28 +39,38 @@ def window_nll(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc: str = "perplexity") -> PerplexityResult:
-    """Perplexity over `windows` (a data.Windows or a (N, L) tensor of token ids)."""
+def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc: str = "perplexity",
+               replicas: Replicas | None = None) -> PerplexityResult:
+    """Perplexity over `windows` (a data.Windows or a (N, L) tensor of token ids); with `replicas`,
+    over every process's share of them, the same result in each."""
     ids = getattr(windows, "ids", windows)  # (N, L)
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise InvalidArgumentError(f"need a (windows, length >= 2) tensor of token ids, got shape {tuple(ids.shape)}")
     if batch_size < 1:
         raise InvalidArgumentError(f"batch size must be at least 1 (got {batch_size})")
-    device = next(model.parameters()).device
+    replicas = replicas or Replicas()
+    device = input_device(model)
     n_windows, window_len = ids.shape
-    total = 0.0
-    bar = tqdm(total=n_windows, desc=desc, unit="win", disable=not progress, leave=False)
-    for start in range(0, n_windows, batch_size):
-        batch = ids[start:start + batch_size].to(device)  # (B, L)
+    share = replicas.share(n_windows)
+    total, first_bad = 0.0, n_windows  # first window with a non-finite likelihood, if any
+    bar = tqdm(total=share.stop - share.start, desc=desc, unit="win", disable=not progress or not replicas.is_main,
+               leave=False)
+    for start in range(share.start, share.stop, batch_size):
+        batch = ids[start:min(start + batch_size, share.stop)].to(device)  # (B, L)
         nll = window_nll(model, batch)  # (B,)
         if not torch.isfinite(nll).all():
-            bad = start + int((~torch.isfinite(nll)).nonzero()[0])
-            raise NumericalError(
-                f"non-finite log-likelihood in window {bad}: the model produced NaN/inf logits "
-                f"(dtype {next(model.parameters()).dtype}). Try dtype float32, or check the weights.")
+            first_bad = start + int((~torch.isfinite(nll)).nonzero()[0])
+            break
         total += nll.double().sum().item()
         bar.update(batch.shape[0])
     bar.close()
+    # every process learns of a bad window anywhere, so none waits for the others forever
+    total = replicas.sum(torch.tensor(total, dtype=torch.float64)).item()
+    first_bad = int(replicas.minimum(torch.tensor(first_bad, dtype=torch.float64)).item())
+    if first_bad < n_windows:
+        raise NumericalError(
+            f"non-finite log-likelihood in window {first_bad}: the model produced NaN/inf logits "
+            f"(dtype {next(model.parameters()).dtype}). Try dtype float32, or check the weights.")
     tokens = n_windows * (window_len - 1)
     mean_nll = total / tokens
     return PerplexityResult(math.exp(mean_nll), mean_nll, tokens, n_windows, window_len)

@@ -13,17 +13,21 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import Replicas
 from .perplexity import perplexity
+from .placement import input_device
 from .sparsity import Sparsifier, Thresholds
 
 
 def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, batch_size: int = 4,
-             progress: bool = True, spon=None) -> list[dict]:
+             progress: bool = True, spon=None, replicas: Replicas | None = None) -> list[dict]:
     """One row per Windows in `windows_list`: perplexity, and with `thresholds` the target and the
     measured sparsity (weighted by weights, plain mean, extremes over projections). `spon`
-    (SponVectors) adds the spontaneous neurons on top of the mask; rows then say "spon": true."""
+    (SponVectors) adds the spontaneous neurons on top of the mask; rows then say "spon": true.
+    With `replicas`, data-parallel processes share every text's windows; each gets the same rows."""
+    replicas = replicas or Replicas()
     rows = []
-    alphas = None if spon is None else {n: a.to(next(model.parameters()).device) for n, a in spon.alphas.items()}
+    alphas = None if spon is None else spon.alphas  # the Sparsifier puts each where its projection computes
     # one fingerprint check for all texts
     sparsifier = Sparsifier(model, thresholds, alphas=alphas) if thresholds else None
     for windows in windows_list:
@@ -32,12 +36,16 @@ def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, ba
         if spon is not None:
             row["spon"] = True
         if sparsifier is None:
-            result = perplexity(model, windows, batch_size=batch_size, progress=progress, desc=windows.source)
+            result = perplexity(model, windows, batch_size=batch_size, progress=progress, desc=windows.source,
+                                replicas=replicas)
         else:
             sparsifier.reset_stats()  # measured sparsity per text
             with sparsifier:
                 result = perplexity(model, windows, batch_size=batch_size, progress=progress,
-                                    desc=f"{windows.source} {thresholds.method}@{thresholds.target:g}")
+                                    desc=f"{windows.source} {thresholds.method}@{thresholds.target:g}",
+                                    replicas=replicas)
+            if replicas.active:
+                sparsifier.set_counts(replicas.sum(sparsifier.counts()))  # every process's share
             per_projection = sparsifier.measured()
             summary = sparsifier.summary()
             row.update(measured=summary["weighted"], measured_mean=summary["mean"],
@@ -65,7 +73,7 @@ def calibration_check(model, calibration, windows, levels, methods=None, toleran
     versus sparse-aware ones: overall (weighted) and how many projections miss by > `tolerance`.
     `methods` defaults to every mask rule the calibration supports."""
     methods = methods or list(calibration.refined)
-    ids = windows.ids.to(next(model.parameters()).device)  # (N, L)
+    ids = windows.ids.to(input_device(model))  # (N, L)
     rows = []
     for method in methods:
         for level in levels:

@@ -23,6 +23,15 @@ What makes it safe:
 - A checkpoint (vectors, optimiser, best so far, history) every `checkpoint_every` steps and on
   Ctrl-C, written atomically; an interrupted run resumes from it bit for bit (same batches, same
   learning rates), and refuses a checkpoint made with other settings, data or thresholds.
+
+Beyond one GPU:
+- A model spread by a device map (sponlib.placement) trains as it is: each vector lives where its
+  projection computes, and the teacher states stay where the final norm puts them.
+- Data-parallel processes (sponlib.distributed; torchrun or accelerate launch) split every batch
+  evenly, average the vectors' gradients, and so take the very steps one process would take on
+  the whole batch: the same vectors up to floating-point order. The teacher and validation
+  windows are shared out too; rank 0 alone checkpoints, and a checkpoint resumes under any number
+  of processes (the batches are the same).
 """
 
 from __future__ import annotations
@@ -44,8 +53,10 @@ from tqdm.auto import tqdm
 
 from .adapters import ROLES
 from .calibration import refine_thresholds
+from .distributed import Replicas
 from .errors import CorruptFileError, InvalidArgumentError, NumericalError
 from .io import atomic_write_bytes
+from .placement import input_device, is_sharded, model_devices, placement_record, synchronize
 from .results import device_record
 from .sparsity import Sparsifier, Thresholds
 from .spon import SponVectors, check_roles
@@ -123,11 +134,6 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.kl_div(student, teacher, log_target=True, reduction="sum") / positions
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -139,26 +145,35 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def teacher_states(model, ids: torch.Tensor, batch_size: int, precision: str, progress: bool = True) -> torch.Tensor:
-    """Dense final hidden states of every window, computed once: (N, L) -> (N, L, d) on the model's
-    device, in the precision the head will read them in (bfloat16 under bf16: the head would
-    round them to that anyway)."""
-    device = next(model.parameters()).device
+def teacher_states(model, ids: torch.Tensor, batch_size: int, precision: str, progress: bool = True,
+                   replicas: Replicas | None = None) -> torch.Tensor:
+    """Dense final hidden states of every window, computed once: (N, L) -> (N, L, d) where the
+    model's final norm computes, in the precision the head will read them in (bfloat16 under bf16:
+    the head would round them to that anyway). Data-parallel processes each compute their share
+    and gather the rest."""
+    replicas = replicas or Replicas()
+    device = input_device(model)
     dtype = torch.bfloat16 if precision == "bf16" else next(model.parameters()).dtype
+    share = ids[replicas.share(len(ids))]  # (n, L)
     states = []
-    for start in tqdm(range(0, len(ids), batch_size), desc="teacher", unit="batch", disable=not progress,
+    for start in tqdm(range(0, len(share), batch_size), desc="teacher", unit="batch", disable=not progress,
                       leave=False):
         with _autocast(device, precision):
-            hidden = final_hidden(model, ids[start:start + batch_size].to(device))  # (B, L, d)
+            hidden = final_hidden(model, share[start:start + batch_size].to(device))  # (B, L, d)
         states.append(hidden.to(dtype))
-    return torch.cat(states)
+    return replicas.gather_rows(torch.cat(states), len(ids))  # (N, L, d)
 
 
 @torch.no_grad()
 def validation_kl(model, thresholds: Thresholds, alphas: dict, ids: torch.Tensor, teacher: torch.Tensor,
-                  batch_size: int, precision: str) -> float:
-    """Mean KL(p_dense ‖ p_sparse) per position over validation windows, under `alphas`."""
-    device = teacher.device
+                  batch_size: int, precision: str, replicas: Replicas | None = None) -> float:
+    """Mean KL(p_dense ‖ p_sparse) per position over validation windows (N, L), under `alphas`;
+    `teacher` holds their dense final hidden states (N, L, d). Data-parallel processes each take
+    their share of the windows and sum."""
+    replicas = replicas or Replicas()
+    device = input_device(model)
+    share = replicas.share(len(ids), "validation windows")
+    ids, teacher = ids[share], teacher[share]  # (n, L), (n, L, d)
     total, positions = 0.0, 0
     with Sparsifier(model, thresholds, check=False, alphas=alphas, count=False):
         for start in range(0, len(ids), batch_size):
@@ -168,6 +183,7 @@ def validation_kl(model, thresholds: Thresholds, alphas: dict, ids: torch.Tensor
                 target = head_logits(model, teacher[start:start + batch_size])  # (B, L, V)
             total += kl_to_teacher(student, target).item() * batch.numel()
             positions += batch.numel()
+    total, positions = replicas.sum(torch.tensor([total, positions], dtype=torch.float64)).tolist()
     return total / positions
 
 
@@ -227,7 +243,7 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
                config: TrainConfig | None = None, *, checkpoint: str | os.PathLike | None = None,
                restart: bool = False, progress: bool = True,
                callback: Callable[[int, float, float | None], None] | None = None,
-               ) -> tuple[SponVectors, Thresholds]:
+               replicas: Replicas | None = None) -> tuple[SponVectors, Thresholds]:
     """Train one vector per projection (of `config.roles`) against the dense model.
 
     train_ids (N, L) and val_ids (M, L) are token windows; validation must be held-out text.
@@ -235,12 +251,18 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
     called after every step (for live plots). Returns the best vectors on validation (on the
     CPU), their `meta["training"]` holding settings, history, validation KLs and throughput, and
     the thresholds that go with them (refitted under the vectors unless `track_sparsity` is off
-    or the best step is the plain mask)."""
-    trainer = _Trainer(model, thresholds, train_ids, val_ids, config or TrainConfig(), checkpoint, progress)
+    or the best step is the plain mask).
+
+    `replicas` (sponlib.distributed) makes this one of several data-parallel processes: call it in
+    every process with the same arguments; each returns the same vectors."""
+    replicas = replicas or Replicas()
+    trainer = _Trainer(model, thresholds, train_ids, val_ids, config or TrainConfig(), checkpoint,
+                       progress and replicas.is_main, replicas)
     if checkpoint and os.path.exists(checkpoint) and not restart:
         trainer.resume()
+    replicas.barrier()  # no process may remove the checkpoint while another still reads it
     result = trainer.run(callback)
-    if checkpoint and os.path.exists(checkpoint):
+    if checkpoint and os.path.exists(checkpoint) and replicas.is_main:
         os.remove(checkpoint)  # the run is complete; its result is what we return
     return result
 
@@ -249,15 +271,22 @@ class _Trainer:
     """The state of one training run: vectors, optimiser, current thresholds, best step, history."""
 
     def __init__(self, model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
-                 config: TrainConfig, checkpoint, progress: bool):
+                 config: TrainConfig, checkpoint, progress: bool, replicas: Replicas):
         if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
             raise InvalidArgumentError("training and validation need (windows, length) token ids, "
                                        "at least one window each")
+        if replicas.active and is_sharded(model):
+            raise InvalidArgumentError("a model spread by a device map trains in one process; give each "
+                                       "data-parallel process a whole model on its own device instead")
+        self.batch_share = replicas.batch_share(config.batch_size)  # refuses a batch that does not split
+        replicas.share(len(val_ids), "validation windows")  # refuses too few now, not at the first validation
         self.started = time.perf_counter()
         self.model, self.thresholds, self.config, self.progress = model, thresholds, config, progress
+        self.replicas = replicas
         self.train_ids, self.val_ids = train_ids, val_ids  # (N, L), (M, L)
         self.checkpoint = str(checkpoint) if checkpoint else None
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)  # where token ids go
+        self.devices = model_devices(model)  # what timing synchronises
         self.precision = resolve_precision(config.precision, self.device)
 
         self.vectors = SponVectors.zeros(model, config.roles)
@@ -290,7 +319,7 @@ class _Trainer:
 
     def save(self) -> None:
         self.flush()
-        if self.checkpoint:
+        if self.checkpoint and self.replicas.is_main:
             _save_checkpoint(self.checkpoint, {
                 "run_key": self.run_key, "step": self.step, "tokens": self.tokens_before + self.tokens_done,
                 "optimizer": self.optimizer.state_dict(), "best": self.best, "taus": self.taus,
@@ -301,7 +330,7 @@ class _Trainer:
         """Read the pending losses back in one host sync; the last one, if any."""
         if not self.pending:
             return None
-        values = torch.stack([v for _, v in self.pending]).tolist()
+        values = self.replicas.mean(torch.stack([v for _, v in self.pending])).tolist()  # the whole batch's KL
         self.history.loss += [(s, v) for (s, _), v in zip(self.pending, values)]
         self.pending = []
         return values[-1]
@@ -311,16 +340,17 @@ class _Trainer:
     def validate(self) -> float:
         """Refit the thresholds under the current vectors (after step 0), then the validation KL;
         keeps the best step."""
-        _synchronize(self.device)  # GPU work of earlier steps belongs to training time
+        synchronize(self.devices)  # GPU work of earlier steps belongs to training time
         started = time.perf_counter()
         if self.config.track_sparsity and self.step > 0:
             refit_ids = self.train_ids[:self.config.refit_windows]  # (R, L)
-            self.taus = refine_thresholds(self.model, refit_ids, self.thresholds.score, self.thresholds.levels,
-                                          {n: a.detach() for n, a in self.alphas.items()})
+            taus = refine_thresholds(self.model, refit_ids, self.thresholds.score, self.thresholds.levels,
+                                     {n: a.detach() for n, a in self.alphas.items()})
+            self.taus = self.replicas.broadcast(taus)  # one set of thresholds, even if GPUs round differently
             for name, tau in self.taus.items():
                 self.sparsifier.hooks[name].tau = tau
         kl = validation_kl(self.model, self._current_thresholds(), self.alphas, self.val_ids, self.val_teacher,
-                           self.config.batch_size, self.precision)
+                           self.config.batch_size, self.precision, self.replicas)
         self.val_s += time.perf_counter() - started
         if not math.isfinite(kl):
             raise NumericalError(f"validation KL is {kl} at step {self.step}; lower the learning rate")
@@ -332,20 +362,24 @@ class _Trainer:
 
     def train_step(self) -> None:
         config = self.config
-        index = _batch_indices(len(self.train_ids), config.batch_size, self.step, config.seed)
-        batch = self.train_ids[index].to(self.device)  # (B, L)
+        # the whole batch's windows, the same in every process; this process takes its part
+        index = _batch_indices(len(self.train_ids), config.batch_size, self.step, config.seed)[self.batch_share]
+        batch = self.train_ids[index].to(self.device)  # (b, L)
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr_at(self.step)
         with self.sparsifier, _autocast(self.device, self.precision):
-            student = head_logits(self.model, final_hidden(self.model, batch))  # (B, L, V)
+            student = head_logits(self.model, final_hidden(self.model, batch))  # (b, L, V)
             with torch.no_grad():
-                target = head_logits(self.model, self.train_teacher[index.to(self.device)])  # (B, L, V)
+                teacher = self.train_teacher[index.to(self.train_teacher.device)]  # (b, L, d)
+                target = head_logits(self.model, teacher)  # (b, L, V)
             loss = kl_to_teacher(student, target)
         loss.backward()
+        # equal parts, so the mean of the processes' gradients is the whole batch's gradient
+        self.replicas.all_reduce_mean_([a.grad for a in self.alphas.values()])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens_done += batch.numel()
+        self.tokens_done += batch.numel() * self.replicas.world_size
         self.pending.append((self.step, loss.detach()))
 
     # ------------------------------------------------------------ the run
@@ -354,9 +388,9 @@ class _Trainer:
         config = self.config
         started = time.perf_counter()
         self.train_teacher = teacher_states(self.model, self.train_ids, config.batch_size, self.precision,
-                                            self.progress)  # (N, L, d)
+                                            self.progress, self.replicas)  # (N, L, d)
         self.val_teacher = teacher_states(self.model, self.val_ids, config.batch_size, self.precision,
-                                          self.progress)  # (M, L, d)
+                                          self.progress, self.replicas)  # (M, L, d)
         self.teacher_s = time.perf_counter() - started
         if not self.history.val:
             self.validate()  # step 0: the plain mask, the floor SPON must beat
@@ -372,7 +406,7 @@ class _Trainer:
                         raise NumericalError(f"training KL is {last} at step {self.step}; lower the learning rate")
                     bar.set_postfix(kl=f"{last:.4f}", best_val=f"{self.best['kl']:.4f}")
                 if validating:
-                    _synchronize(self.device)
+                    synchronize(self.devices)
                 self.train_s += time.perf_counter() - started
                 val_kl = self.validate() if validating else None
                 if val_kl is not None:
@@ -384,7 +418,10 @@ class _Trainer:
                 if callback:
                     callback(self.step, self.history.loss[-1][1], val_kl)
         except KeyboardInterrupt:
-            self.save()
+            # several processes may be interrupted at different points, where a collective would
+            # hang: they keep the last periodic checkpoint instead
+            if not self.replicas.active:
+                self.save()
             raise
         finally:
             bar.close()
@@ -407,6 +444,7 @@ class _Trainer:
             "elapsed_s": round(time.perf_counter() - self.started, 3),
             # this session's steps only, when resumed
             "tokens_per_s": round(self.tokens_done / self.train_s, 1) if self.train_s > 0 else None,
-            "device": device_record(self.device), "parameters": result.parameter_count(),
+            "device": device_record(self.device), "placement": placement_record(self.model),
+            **self.replicas.describe(), "parameters": result.parameter_count(),
             "history": {"loss": self.history.loss, "val": self.history.val}}
         return result, thresholds
