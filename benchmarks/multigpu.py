@@ -1,19 +1,24 @@
 """Benchmark: SPON training and evaluation beyond one GPU, side by side in one run.
 
     python benchmarks/multigpu.py --json data/results/multigpu.json
+    python benchmarks/multigpu.py --section agreement --json data/results/multigpu_agreement.json
 
-Needs a machine with at least two CUDA GPUs (it says so and stops otherwise). At every global
-batch size it runs `python -m sponlib train` with the same settings, data and thresholds as
+Needs a machine with at least two CUDA GPUs (it says so and stops otherwise). It runs
+`python -m sponlib train` with the same settings, data and thresholds as
 
-    1 GPU        one process on one GPU (torchrun --nproc_per_node 1)
-    2 GPUs, DP   two data-parallel processes, one GPU each (torchrun --nproc_per_node 2)
-    2 GPUs, map  one process, the model spread over both GPUs (--device-map balanced)
+    1 GPU          one process on one GPU (torchrun --nproc_per_node 1)
+    1 GPU again    the same once more: how far two identical runs land apart on a GPU
+    2 GPUs, DP     two data-parallel processes, one GPU each (torchrun --nproc_per_node 2)
+    2 GPUs, map    one process, the model spread over both GPUs (--device-map balanced)
 
-then `python -m sponlib eval` of the 1-GPU vectors on one and on two processes. Throughput is what
-each run's own record measured over its optimiser steps (training tokens/s, the teacher cache
-and the validations apart); the vectors of every run are compared with those of the 1-GPU run.
-Keep NCCL's NVLink multicast off where the machine asks for it (NCCL_NVLS_ENABLE=0): the
-variables are passed on to every process and recorded.
+Section `scaling` (the default): the default training (bf16 autocast, thresholds refitted under
+the vectors) at each global batch size. Throughput is what each run's own record measured over
+its optimiser steps (training tokens/s; the teacher cache and validations apart). Section
+`agreement`: float32 with fixed thresholds, where the runs can only differ by the order of
+floating-point operations; then `eval` of the 1-GPU vectors on one process, on one process with
+half the batch (how much batch composition alone moves the result) and on two. Every run's
+vectors are compared with the first run's. NCCL's NVLink multicast stays off where the machine asks for
+it (NCCL_NVLS_ENABLE=0): the variables pass on to every process and are recorded.
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ from sponlib.spon import SponVectors
 NCCL_VARIABLES = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
 SETUPS = {  # name -> (launcher processes or None for a plain process, extra sponlib arguments)
     "1 GPU": (1, ["--device", "cuda"]),
+    "1 GPU again": (1, ["--device", "cuda"]),
     "2 GPUs, DP": (2, ["--device", "cuda"]),
     "2 GPUs, map": (None, ["--device-map", "balanced"]),
+}
+SECTIONS = {  # name -> extra training arguments
+    "scaling": [],
+    "agreement": ["--precision", "fp32", "--no-track-sparsity"],
 }
 
 
@@ -63,11 +73,14 @@ def launch(processes: int | None, args: list[str], log: Path) -> float:
 
 
 def vector_difference(a: SponVectors, b: SponVectors) -> dict:
-    """How far two trainings' vectors are apart: the largest entry-wise difference, and relative
-    to the largest entry."""
-    largest = max(v.abs().max().item() for v in a.alphas.values())
-    gap = max((a.alphas[n] - b.alphas[n]).abs().max().item() for n in a.alphas)
-    return {"max_abs": gap, "relative": gap / largest}
+    """How far two trainings' vectors are apart: the largest entry-wise difference (and the
+    largest entry), and all vectors as one: ‖b − a‖ / ‖a‖ and the cosine of their angle."""
+    names = sorted(a.alphas)
+    flat_a = torch.cat([a.alphas[n].double() for n in names])  # (P,)
+    flat_b = torch.cat([b.alphas[n].double() for n in names])  # (P,)
+    return {"max_abs": (flat_b - flat_a).abs().max().item(), "largest": flat_a.abs().max().item(),
+            "relative_l2": ((flat_b - flat_a).norm() / flat_a.norm()).item(),
+            "cosine": torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0).item()}
 
 
 def topology() -> dict:
@@ -85,8 +98,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--batches", default="32,64", help="comma-separated global batch sizes (windows per step)")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--section", choices=SECTIONS, default="scaling")
+    parser.add_argument("--batches", default=None,
+                        help="comma-separated global batch sizes, windows per step (default: 32,64 for scaling, 32 "
+                             "for agreement)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: 100 scaling, 50 agreement)")
     parser.add_argument("--lr", type=float, default=1e-3, help="as the shipped vectors were trained")
     parser.add_argument("--eval-windows", type=int, default=0, help="Persuasion windows evaluated (0: all)")
     parser.add_argument("--work", default=None, help="folder for the runs' files (default: a temporary one)")
@@ -97,12 +113,17 @@ def main() -> None:
         print(f"benchmarks/multigpu.py needs two CUDA GPUs; this machine shows {torch.cuda.device_count()}. "
               "Nothing measured.")
         return
+    scaling = args.section == "scaling"
+    batches = [int(b) for b in (args.batches or ("32,64" if scaling else "32")).split(",")]
+    steps = args.steps or (100 if scaling else 50)
     work = Path(args.work or tempfile.mkdtemp(prefix="sponlib-multigpu-"))
     work.mkdir(parents=True, exist_ok=True)
-    common = ["train", "--model", args.model, "--sparsity", str(args.sparsity), "--steps", str(args.steps),
-              "--lr", str(args.lr), "--eval-every", str(max(1, args.steps // 2)), "--checkpoint-every", "0"]
+    common = ["train", "--model", args.model, "--sparsity", str(args.sparsity), "--steps", str(steps),
+              "--lr", str(args.lr), "--eval-every", str(max(1, steps // 2)), "--checkpoint-every", "0",
+              *SECTIONS[args.section]]
     rows, evaluations = [], []
-    context = {"sparsity": args.sparsity, "method": "teal", "steps": args.steps, "lr": args.lr,
+    context = {"section": args.section, "sparsity": args.sparsity, "method": "teal", "steps": steps, "lr": args.lr,
+               "training_arguments": SECTIONS[args.section],
                "gpus": [torch.cuda.get_device_name(i) for i in range(2)],
                "environment": {k: os.environ.get(k) for k in NCCL_VARIABLES}, "topology": topology()}
 
@@ -115,12 +136,15 @@ def main() -> None:
                    "speedup_vs_1gpu": {f"{r['setup']} b{r['batch']}": round(r["speedup_vs_1gpu"], 3) for r in rows}}
         write_result(args.json, "multigpu", payload, device=torch.device("cuda", 0), dtype=torch.float32)
 
+    def name_of(setup: str, batch: int) -> str:
+        return f"{args.section}-{setup.replace(' ', '').replace(',', '-')}-b{batch}"
+
     print(f"{'setup':12s} {'batch':>5s} {'tokens/s':>9s} {'speed-up':>8s} {'teacher s':>9s} {'wall s':>7s} "
-          f"{'val KL best':>11s} {'max|Δα|':>9s}")
-    for batch in [int(b) for b in args.batches.split(",")]:
+          f"{'val KL best':>11s} {'‖Δα‖/‖α‖':>9s}")
+    for batch in batches:
         reference = None
         for setup, (processes, extra) in SETUPS.items():
-            name = f"{setup.replace(' ', '').replace(',', '-')}-b{batch}"
+            name = name_of(setup, batch)
             out, record_path = work / f"{name}.safetensors", work / f"{name}.json"
             wall = launch(processes, [*common, "--train-batch", str(batch), *extra, "--out", str(out),
                                       "--json", str(record_path)], work / f"{name}.log")
@@ -137,20 +161,23 @@ def main() -> None:
             rows.append(row)
             save()
             print(f"{setup:12s} {batch:5d} {row['tokens_per_s']:9.0f} {row['speedup_vs_1gpu']:8.2f} "
-                  f"{row['teacher_s']:9.1f} {wall:7.1f} {row['val_kl_best']:11.4f} {row['vs_1gpu']['max_abs']:9.2e}")
+                  f"{row['teacher_s']:9.1f} {wall:7.1f} {row['val_kl_best']:11.4f} "
+                  f"{row['vs_1gpu']['relative_l2']:9.2e}")
 
     spon = reference[2]  # the 1-GPU vectors of the last batch size
-    for processes in (1, 2):
-        record_path = work / f"eval-{processes}.json"
+    for processes, batch_size in ((1, 16), (1, 8), (2, 16)) if not scaling else ():
+        name = f"eval-{processes}p-b{batch_size}"
         wall = launch(processes, ["eval", "--model", args.model, "--device", "cuda", "--corpus", "persuasion",
-                                  "--windows", str(args.eval_windows), "--spon", str(spon), "--batch-size", "16",
-                                  "--json", str(record_path)], work / f"eval-{processes}.log")
-        record = json.loads(record_path.read_text())
+                                  "--windows", str(args.eval_windows), "--spon", str(spon), "--batch-size",
+                                  str(batch_size), "--json", str(work / f"{name}.json")], work / f"{name}.log")
+        record = json.loads((work / f"{name}.json").read_text())
         [result] = record["results"]
-        evaluations.append({"processes": processes, "ppl": result["ppl"], "measured": result["measured"],
+        first = evaluations[0] if evaluations else result
+        evaluations.append({"processes": processes, "batch_size": batch_size, "ppl": result["ppl"],
+                            "ppl_relative_to_first": result["ppl"] / first["ppl"] - 1, "measured": result["measured"],
                             "windows": result["windows"], "elapsed_s": record["elapsed_s"], "wall_s": round(wall, 1)})
-        print(f"eval on {processes} process(es): ppl {result['ppl']:.4f} over {result['windows']} windows, "
-              f"{record['elapsed_s']:.1f} s")
+        print(f"eval, {processes} process(es), batch {batch_size}: ppl {result['ppl']:.4f} over {result['windows']} "
+              f"windows in {record['elapsed_s']:.1f} s")
         save()
     print(f"wrote {args.json}")
 

@@ -81,7 +81,10 @@ class Replicas:
         backend = "nccl" if device.type == "cuda" else "gloo"
         owns_group = not dist.is_initialized()
         if owns_group:
-            dist.init_process_group(backend, rank=rank, world_size=world_size)
+            # naming the GPU sets NCCL's communicator up now rather than in the first timed collective
+            bound = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
+            dist.init_process_group(backend, rank=rank, world_size=world_size, **bound)
+            dist.barrier()  # every process has arrived: what follows is work, not waiting for start-up
         return cls(rank, world_size, local_rank, dist.get_backend(), owns_group)
 
     @property

@@ -466,6 +466,34 @@ def render_tasks(record: dict) -> str:
             "the dense column. Created " + record["created"] + ".\n")
 
 
+def render_multigpu(record: dict) -> str:
+    """SPON training on 1 GPU, 2 data-parallel GPUs and one model spread over 2 GPUs, and how far
+    their vectors land from the 1-GPU run's (multigpu*.json); evaluation on 1 and 2 processes."""
+    lines = ["| setup | windows per step | devices | training tokens/s | vs 1 GPU | validation KL, mask → SPON "
+             "| ‖Δα‖ / ‖α‖ vs 1 GPU | cosine |", "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |"]
+    for row in record["training"]:
+        devices = ", ".join(row["placement"]["devices"]) if row["processes"] == 1 else (
+            f"{row['processes']} processes, one GPU each")
+        difference = row["vs_1gpu"]
+        lines.append(f"| {row['setup']} | {row['batch']} | {devices} | {row['tokens_per_s']:,.0f} | "
+                     f"{row['speedup_vs_1gpu']:.2f} | {row['val_kl_base']:.4f} → {row['val_kl_best']:.4f} | "
+                     f"{difference['relative_l2']:.2g} | {difference['cosine']:.6f} |")
+    arguments = " ".join(record["training_arguments"]) or "default settings"
+    text = ("\n".join(lines) + f"\n\n{record['gpus'][0]} ×{len(record['gpus'])}, {record['model']['name']}, teal at "
+            f"{record['sparsity']:g}, {record['steps']} steps at lr {record['lr']:g}, {record['train_windows']} training "
+            f"windows of {record['window_len']} tokens, precision {record['precision']}, {arguments}; NCCL_NVLS_ENABLE="
+            f"{record['environment']['NCCL_NVLS_ENABLE']}. Command: `{record['command']}`\n")
+    if record["evaluation"]:
+        lines = ["| eval | windows per pass | perplexity | vs the first row | measured sparsity |",
+                 "| --- | ---: | ---: | ---: | ---: |"]
+        for row in record["evaluation"]:
+            lines.append(f"| {row['processes']} process{'es' if row['processes'] > 1 else ''} | {row['batch_size']} | "
+                         f"{row['ppl']:.4f} | {row['ppl_relative_to_first']:+.1e} | {row['measured']:.5f} |")
+        text += ("\n" + "\n".join(lines) + f"\n\nThe 1-GPU vectors above, evaluated on all "
+                 f"{record['evaluation'][0]['windows']} Persuasion windows.\n")
+    return text
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "dense_baseline.json": render_perplexity,
     "sparsity_sweep.json": render_sweep,
@@ -483,6 +511,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "kernels_h200.json": render_kernels,
     "spon_recovery_gemma3.json": lambda record: render_recovery(record, targets=False),
     "tasks.json": render_tasks,
+    "multigpu.json": render_multigpu,
+    "multigpu_agreement.json": render_multigpu,
 }
 
 
