@@ -8,6 +8,8 @@ Needs a machine with at least two CUDA GPUs (it says so and stops otherwise). It
 
     1 GPU          one process on one GPU (torchrun --nproc_per_node 1)
     1 GPU again    the same once more: how far two identical runs land apart on a GPU
+    1 GPU, halves  one GPU, each step's batch in two micro-batches: the very passes that the two
+                   data-parallel processes make (--setups to choose; not in the default set)
     2 GPUs, DP     two data-parallel processes, one GPU each (torchrun --nproc_per_node 2)
     2 GPUs, map    one process, the model spread over both GPUs (--device-map balanced)
 
@@ -39,12 +41,14 @@ from sponlib.results import write_result
 from sponlib.spon import SponVectors
 
 NCCL_VARIABLES = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
-SETUPS = {  # name -> (launcher processes or None for a plain process, extra sponlib arguments)
-    "1 GPU": (1, ["--device", "cuda"]),
-    "1 GPU again": (1, ["--device", "cuda"]),
-    "2 GPUs, DP": (2, ["--device", "cuda"]),
-    "2 GPUs, map": (None, ["--device-map", "balanced"]),
+SETUPS = {  # key -> (label, launcher processes or None for a plain process, extra sponlib arguments)
+    "1gpu": ("1 GPU", 1, ["--device", "cuda"]),
+    "1gpu-again": ("1 GPU again", 1, ["--device", "cuda"]),
+    "1gpu-halves": ("1 GPU, halves", 1, ["--device", "cuda", "--micro-batch", "HALF"]),
+    "dp": ("2 GPUs, DP", 2, ["--device", "cuda"]),
+    "map": ("2 GPUs, map", None, ["--device-map", "balanced"]),
 }
+DEFAULT_SETUPS = "1gpu,1gpu-again,dp,map"
 SECTIONS = {  # name -> extra training arguments
     "scaling": [],
     "agreement": ["--precision", "fp32", "--no-track-sparsity"],
@@ -78,6 +82,8 @@ def vector_difference(a: SponVectors, b: SponVectors) -> dict:
     names = sorted(a.alphas)
     flat_a = torch.cat([a.alphas[n].double() for n in names])  # (P,)
     flat_b = torch.cat([b.alphas[n].double() for n in names])  # (P,)
+    if not flat_a.any():
+        sys.exit("the reference run's vectors are all zero (its best step was the plain mask): nothing to compare")
     return {"max_abs": (flat_b - flat_a).abs().max().item(), "largest": flat_a.abs().max().item(),
             "relative_l2": ((flat_b - flat_a).norm() / flat_a.norm()).item(),
             "cosine": torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0).item()}
@@ -99,6 +105,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--section", choices=SECTIONS, default="scaling")
+    parser.add_argument("--setups", default=DEFAULT_SETUPS,
+                        help=f"comma-separated, the first is the reference: {', '.join(SETUPS)} (default {DEFAULT_SETUPS})")
+    parser.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the evaluation runs")
     parser.add_argument("--batches", default=None,
                         help="comma-separated global batch sizes, windows per step (default: 32,64 for scaling, 32 "
                              "for agreement)")
@@ -114,6 +123,10 @@ def main() -> None:
               "Nothing measured.")
         return
     scaling = args.section == "scaling"
+    setups = args.setups.split(",")
+    unknown = [key for key in setups if key not in SETUPS]
+    if unknown:
+        sys.exit(f"unknown setups {unknown}; choose from {', '.join(SETUPS)}")
     batches = [int(b) for b in (args.batches or ("32,64" if scaling else "32")).split(",")]
     steps = args.steps or (100 if scaling else 50)
     work = Path(args.work or tempfile.mkdtemp(prefix="sponlib-multigpu-"))
@@ -122,7 +135,7 @@ def main() -> None:
               "--lr", str(args.lr), "--eval-every", str(max(1, steps // 2)), "--checkpoint-every", "0",
               *SECTIONS[args.section]]
     rows, evaluations = [], []
-    context = {"section": args.section, "sparsity": args.sparsity, "method": "teal", "steps": steps, "lr": args.lr,
+    context = {"section": args.section, "setups": setups, "sparsity": args.sparsity, "method": "teal", "steps": steps, "lr": args.lr,
                "training_arguments": SECTIONS[args.section],
                "gpus": [torch.cuda.get_device_name(i) for i in range(2)],
                "environment": {k: os.environ.get(k) for k in NCCL_VARIABLES}, "topology": topology()}
@@ -137,14 +150,16 @@ def main() -> None:
         write_result(args.json, "multigpu", payload, device=torch.device("cuda", 0), dtype=torch.float32)
 
     def name_of(setup: str, batch: int) -> str:
-        return f"{args.section}-{setup.replace(' ', '').replace(',', '-')}-b{batch}"
+        return f"{args.section}-{setup}-b{batch}"
 
     print(f"{'setup':12s} {'batch':>5s} {'tokens/s':>9s} {'speed-up':>8s} {'teacher s':>9s} {'wall s':>7s} "
           f"{'val KL best':>11s} {'‖Δα‖/‖α‖':>9s}")
     for batch in batches:
         reference = None
-        for setup, (processes, extra) in SETUPS.items():
-            name = name_of(setup, batch)
+        for key in setups:
+            setup, processes, extra = SETUPS[key]
+            extra = [str(batch // 2) if arg == "HALF" else arg for arg in extra]
+            name = name_of(key, batch)
             out, record_path = work / f"{name}.safetensors", work / f"{name}.json"
             wall = launch(processes, [*common, "--train-batch", str(batch), *extra, "--out", str(out),
                                       "--json", str(record_path)], work / f"{name}.log")
@@ -165,7 +180,7 @@ def main() -> None:
                   f"{row['vs_1gpu']['relative_l2']:9.2e}")
 
     spon = reference[2]  # the 1-GPU vectors of the last batch size
-    for processes, batch_size in ((1, 16), (1, 8), (2, 16)) if not scaling else ():
+    for processes, batch_size in ((1, 16), (1, 8), (2, 16)) if not scaling and args.evaluate else ():
         name = f"eval-{processes}p-b{batch_size}"
         wall = launch(processes, ["eval", "--model", args.model, "--device", "cuda", "--corpus", "persuasion",
                                   "--windows", str(args.eval_windows), "--spon", str(spon), "--batch-size",

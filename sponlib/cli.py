@@ -303,6 +303,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-windows", type=int, default=16, help="validation windows (default 16)")
     g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
     g.add_argument("--train-batch", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")
+    g.add_argument("--micro-batch", type=int, default=d.micro_batch,
+                   help="windows per forward pass, when a step's windows do not fit in memory at once (default: "
+                        "all of a process's share); the vectors are the same")
     g.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--warmup", type=float, default=d.warmup, help="share of steps warming up (default %(default)s)")
@@ -321,7 +324,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 def _train_config(args):
     from .training import TrainConfig
 
-    return TrainConfig(steps=args.steps, batch_size=args.train_batch, lr=args.lr, weight_decay=args.weight_decay,
+    return TrainConfig(steps=args.steps, batch_size=args.train_batch, micro_batch=args.micro_batch, lr=args.lr, weight_decay=args.weight_decay,
                        warmup=args.warmup, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                        seed=args.train_seed, precision=args.precision, roles=args.roles,
                        track_sparsity=args.track_sparsity, refit_windows=args.refit_windows)

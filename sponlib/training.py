@@ -70,6 +70,7 @@ class TrainConfig:
 
     steps: int = 400  # optimiser steps
     batch_size: int = 8  # windows per step
+    micro_batch: int = 0  # windows per forward pass (0: a process's whole share of the step at once)
     lr: float = 3e-3  # peak learning rate of AdamW
     weight_decay: float = 0.0
     warmup: float = 0.05  # share of steps with a linear warm-up; cosine decay to 0 after it
@@ -86,6 +87,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "refit_windows"):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgumentError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.micro_batch < 0:
+            raise InvalidArgumentError(f"micro_batch must be >= 0, 0 for the whole batch (got {self.micro_batch})")
         if self.checkpoint_every < 0:
             raise InvalidArgumentError(f"checkpoint_every must be >= 0 (got {self.checkpoint_every})")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -97,6 +100,10 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "roles": list(self.roles)}
+
+    def forward_batch(self, processes: int = 1) -> int:
+        """Windows per forward pass: the micro-batch, else a process's share of the step."""
+        return self.micro_batch or max(1, self.batch_size // processes)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over the first `warmup` share of steps, then cosine decay to 0."""
@@ -279,6 +286,7 @@ class _Trainer:
             raise InvalidArgumentError("a model spread by a device map trains in one process; give each "
                                        "data-parallel process a whole model on its own device instead")
         self.batch_share = replicas.batch_share(config.batch_size)  # refuses a batch that does not split
+        self.forward_batch = config.forward_batch(replicas.world_size)
         replicas.share(len(val_ids), "validation windows")  # refuses too few now, not at the first validation
         self.started = time.perf_counter()
         self.model, self.thresholds, self.config, self.progress = model, thresholds, config, progress
@@ -350,7 +358,7 @@ class _Trainer:
             for name, tau in self.taus.items():
                 self.sparsifier.hooks[name].tau = tau
         kl = validation_kl(self.model, self._current_thresholds(), self.alphas, self.val_ids, self.val_teacher,
-                           self.config.batch_size, self.precision, self.replicas)
+                           self.forward_batch, self.precision, self.replicas)
         self.val_s += time.perf_counter() - started
         if not math.isfinite(kl):
             raise NumericalError(f"validation KL is {kl} at step {self.step}; lower the learning rate")
@@ -364,22 +372,25 @@ class _Trainer:
         config = self.config
         # the whole batch's windows, the same in every process; this process takes its part
         index = _batch_indices(len(self.train_ids), config.batch_size, self.step, config.seed)[self.batch_share]
-        batch = self.train_ids[index].to(self.device)  # (b, L)
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr_at(self.step)
-        with self.sparsifier, _autocast(self.device, self.precision):
-            student = head_logits(self.model, final_hidden(self.model, batch))  # (b, L, V)
-            with torch.no_grad():
-                teacher = self.train_teacher[index.to(self.train_teacher.device)]  # (b, L, d)
-                target = head_logits(self.model, teacher)  # (b, L, V)
-            loss = kl_to_teacher(student, target)
-        loss.backward()
+        loss = 0.0
+        for part in index.split(self.forward_batch):  # micro-batches: their gradients add up to the batch's
+            batch = self.train_ids[part].to(self.device)  # (m, L)
+            with self.sparsifier, _autocast(self.device, self.precision):
+                student = head_logits(self.model, final_hidden(self.model, batch))  # (m, L, V)
+                with torch.no_grad():
+                    teacher = self.train_teacher[part.to(self.train_teacher.device)]  # (m, L, d)
+                    target = head_logits(self.model, teacher)  # (m, L, V)
+                part_loss = kl_to_teacher(student, target) * (len(part) / len(index))  # its share of the mean
+            part_loss.backward()
+            loss = loss + part_loss.detach()
         # equal parts, so the mean of the processes' gradients is the whole batch's gradient
         self.replicas.all_reduce_mean_([a.grad for a in self.alphas.values()])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens_done += batch.numel() * self.replicas.world_size
+        self.tokens_done += index.numel() * self.train_ids.shape[1] * self.replicas.world_size
         self.pending.append((self.step, loss.detach()))
 
     # ------------------------------------------------------------ the run
@@ -387,9 +398,9 @@ class _Trainer:
     def run(self, callback=None) -> tuple[SponVectors, Thresholds]:
         config = self.config
         started = time.perf_counter()
-        self.train_teacher = teacher_states(self.model, self.train_ids, config.batch_size, self.precision,
+        self.train_teacher = teacher_states(self.model, self.train_ids, self.forward_batch, self.precision,
                                             self.progress, self.replicas)  # (N, L, d)
-        self.val_teacher = teacher_states(self.model, self.val_ids, config.batch_size, self.precision,
+        self.val_teacher = teacher_states(self.model, self.val_ids, self.forward_batch, self.precision,
                                           self.progress, self.replicas)  # (M, L, d)
         self.teacher_s = time.perf_counter() - started
         if not self.history.val:

@@ -146,7 +146,7 @@ def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
 
 def test_train_config_refuses_bad_settings():
     for bad in ({"steps": 0}, {"lr": -1.0}, {"lr": float("nan")}, {"warmup": 1.5}, {"precision": "fp8"},
-                {"roles": ("x",)}, {"checkpoint_every": -1}):
+                {"roles": ("x",)}, {"checkpoint_every": -1}, {"micro_batch": -2}):
         with pytest.raises(InvalidArgumentError):
             TrainConfig(**bad)
     config = TrainConfig(steps=100, lr=1.0, warmup=0.1)
@@ -171,6 +171,25 @@ def test_training_records_its_run_and_never_ends_worse_than_the_mask(trained):
     assert t["val_kl_best"] == min(kl for _, kl in t["history"]["val"]) <= t["val_kl_base"]
     assert dict(t["history"]["val"])[t["best_step"]] == t["val_kl_best"]
     assert all(a.device.type == "cpu" and not a.requires_grad for a in vectors.alphas.values())
+
+
+def test_micro_batches_train_the_vectors_of_the_whole_batch():
+    """Gradients of micro-batches, each weighted by its share, add up to the whole batch's: the
+    same vectors up to floating-point order (uneven parts included: 4 windows as 3 + 1). Large
+    initial weights make the mask cost enough KL that the vectors move."""
+    model, thresholds, _ = _setup(level=0.7, initializer_range=0.3)
+    config = TrainConfig(steps=8, batch_size=4, lr=0.03, eval_every=4, checkpoint_every=0, track_sparsity=False)
+    train_ids = _ids(12)
+    whole, _ = train_spon(model, thresholds, train_ids, train_ids[:4], config, progress=False)
+    for micro_batch in (2, 3):
+        config_parts = TrainConfig(**{**config.as_dict(), "micro_batch": micro_batch})
+        parts, _ = train_spon(model, thresholds, train_ids, train_ids[:4], config_parts, progress=False)
+        assert parts.meta["training"]["micro_batch"] == micro_batch
+        losses = [[v for _, v in t["history"]["loss"]] for t in (parts.meta["training"], whole.meta["training"])]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+        assert max(a.abs().max() for a in whole.alphas.values()) > 0.05  # the vectors moved
+        for name, alpha in whole.alphas.items():
+            torch.testing.assert_close(parts.alphas[name], alpha, rtol=0, atol=1e-6)
 
 
 def test_a_diverging_run_falls_back_to_the_plain_mask():
