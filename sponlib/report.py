@@ -513,6 +513,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "tasks.json": render_tasks,
     "multigpu.json": render_multigpu,
     "multigpu_agreement.json": render_multigpu,
+    "multigpu_halves.json": render_multigpu,
 }
 
 
