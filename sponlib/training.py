@@ -9,6 +9,8 @@ What makes it fast:
 - Model weights are frozen: backward computes input gradients only, no weight gradients.
 - On CUDA the forward runs under bfloat16 autocast ("precision"); the α stay float32.
 - The loss is read back to the host only every few steps, so the GPU is never starved.
+- `micro_batch` bounds memory: a step's windows go through in parts whose gradients, each
+  weighted by its share, add up to the whole batch's.
 
 What makes it safe:
 - Thresholds follow the vectors. SPON pulls the hidden states back towards the dense model's,
