@@ -125,3 +125,31 @@ def test_a_strategy_bounded_by_memory_offloads_the_rest(tiny_dir, tmp_path, ids)
 def test_bad_placements_are_refused_with_what_to_do(tiny_dir, kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         load_model(tiny_dir, **kwargs)
+
+
+def test_eval_on_the_command_line_with_a_device_map_file(tiny_model_dir, tmp_path):
+    """`eval --device-map FILE --offload-folder DIR` measures what the model held whole measures."""
+    import subprocess
+    import sys
+
+    def sponlib(*args):
+        return subprocess.run([sys.executable, "-m", "sponlib", *args], capture_output=True, text=True, timeout=600)
+
+    (tmp_path / "map.json").write_text(json.dumps(OFFLOADED))
+    base = ["eval", "--model", str(tiny_model_dir), "--corpus", "persuasion", "--windows", "2", "--window-len", "32"]
+    placed = sponlib(*base, "--device-map", str(tmp_path / "map.json"), "--offload-folder", str(tmp_path / "off"),
+                     "--json", str(tmp_path / "placed.json"))
+    assert placed.returncode == 0, placed.stderr
+    whole = sponlib(*base, "--json", str(tmp_path / "whole.json"))
+    assert whole.returncode == 0, whole.stderr
+    records = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("placed", "whole")]
+    assert records[0]["placement"]["device_map_modules"] == {"cpu": 5, "disk": 1}
+    assert records[0]["results"][0]["ppl"] == pytest.approx(records[1]["results"][0]["ppl"], rel=1e-6)
+
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    for args, message in ((["--device-map", "everywhere"], "neither a strategy"),
+                          (["--device-map", str(tmp_path / "bad.json")], "must hold one object"),
+                          (["--device-map", "auto", "--max-memory", "cpu:1GiB"], "is not DEVICE=SIZE"),
+                          (["--max-memory", "cpu=1GiB"], "go with --device-map")):
+        run = sponlib(*base, *args)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
