@@ -135,8 +135,8 @@ def main() -> None:
               "--lr", str(args.lr), "--eval-every", str(max(1, steps // 2)), "--checkpoint-every", "0",
               *SECTIONS[args.section]]
     rows, evaluations = [], []
-    context = {"section": args.section, "setups": setups, "sparsity": args.sparsity, "method": "teal", "steps": steps, "lr": args.lr,
-               "training_arguments": SECTIONS[args.section],
+    context = {"section": args.section, "setups": setups, "sparsity": args.sparsity, "method": "teal",
+               "steps": steps, "lr": args.lr, "training_arguments": SECTIONS[args.section],
                "gpus": [torch.cuda.get_device_name(i) for i in range(2)],
                "environment": {k: os.environ.get(k) for k in NCCL_VARIABLES}, "topology": topology()}
 

@@ -325,9 +325,9 @@ def _train_config(args):
     from .training import TrainConfig
 
     return TrainConfig(steps=args.steps, batch_size=args.train_batch, micro_batch=args.micro_batch, lr=args.lr,
-                       weight_decay=args.weight_decay, warmup=args.warmup, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                       seed=args.train_seed, precision=args.precision, roles=args.roles,
-                       track_sparsity=args.track_sparsity, refit_windows=args.refit_windows)
+                       weight_decay=args.weight_decay, warmup=args.warmup, eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, seed=args.train_seed, precision=args.precision,
+                       roles=args.roles, track_sparsity=args.track_sparsity, refit_windows=args.refit_windows)
 
 
 def _training_text(args, tokenizer):

@@ -266,7 +266,7 @@ def check_device_map(device_map) -> None:
     """A device map is one of accelerate's strategies or a dict of module name -> device."""
     if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
         raise InvalidArgumentError(f"unknown device map {device_map!r}: use one of "
-                                   f"{', '.join(DEVICE_MAP_STRATEGIES)} or a JSON file of module -> device")
+                                   f"{', '.join(DEVICE_MAP_STRATEGIES)} or a dict of module name -> device")
     if not isinstance(device_map, (str, dict)) or (isinstance(device_map, dict) and not device_map):
         raise InvalidArgumentError("a device map is a strategy name or a non-empty dict of module -> device")
 
@@ -283,8 +283,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | tor
     `device_map` spreads a model too large for one device over several, through accelerate
     (instead of `device`): a strategy ("auto", "balanced", "sequential", ...) bounded by
     `max_memory` ({0: "70GiB", 1: "70GiB", "cpu": "200GiB"}), or an explicit dict of module name
-    -> device (0, "cuda:1", "cpu" or "disk"; disk needs `offload_folder`). sponlib's hooks, SPON
-    vectors and training follow each module to where it computes (sponlib.placement).
+    -> device (0, "cuda:1", "cpu" or "disk"; `offload_folder` holds what goes to disk).
+    sponlib's hooks, SPON vectors and training follow each module to where it computes
+    (sponlib.placement).
     """
     torch_dtype = resolve_dtype(dtype)
     if device_map is not None:

@@ -152,8 +152,9 @@ class Sparsifier:
 
     `alphas` (projection name -> (in,) vector, e.g. `SponVectors.alphas`) adds spontaneous neurons
     after the mask: the projection computes W (S(x) + alpha). Each vector is moved to where its
-    projection computes (a no-op when it is there already, so trained vectors stay the leaves). `count=False` skips the measured-
-    sparsity bookkeeping (one reduction per projection per forward), as training does.
+    projection computes (a no-op when it is there already, so trained vectors stay the leaves).
+    `count=False` skips the measured-sparsity bookkeeping (one reduction per projection per
+    forward), as training does.
     """
 
     def __init__(self, model: nn.Module, thresholds: Thresholds, check: bool = True,
