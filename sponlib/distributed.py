@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import InvalidArgumentError
+from .models import resolve_device
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -68,13 +69,12 @@ class Replicas:
             raise InvalidArgumentError(f"WORLD_SIZE is {world_size} but {', '.join(missing)} "
                                        "unset; start the processes with torchrun or accelerate launch")
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        device = torch.device(device) if str(device) != "auto" else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)  # "auto", and a clear error for CUDA without a GPU
         if device.type == "cuda":
             if device.index is not None:
                 raise InvalidArgumentError(f"with {world_size} processes each uses its own GPU (LOCAL_RANK); "
                                            f"give --device cuda, not {device}")
-            if not torch.cuda.is_available() or torch.cuda.device_count() <= local_rank:
+            if torch.cuda.device_count() <= local_rank:
                 raise InvalidArgumentError(f"process {rank} needs GPU {local_rank}, but this machine shows "
                                            f"{torch.cuda.device_count()}; start fewer processes per node")
             torch.cuda.set_device(local_rank)
@@ -125,9 +125,12 @@ class Replicas:
         if n < self.world_size:
             raise InvalidArgumentError(f"{n} {what} cannot be shared by {self.world_size} processes; "
                                        f"use at least {self.world_size}, or fewer processes")
+        return self._share_of(self.rank, n)
+
+    def _share_of(self, rank: int, n: int) -> slice:
         base, extra = divmod(n, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
+        start = rank * base + min(rank, extra)
+        return slice(start, start + base + (rank < extra))
 
     def batch_share(self, batch_size: int) -> slice:
         """This process's part of a batch of windows."""
@@ -173,12 +176,11 @@ class Replicas:
         on every process."""
         if not self.active:
             return rows
-        longest = n // self.world_size + (n % self.world_size > 0)
-        padded = rows.new_zeros((longest,) + tuple(rows.shape[1:]), device=self._comm_device())
-        padded[:len(rows)] = rows
+        sizes = [len(range(n)[self._share_of(rank, n)]) for rank in range(self.world_size)]
+        padded = rows.new_zeros((max(sizes),) + tuple(rows.shape[1:]), device=self._comm_device())  # all_gather
+        padded[:len(rows)] = rows  # needs equal shapes
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(pieces, padded)
-        sizes = [n // self.world_size + (r < n % self.world_size) for r in range(self.world_size)]
         return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)]).to(rows.device)
 
     def broadcast(self, value):

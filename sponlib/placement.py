@@ -50,11 +50,6 @@ def input_device(model: nn.Module) -> torch.device:
     return execution_device(model.get_input_embeddings())
 
 
-def output_device(model: nn.Module) -> torch.device:
-    """Where the head computes, hence where logits come out."""
-    return execution_device(model.get_output_embeddings())
-
-
 @contextlib.contextmanager
 def onloaded(module: nn.Module):
     """Within the block, an offloaded module's weights are real tensors on its execution device

@@ -43,8 +43,10 @@ def train(replicas: Replicas, track_sparsity: bool) -> dict:
 def perplexity_rows(replicas: Replicas) -> dict:
     model, thresholds, _, val_ids = tiny_setting()
     windows = Windows(val_ids[:5], [("random", i) for i in range(5)], "random", 32, 1, 5)  # 5: uneven shares
+    rows = torch.arange(10.0).view(5, 2)[replicas.share(5)]  # this process's uneven share of 5 rows
     return {"rows": evaluate(model, [windows], None, batch_size=2, progress=False, replicas=replicas)
-            + evaluate(model, [windows], thresholds, batch_size=2, progress=False, replicas=replicas)}
+            + evaluate(model, [windows], thresholds, batch_size=2, progress=False, replicas=replicas),
+            "gathered": replicas.gather_rows(rows, 5)}
 
 
 def main() -> None:

@@ -122,6 +122,7 @@ def test_two_processes_refit_one_set_of_thresholds(tmp_path):
 def test_two_processes_measure_the_perplexity_and_sparsity_of_one(tmp_path):
     two, one = worker_result(tmp_path, "perplexity", 2), worker_result(tmp_path, "perplexity", 1)
     assert two["agree"]
+    assert torch.equal(two["gathered"], torch.arange(10.0).view(5, 2))  # shares of 3 and 2 rows, in rank order
     for row2, row1 in zip(two["rows"], one["rows"], strict=True):
         assert row2.keys() == row1.keys() and row2["windows"] == 5
         for key, value in row1.items():
