@@ -21,7 +21,7 @@ times; the median replay over the number of calls is the time per call. Dense is
 the (out, in) weight a model holds (cuBLAS). Sparse inputs are N(0, 1) with τ at the quantile
 that zeroes a share s; the measured share is reported, and the ideal gain is 1/(1 − s).
 
-End to end: sponlib.decoding.StaticDecoder, static KV cache, torch.compile(mode="reduce-
+End to end: sponlib.kernels.StaticDecoder, static KV cache, torch.compile(mode="reduce-
 overhead") for dense and sparse alike; the byte-count bound counts the bytes a token must read
 (all weights but the embedding table, of which one row, and the whole static KV cache) and which
 of them sparsity removes.
@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sponlib.results import device_record, library_versions, write_result
+from sponlib.models.placement import device_record
+from sponlib.records import library_versions, write_result
 
 LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.9)
 E2E_LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7)
@@ -331,7 +332,7 @@ def sweep(write_configs: bool) -> list[dict]:
 def decode_bytes(model, sparsity_by_name: dict[str, float], max_len: int) -> tuple[float, float]:
     """Bytes one decoding step reads: (dense, sparse) for the model's projections' measured
     sparsity. All parameters except the embedding table (one row of it), plus the static KV cache."""
-    from sponlib.adapters import iter_projections
+    from sponlib.models.adapters import iter_projections
 
     config = model.config
     projections = {p.name: p.module.weight.numel() * p.module.weight.element_size() for p in iter_projections(model)}
@@ -349,8 +350,8 @@ def decode_bytes(model, sparsity_by_name: dict[str, float], max_len: int) -> tup
 
 def measured_sparsity(model, thresholds, prompt: torch.Tensor, max_len: int, alphas=None, tokens: int = 16) -> dict:
     """Per projection, the share of inputs zeroed while decoding `tokens` tokens eagerly."""
-    from sponlib.decoding import StaticDecoder
-    from sponlib.sparsity import Sparsifier
+    from sponlib.kernels.decoding import StaticDecoder
+    from sponlib.sparsity.sparsifier import Sparsifier
 
     decoder = StaticDecoder(model, max_len, mode="eager")
     with Sparsifier(model, thresholds, check=False, alphas=alphas) as sp:
@@ -366,7 +367,7 @@ def measured_sparsity(model, thresholds, prompt: torch.Tensor, max_len: int, alp
 def e2e(model, name: str, thresholds_by_level: dict, prompt: torch.Tensor, alphas_by_level=None,
         max_len: int = 512, tokens: int = 256) -> dict:
     """Dense, then sparse at each level, batch-1 greedy decoding compiled with CUDA graphs."""
-    from sponlib.decoding import StaticDecoder
+    from sponlib.kernels.decoding import StaticDecoder
     from sponlib.kernels import set_thresholds, swap_in, swap_out
 
     alphas_by_level = alphas_by_level or {}
@@ -409,10 +410,10 @@ def e2e(model, name: str, thresholds_by_level: dict, prompt: torch.Tensor, alpha
 
 
 def e2e_llama(levels=E2E_LEVELS, tokens: int = 256) -> dict:
-    """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.calibration on random tokens."""
+    """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.sparsity.calibrate on random tokens."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from sponlib.calibration import calibrate
+    from sponlib.sparsity.calibration import calibrate
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -437,7 +438,7 @@ def e2e_smollm2(levels=E2E_LEVELS, tokens: int = 256) -> dict:
     """The default model, bf16, shipped calibration and SPON vectors (teal) folded into biases."""
     from sponlib.artifacts import shipped_calibration, shipped_spon
     from sponlib.data import load_corpus, load_windows
-    from sponlib.models import load_model
+    from sponlib.models.loading import load_model
 
     model, tokenizer = load_model("smollm2-135m", dtype="bfloat16", device="cuda")
     model.requires_grad_(False)

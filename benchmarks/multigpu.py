@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from sponlib.results import write_result
-from sponlib.spon import SponVectors
+from sponlib.records import write_result
+from sponlib.spon.vectors import SponVectors
 
 NCCL_VARIABLES = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
 SETUPS = {  # key -> (label, launcher processes or None for a plain process, extra sponlib arguments)

@@ -24,8 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sponlib.kernels import input_major, sparse_gemv_rows, sparse_gemv_reference
-from sponlib.results import write_result
+from sponlib.kernels import input_major, sparse_gemv_reference, sparse_gemv_rows
+from sponlib.records import write_result
 
 # (model, projection): (out, in)
 SHAPES = {

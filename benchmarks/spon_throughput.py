@@ -4,7 +4,7 @@ hook-based loop, side by side in one run on one device.
     python benchmarks/spon_throughput.py --device cuda --json data/results/spon_throughput_h200.json
     python benchmarks/spon_throughput.py --device cpu --steps 3 --batches 1 --json data/results/spon_throughput_cpu.json
 
-sponlib (`sponlib.training.train_spon`): dense teacher states computed once per window, frozen
+sponlib (`sponlib.spon.train_spon`): dense teacher states computed once per window, frozen
 weights, bf16 autocast on CUDA, loss read back every few steps. The plain loop is what one writes
 first: the dense teacher runs a full forward pass for every batch, float32, the loss is read
 back every step. Both sparsify with the same thresholds and train the same vectors. Only the
@@ -18,13 +18,14 @@ import time
 
 import torch
 
-from sponlib.calibration import Calibration
+from sponlib.sparsity.calibration import Calibration
 from sponlib.data import load_corpus, load_windows
-from sponlib.models import load_model, resolve_device
-from sponlib.results import write_result
-from sponlib.sparsity import Sparsifier
-from sponlib.spon import SponVectors
-from sponlib.training import TrainConfig, kl_to_teacher, train_spon
+from sponlib.models.loading import load_model, resolve_device
+from sponlib.records import write_result
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.spon.vectors import SponVectors
+from sponlib.spon.training import TrainConfig, train_spon
+from sponlib.spon.distillation import kl_to_teacher
 
 
 def _sync(device: torch.device) -> None:

@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from sponlib.analysis import LayerAnalysis
+from sponlib.analysis.layers import LayerAnalysis
 from sponlib.artifacts import shipped_calibration, shipped_spon
 from sponlib.data import load_corpus, load_windows
-from sponlib.models import load_model
-from sponlib.results import write_result
-from sponlib.widgets import DriftExplorer, ThresholdExplorer
+from sponlib.models.loading import load_model
+from sponlib.records import write_result
+from sponlib.viz.widgets import DriftExplorer, ThresholdExplorer
 
 GOALS = {"new": 2.0, "cached": 0.2}  # seconds
 

@@ -5,8 +5,8 @@ each with its `.thresholds.json`).
     calibration = shipped_calibration(model)
     spon = shipped_spon(model, "teal")     # {("teal", 0.5): (thresholds, alphas), ...}
 
-Notebooks, benchmarks and the CLI read them through here, so that every reader finds the same
-files and a missing one fails with the command that makes it.
+Notebooks, benchmarks and the mask resolver (sponlib.masks) read them through here, so that every
+reader finds the same files and a missing one fails with the command that makes it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from torch import nn
 
-from .calibration import Calibration
-from .data import data_dir
 from .errors import InvalidArgumentError
-from .spon import load_spon
+from .paths import data_dir
+from .sparsity.calibration import Calibration
+from .spon.vectors import load_spon
 
 
 def model_name(model: nn.Module) -> str:

@@ -1,7 +1,8 @@
 """Text corpora and token windows.
 
 Sources of text, all read through `datasets` so that a user's own data plugs in the same way:
-- the shipped corpora under data/corpora (named splits below, following DESIGN §3);
+- the shipped corpora under data/corpora (named splits below; docs/protocol.md says which
+  serves what);
 - any UTF-8 text file (.txt or .txt.gz): `text_file(path)`;
 - any `datasets` data set, local folder or hub id (online): `hub_dataset("wikitext", ...)`.
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, hub_offline_hint
+from .paths import data_dir, display_path
 
 AUSTEN_TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
 AUSTEN_TEST_NOVEL = "persuasion"
@@ -37,13 +39,6 @@ BROWN_GENRES = (
     "l_fiction_mystery", "m_fiction_science", "n_fiction_adventure", "p_fiction_romance", "r_humor",
 )
 VALIDATION_SHARE = 0.05  # tail of each training novel held out as austen-val
-
-
-def data_dir() -> Path:
-    """The project's data/ folder: $SPONLIB_DATA if set, else the one beside the package."""
-    if os.environ.get("SPONLIB_DATA"):
-        return Path(os.environ["SPONLIB_DATA"]).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass(frozen=True)
@@ -106,14 +101,6 @@ class Windows:
 
 def _stem(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".txt")
-
-
-def display_path(path: Path) -> str:
-    """A path relative to the project when it lies inside it, as result records name their files."""
-    try:
-        return str(path.resolve().relative_to(data_dir().resolve().parent))
-    except ValueError:
-        return str(path)
 
 
 def _corpus_file(folder: str, stem: str) -> Path:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import InvalidArgumentError
-from .models import resolve_device
+from .models.loading import resolve_device
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -1,8 +1,12 @@
-"""Perplexity of a causal LM over non-overlapping token windows.
+"""Perplexity of a causal LM over non-overlapping token windows, dense or sparsified.
 
 Each window of L tokens is one forward pass with no context from outside it; positions 1..L-1
 are predicted, so a window contributes L-1 tokens. ppl = exp(total NLL / predicted tokens).
 Data-parallel processes (sponlib.distributed) each take a share of the windows and sum.
+
+    perplexity(model, windows)                        whatever hooks are on the model
+    evaluate(model, [windows, ...], thresholds, ...)  one row per text: perplexity under a mask
+                                                      (and SPON vectors), with measured sparsity
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from tqdm.auto import tqdm
 
 from .distributed import Replicas
 from .errors import InvalidArgumentError, NumericalError
-from .placement import input_device
+from .models.placement import input_device
+from .sparsity.sparsifier import Sparsifier
+from .sparsity.thresholds import Thresholds
 
 
 @dataclass
@@ -74,3 +80,38 @@ def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc:
     tokens = n_windows * (window_len - 1)
     mean_nll = total / tokens
     return PerplexityResult(math.exp(mean_nll), mean_nll, tokens, n_windows, window_len)
+
+
+def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, batch_size: int = 4,
+             progress: bool = True, spon=None, replicas: Replicas | None = None) -> list[dict]:
+    """One row per Windows in `windows_list`: perplexity, and with `thresholds` the target and the
+    measured sparsity (weighted by weights, plain mean, extremes over projections). `spon`
+    (SponVectors) adds the spontaneous neurons on top of the mask; rows then say "spon": true.
+    With `replicas`, data-parallel processes share every text's windows; each gets the same rows."""
+    replicas = replicas or Replicas()
+    rows = []
+    alphas = None if spon is None else spon.alphas  # the Sparsifier puts each where its projection computes
+    # one fingerprint check for all texts
+    sparsifier = Sparsifier(model, thresholds, alphas=alphas) if thresholds else None
+    for windows in windows_list:
+        row = {"corpus": windows.source, "method": thresholds.method if thresholds else "dense",
+               "target": thresholds.target if thresholds else 0.0}
+        if spon is not None:
+            row["spon"] = True
+        if sparsifier is None:
+            result = perplexity(model, windows, batch_size=batch_size, progress=progress, desc=windows.source,
+                                replicas=replicas)
+        else:
+            sparsifier.reset_stats()  # measured sparsity per text
+            with sparsifier:
+                result = perplexity(model, windows, batch_size=batch_size, progress=progress,
+                                    desc=f"{windows.source} {thresholds.method}@{thresholds.target:g}",
+                                    replicas=replicas)
+            if replicas.active:
+                sparsifier.set_counts(replicas.sum(sparsifier.counts()))  # every process's share
+            per_projection = sparsifier.measured()
+            summary = sparsifier.summary()
+            row.update(measured=summary["weighted"], measured_mean=summary["mean"],
+                       measured_min=min(per_projection.values()), measured_max=max(per_projection.values()))
+        rows.append({**row, **result.as_dict(), "available_windows": windows.available})
+    return rows

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sponlib.models import load_model, prepare_model
+from sponlib.models.loading import load_model
+from sponlib.models.gguf import prepare_model
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,7 @@ def tiny_model_dir(tmp_path_factory):
     CLI plumbing runs in seconds on real text. Never a source of results."""
     from transformers import AutoTokenizer
 
-    from sponlib.tiny import tiny_model
+    from sponlib.models.tiny import tiny_model
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tiny_model("llama", vocab_size=49152).save_pretrained(folder)

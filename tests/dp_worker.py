@@ -13,9 +13,10 @@ import torch
 
 from sponlib.data import Windows
 from sponlib.distributed import Replicas
-from sponlib.sweep import evaluate
-from sponlib.tiny import quantile_thresholds, tiny_model
-from sponlib.training import TrainConfig, train_spon
+from sponlib.perplexity import evaluate
+from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.models.tiny import tiny_model
+from sponlib.spon.training import TrainConfig, train_spon
 
 STEPS = 20
 

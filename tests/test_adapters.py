@@ -5,9 +5,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from sponlib.adapters import INPUT_GROUPS, ROLES, Adapter, block_projections, iter_projections, register_adapter
+from sponlib.models.adapters import Adapter, INPUT_GROUPS, ROLES, block_projections, iter_projections, register_adapter
 from sponlib.errors import UnsupportedArchitectureError
-from sponlib.tiny import TINY_ARCHITECTURES, tiny_config, tiny_model
+from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)

@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from sponlib.adapters import block_projections
-from sponlib.analysis import (LayerAnalysis, Variant, capture_variants, compare, mean_residuals, pca_trajectories,
-                              separation, spon_alignment)
-from sponlib.calibration import calibrate
-from sponlib.capture import capture, lens_logprobs, select_tokens
+from sponlib.models.adapters import block_projections
+from sponlib.analysis.layers import LayerAnalysis
+from sponlib.analysis.compare import Variant, capture_variants, compare, pca_paths
+from sponlib.analysis.alignment import mean_residuals, spon_alignment
+from sponlib.analysis.separation import separation
+from sponlib.sparsity.calibration import calibrate
+from sponlib.analysis.capture import capture, select_tokens
+from sponlib.models.head import lens_logprobs
 from sponlib.errors import InvalidArgumentError
-from sponlib.sparsity import Sparsifier
-from sponlib.spon import SponVectors
-from sponlib.tiny import TINY_ARCHITECTURES, tiny_model
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.spon.vectors import SponVectors
+from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_model
 
 
 def _ids(n=3, length=20, seed=1):
@@ -107,7 +110,7 @@ def test_compare_is_exact_for_identical_runs_and_grows_with_sparsity():
                 Variant("m0.25", calibration.thresholds(0.25, "teal")), Variant("m0.5", calibration.thresholds(0.5, "teal"))]
     caps = capture_variants(model, ids, variants, progress=False)
     same = compare(model, caps["dense"], caps["again"])
-    from sponlib.analysis import dense_lens, lens_kl
+    from sponlib.analysis.compare import dense_lens, lens_kl
     for per_pass in (1, 25, 10_000):  # one layer, some layers, all layers per head pass
         assert lens_kl(model, caps["dense"], caps["m0.5"], 20, rows_per_pass=per_pass) == pytest.approx(
             lens_kl(model, caps["dense"], caps["m0.5"], 20, reference=dense_lens(model, caps["dense"], 20)), abs=1e-6)
@@ -144,11 +147,11 @@ def test_spon_alignment_finds_a_vector_set_to_the_mean_residual():
     assert rows[name]["norm_ratio"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_pca_trajectories_shapes():
+def test_pca_paths_shapes():
     model, calibration, _ = _setup()
     caps = capture_variants(model, _ids(), [Variant("dense"), Variant("masked", calibration.thresholds(0.5, "teal"))],
                             progress=False)
-    out = pca_trajectories(caps)
+    out = pca_paths(caps)
     assert set(out["paths"]) == {"dense", "masked"} and out["paths"]["masked"].shape == (2, 2)
     assert len(out["explained"]) == 2 and 0 < sum(out["explained"]) <= 1
 
@@ -206,7 +209,7 @@ def test_layer_analysis_cache_is_bounded():
 
 
 def test_analysis_record_on_a_tiny_model():
-    from sponlib.analysis_record import run_analysis
+    from sponlib.experiments.representation import run_analysis
 
     model, calibration, vectors = _setup()
     spon = {0.5: (vectors, calibration.thresholds(0.5, "teal")), 0.7: (vectors, calibration.thresholds(0.7, "teal"))}
@@ -230,11 +233,12 @@ def test_analysis_record_on_a_tiny_model():
 def test_the_record_reproduces_on_the_real_model(default_model):
     """Recompute two of the record's numbers from scratch: window 0's drift and CKA at the last
     block, masked at 0.5, with the record's windows and token sample."""
-    from sponlib.analysis_record import _tokens
-    from sponlib.calibration import Calibration
-    from sponlib.data import data_dir, load_corpus, load_windows
-    from sponlib.metrics import linear_cka, relative_drift
-    from sponlib.report import results_dir
+    from sponlib.experiments.representation import _tokens
+    from sponlib.sparsity.calibration import Calibration
+    from sponlib.paths import data_dir
+    from sponlib.data import load_corpus, load_windows
+    from sponlib.analysis.metrics import linear_cka, relative_drift
+    from sponlib.records import results_dir
 
     record = json.loads((results_dir() / "analysis_smollm2.json").read_text())
     model, tokenizer = default_model

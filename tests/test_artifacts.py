@@ -7,8 +7,8 @@ import torch
 
 from sponlib.artifacts import artifacts_dir, shipped_calibration, shipped_spon, spon_files
 from sponlib.errors import CorruptFileError, InvalidArgumentError
-from sponlib.report import load_result, source_line
-from sponlib.tiny import tiny_model
+from sponlib.records import load_result, source_line
+from sponlib.models.tiny import tiny_model
 
 
 def test_spon_files_lists_levels_and_names_what_is_missing(tmp_path):
@@ -51,7 +51,7 @@ def test_load_result_reads_records_and_refuses_bad_ones(monkeypatch, tmp_path):
     assert record["kind"] == "perplexity" and "smollm2-135m" in source_line(record)
     assert record["command"] in source_line(record)
     assert source_line(load_result("gemv_cpu.json")).startswith("float32, ")  # no model: none named
-    monkeypatch.setattr("sponlib.report.results_dir", lambda: tmp_path)
+    monkeypatch.setattr("sponlib.records.results_dir", lambda: tmp_path)
     (tmp_path / "broken.json").write_text('{"kind": "perplexity", "results": [')
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(CorruptFileError, match="not valid JSON"):

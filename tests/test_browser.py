@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sponlib import figures
+from sponlib.reports import png
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "01_activation_sparsity.ipynb"
@@ -57,8 +57,8 @@ def chromium_path() -> str:
     """The chromium binary to drive (the one the README figures use); the test fails, not skips,
     without one."""
     try:
-        return figures.chromium_path()
-    except figures.BrowserNotFoundError as e:
+        return png.chromium_path()
+    except png.BrowserNotFoundError as e:
         pytest.fail(str(e), pytrace=False)
 
 

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sponlib.data import (AUSTEN_TEST_NOVEL, AUSTEN_TRAIN_NOVELS, BROWN_GENRES, TokenStream, corpus_names,
-                          data_dir, hub_dataset, load_corpus, load_windows, text_file, token_windows,
-                          tokenize_source)
+from sponlib.data import AUSTEN_TEST_NOVEL, AUSTEN_TRAIN_NOVELS, BROWN_GENRES, TokenStream, corpus_names, hub_dataset, load_corpus, load_windows, text_file, token_windows, tokenize_source
+from sponlib.paths import data_dir
 from sponlib.errors import DataError
 
 

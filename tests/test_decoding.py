@@ -8,11 +8,13 @@ import copy
 import pytest
 import torch
 
-from sponlib.decoding import StaticDecoder
+from sponlib.kernels.decoding import StaticDecoder
 from sponlib.errors import InvalidArgumentError
 from sponlib.kernels import sparse_linears, swap_in
-from sponlib.sparsity import Sparsifier, Thresholds
-from sponlib.tiny import quantile_thresholds, tiny_model
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.sparsity.thresholds import Thresholds
+from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.models.tiny import tiny_model
 
 
 def _model(dtype=torch.float32):

@@ -155,7 +155,7 @@ def test_train_under_torchrun_writes_the_vectors_of_one_process(tiny_model_dir, 
     assert two.stdout.count("wrote") == 2  # rank 0 alone reports (and writes) the vectors and the record
     one = single(*sponlib_command(*train, "--out", str(tmp_path / "one" / "spon.safetensors")))
     assert one.returncode == 0, one.stderr
-    from sponlib.spon import SponVectors
+    from sponlib.spon.vectors import SponVectors
 
     vectors = {n: SponVectors.load(tmp_path / n / "spon.safetensors") for n in ("one", "two")}
     assert vectors["two"].meta["training"]["processes"] == 2 and vectors["two"].meta["training"]["backend"] == "gloo"

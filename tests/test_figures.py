@@ -11,9 +11,11 @@ import plotly.basedatatypes
 import plotly.io as pio
 import pytest
 
-from sponlib import figures
 from sponlib.cli import main
-from sponlib.report import RECOVERY_TARGETS, results_dir
+from sponlib.experiments import figures
+from sponlib.experiments.protocol import RECOVERY_TARGETS
+from sponlib.records import results_dir
+from sponlib.reports import png
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "figures"
@@ -36,7 +38,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_drift_figure_shows_the_records_drift_per_layer():
     analysis = record(figures.ANALYSIS_RECORD)
     levels = sorted(analysis["levels"])
-    fig = figures.drift_per_layer()
+    fig = figures.drift_figure()
     assert {levels[0], analysis["main_level"], levels[-1]} == set(figures.drift_levels(analysis))
     assert [trace.name for trace in fig.data] == [f"{kind}@{level}" for level in figures.drift_levels(analysis)
                                                   for kind in ("masked", "spon")]
@@ -49,7 +51,7 @@ def test_recovery_figure_shows_the_records_recovery_and_the_targets():
     recovery = record(figures.RECOVERY_RECORD)
     texts = [test["source"] for test in recovery["settings"]["test"]]
     levels = [row for row in recovery["experiments"] if row["group"] == "levels"]
-    fig = figures.spon_recovery()
+    fig = figures.recovery_figure()
     bars = [trace for trace in fig.data if trace.type == "bar"]
     assert [bar.name for bar in bars] == texts
     for bar in bars:
@@ -63,7 +65,7 @@ def test_recovery_figure_shows_the_records_recovery_and_the_targets():
 
 def test_cka_figure_shows_the_records_heatmaps_on_one_scale():
     analysis = record(figures.ANALYSIS_RECORD)
-    fig = figures.cka_heatmaps()
+    fig = figures.cka_figure()
     left, right = fig.data
     assert np.array_equal(np.asarray(left.z), np.asarray(analysis["cka_heatmap"]["masked"]))
     assert np.array_equal(np.asarray(right.z), np.asarray(analysis["cka_heatmap"]["spon"]))
@@ -89,17 +91,17 @@ def test_every_figure_is_titled_and_shows_nothing(name, monkeypatch, capsys):
 
 def test_chromium_comes_from_sponlib_chromium_and_its_absence_is_explained(monkeypatch, tmp_path):
     monkeypatch.setenv("SPONLIB_CHROMIUM", str(tmp_path / "no-such-chromium"))
-    with pytest.raises(figures.BrowserNotFoundError, match="SPONLIB_CHROMIUM"):
-        figures.chromium_path()
+    with pytest.raises(png.BrowserNotFoundError, match="SPONLIB_CHROMIUM"):
+        png.chromium_path()
     fake = tmp_path / "chromium"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("SPONLIB_CHROMIUM", str(fake))
-    assert figures.chromium_path() == str(fake)
+    assert png.chromium_path() == str(fake)
     monkeypatch.delenv("SPONLIB_CHROMIUM")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(figures.BrowserNotFoundError, match="make browser"):
-        figures.chromium_path()
+    with pytest.raises(png.BrowserNotFoundError, match="make browser"):
+        png.chromium_path()
 
 
 def test_unknown_figure_names_are_refused_before_anything_renders(tmp_path, capsys):
@@ -111,14 +113,14 @@ def test_unknown_figure_names_are_refused_before_anything_renders(tmp_path, caps
 def test_export_writes_pngs_of_the_promised_size(tmp_path):
     """Starts chromium: fails, never skips, where there is none (CI installs it with `make browser`)."""
     try:
-        figures.chromium_path()
-    except figures.BrowserNotFoundError as error:
+        png.chromium_path()
+    except png.BrowserNotFoundError as error:
         pytest.fail(f"cannot test the figure export: {error}")
-    written = figures.export_figures(tmp_path, scale=1)
+    written = png.export_figures(tmp_path, scale=1)
     assert written == [tmp_path / f"{name}.png" for name in figures.FIGURES]
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in written)  # no temp files
     for name, path in zip(figures.FIGURES, written):
-        assert png_size(path.read_bytes()) == (figures.WIDTH, figures.FIGURES[name]().layout.height), name
+        assert png_size(path.read_bytes()) == (png.WIDTH, figures.FIGURES[name]().layout.height), name
 
 
 @pytest.mark.parametrize("name", figures.FIGURES)
@@ -127,7 +129,7 @@ def test_every_figure_is_committed_as_a_modest_png(name):
     assert path.is_file(), f"{path} is missing: run `python -m sponlib figures`"
     data = path.read_bytes()
     height = figures.FIGURES[name]().layout.height
-    assert png_size(data) == (figures.WIDTH * figures.SCALE, height * figures.SCALE), "re-export it"
+    assert png_size(data) == (png.WIDTH * png.SCALE, height * png.SCALE), "re-export it"
     assert len(data) < MAX_PNG_BYTES
 
 
@@ -137,7 +139,7 @@ def test_docs_figures_holds_no_figure_that_is_not_registered():
 
 def test_task_figure_shows_the_records_values_and_intervals():
     tasks = record(figures.TASKS_RECORD)
-    fig = figures.task_scores()
+    fig = figures.tasks_figure()
     families = list(tasks["families"])
     traces = iter(fig.data)
     for task, source, metric, _ in figures.TASK_PANELS:

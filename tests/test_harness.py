@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 
-from sponlib.adapters import iter_projections
+from sponlib.models.adapters import iter_projections
 from sponlib.errors import FingerprintError, InvalidArgumentError
-from sponlib.models import load_model
-from sponlib.sparsity import Sparsifier
-from sponlib.spon import SponVectors, save_spon
+from sponlib.models.loading import load_model
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.spon.vectors import SponVectors, save_spon
 from sponlib.tasks import harness
-from sponlib.tiny import quantile_thresholds
+from sponlib.sparsity.thresholds import quantile_thresholds
 
 DATA = Path(__file__).parent / "data" / "harness"
 # Largest difference allowed between lm-eval's log-likelihood of a continuation and sponlib's own
@@ -164,12 +164,14 @@ def test_batched_scores_and_an_interrupted_call_leave_no_hook(lm_eval, tiny, tas
 def test_registered_model_loads_what_model_args_name(lm_eval, tiny, tiny_model_dir, tasks_dir, tmp_path):
     from lm_eval.api.registry import get_model
 
-    from sponlib.calibration import calibrate
+    from sponlib.sparsity.calibration import calibrate
 
     model, tokenizer, thresholds, spon = tiny
     harness.register()
     harness.register()  # idempotent
-    assert get_model("sponlib") is harness.SponlibLM
+    from sponlib.tasks.harness.model import SponlibLM
+
+    assert get_model("sponlib") is SponlibLM
     assert get_model("hf").__name__ == "HFLM"  # lm-eval's own models are still there
     thresholds.save(tmp_path / "thresholds.json")
     save_spon(spon, thresholds, tmp_path / "spon.safetensors")
@@ -207,10 +209,10 @@ def test_registered_model_loads_what_model_args_name(lm_eval, tiny, tiny_model_d
     ("sparsity=1.5", "must be in [0, 1)"),
     ("sparsity=half", "must be a number"),
     ("sparsity=0.5,method=topk", "unknown mask rule"),
-    ("spon=shipped", "add sparsity=LEVEL"),
+    ("spon=shipped", "name the sparsity"),
     ("spon=a.safetensors,thresholds=t.json", "one source of thresholds"),
     ("sparsity=0.5,calibration=c.safetensors,thresholds=t.json", "one source of thresholds"),
-    ("calibration=c.safetensors", "without sparsity"),
+    ("calibration=c.safetensors", "without a sparsity"),
     ("method=wina", "no mask rule"),
     ("sparsty=0.5", "unknown model_args key(s) sparsty"),
     ("model=a,pretrained=b", "twice"),
@@ -230,7 +232,7 @@ def test_bad_combinations_after_loading(lm_eval, tiny, tiny_model_dir, tasks_dir
     with pytest.raises(InvalidArgumentError, match="no calibration shipped"):
         harness.lm_from_model_args(f"model={folder},sparsity=0.5")
     save_spon(spon, thresholds, tmp_path / "spon.safetensors")
-    with pytest.raises(InvalidArgumentError, match="is for sparsity 0.5, not 0.4"):
+    with pytest.raises(InvalidArgumentError, match="made for sparsity 0.5, not 0.4"):
         harness.lm_from_model_args(f"model={folder},sparsity=0.4,spon={tmp_path / 'spon.safetensors'}")
     with pytest.raises(InvalidArgumentError, match="mask rule teal, not wina"):
         harness.lm_from_model_args(f"model={folder},method=wina,spon={tmp_path / 'spon.safetensors'}")
@@ -278,7 +280,8 @@ def test_imports_without_lm_eval_and_says_how_to_install_it():
     code = ("import sys; sys.modules['lm_eval'] = None\n"  # lm_eval and its submodules now fail to import
             "import sponlib.tasks.harness as h\n"
             "from sponlib.errors import MissingPackageError\n"
-            "for call in (lambda: h.harness_lm(None, None), lambda: h.run_harness('model=x', ['t']), h.register):\n"
+            "for call in (lambda: h.harness_lm(None, None), lambda: h.run_harness('model=x', ['t']), h.register,\n"
+            "             lambda: h.lm_from_model_args('model=x')):\n"
             "    try:\n"
             "        call()\n"
             "    except MissingPackageError as e:\n"

@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sponlib.adapters import iter_projections
+from sponlib.models.adapters import iter_projections
 from sponlib.errors import InvalidArgumentError, UnsupportedArchitectureError
-from sponlib.kernels import (FusedSparseLinear, SegmentOf, SparseLinear, input_major, new_workspace, ops, set_thresholds, sparse_gemv,
-                             sparse_gemv_reference, sparse_gemv_rows, sparse_linears, swap_in, swap_out)
+from sponlib.kernels import FusedSparseLinear, SegmentOf, SparseLinear, input_major, new_workspace, ops, set_thresholds, sparse_gemv, sparse_gemv_reference, sparse_gemv_rows, sparse_linears, swap_in, swap_out
 from sponlib.kernels.ops import check_gemv_arguments
-from sponlib.models import model_fingerprint
-from sponlib.sparsity import Sparsifier, Thresholds
-from sponlib.tiny import quantile_thresholds, tiny_model
+from sponlib.models.fingerprint import model_fingerprint
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.sparsity.thresholds import Thresholds
+from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.models.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

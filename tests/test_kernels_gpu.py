@@ -196,10 +196,11 @@ def test_sparse_linear_under_torch_compile_and_cuda_graphs_follows_new_threshold
 @needs_gpu
 def test_swapped_tiny_model_matches_the_hooked_projections_on_the_gpu():
     """Each SparseLinear, fed the input its hooked projection saw, gives the hooked output."""
-    from sponlib.adapters import iter_projections
-    from sponlib.models import model_fingerprint
-    from sponlib.sparsity import Sparsifier, Thresholds
-    from sponlib.tiny import tiny_model
+    from sponlib.models.adapters import iter_projections
+    from sponlib.models.fingerprint import model_fingerprint
+    from sponlib.sparsity.sparsifier import Sparsifier
+    from sponlib.sparsity.thresholds import Thresholds
+    from sponlib.models.tiny import tiny_model
 
     model = tiny_model("llama").to("cuda", torch.bfloat16)
     names = [p.name for p in iter_projections(model)]

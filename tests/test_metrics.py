@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from sponlib.errors import InvalidArgumentError, NumericalError
-from sponlib.metrics import (cka_matrix, cosine, debiased_cka, kl_divergence, linear_cka, minibatch_cka,
-                             pca_fit, pca_project, relative_drift)
+from sponlib.analysis.metrics import cka_matrix, cosine, debiased_cka, kl_divergence, linear_cka, minibatch_cka, pca_fit, pca_project, relative_drift
 
 
 def reference_cka(x: np.ndarray, y: np.ndarray) -> float:

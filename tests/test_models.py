@@ -12,7 +12,8 @@ import torch
 
 from sponlib.errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError
 from sponlib.io import atomic_directory
-from sponlib.models import KNOWN_MODELS, load_model, locate_gguf, prepare_model
+from sponlib.models.gguf import KNOWN_MODELS, locate_gguf, prepare_model
+from sponlib.models.loading import load_model
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -179,7 +180,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
 
 def test_a_tokenizer_that_does_not_survive_saving_is_refused(default_tokenizer):
-    from sponlib.models import check_saved_tokenizer, check_tokenizer
+    from sponlib.models.gguf import check_saved_tokenizer, check_tokenizer
 
     class CharacterTokenizer:  # what transformers 5.17 reloads after saving Gemma-3's GGUF tokenizer
         def __call__(self, text, add_special_tokens=True):

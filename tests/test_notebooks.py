@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from nbval.plugin import find_comment_markers
 
-from sponlib.report import results_dir
+from sponlib.records import results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

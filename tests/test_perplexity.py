@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from sponlib.data import load_corpus, load_windows
 from sponlib.errors import InvalidArgumentError, NumericalError
 from sponlib.perplexity import perplexity
-from sponlib.tiny import tiny_model
+from sponlib.models.tiny import tiny_model
 
 
 def _hand_computed_ppl(model, ids):

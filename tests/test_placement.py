@@ -7,15 +7,18 @@ import json
 import pytest
 import torch
 
-from sponlib.calibration import calibrate
+from sponlib.sparsity.calibration import calibrate
 from sponlib.errors import InvalidArgumentError
-from sponlib.models import load_model, model_fingerprint, prepare_model
+from sponlib.models.loading import load_model
+from sponlib.models.fingerprint import model_fingerprint
+from sponlib.models.gguf import prepare_model
 from sponlib.perplexity import perplexity
-from sponlib.placement import execution_device, input_device, is_offloaded, is_sharded, onloaded, placement_record
-from sponlib.sparsity import Sparsifier
-from sponlib.spon import SponVectors
-from sponlib.tiny import quantile_thresholds, tiny_model
-from sponlib.training import TrainConfig, train_spon
+from sponlib.models.placement import execution_device, input_device, is_offloaded, is_sharded, onloaded, placement_record
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.spon.vectors import SponVectors
+from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.models.tiny import tiny_model
+from sponlib.spon.training import TrainConfig, train_spon
 
 OFFLOADED = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
              "model.rotary_emb": "cpu", "lm_head": "cpu"}

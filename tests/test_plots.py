@@ -10,7 +10,7 @@ import plotly.io as pio
 import pytest
 import torch
 
-from sponlib import plots
+from sponlib.viz import plots
 from sponlib.errors import InvalidArgumentError
 
 CURVES = {"dense": [0.0, 0.0, 0.0, 0.0], "masked": [0.1, 0.2, math.nan, 0.4], "spon": [0.05, 0.1, 0.12, 0.2]}

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sponlib.report import results_dir, update_readme
+from sponlib.records import results_dir
+from sponlib.reports.readme import update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +119,7 @@ def test_analysis_record_compares_dense_masked_and_spon_layer_by_layer():
 
     import numpy as np
 
-    from sponlib.analysis import separation
+    from sponlib.analysis.separation import separation
 
     record = json.loads((results_dir() / "analysis_smollm2.json").read_text())
     assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"

@@ -7,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sponlib.adapters import block_projections, decoder_layers, iter_projections
-from sponlib.calibration import PROTOCOL_LEVELS, Calibration, calibrate
+from sponlib.models.adapters import block_projections, decoder_layers, iter_projections
+from sponlib.sparsity.calibration import Calibration, REFINE_LEVELS as PROTOCOL_LEVELS, calibrate
 from sponlib.errors import CorruptFileError, FingerprintError, InvalidArgumentError
-from sponlib.greedy import GRID, _BlockProbe, capture_blocks
-from sponlib.sparsity import METHODS, Sparsifier, Thresholds, check_sparsity
-from sponlib.tiny import TINY_ARCHITECTURES, tiny_model
+from sponlib.sparsity.allocation import GRID, _BlockProbe, capture_blocks
+from sponlib.sparsity.rules import METHODS, check_sparsity
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.sparsity.thresholds import Thresholds
+from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_model
 
 
 @pytest.fixture(scope="module")

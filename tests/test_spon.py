@@ -9,14 +9,17 @@ import sys
 import pytest
 import torch
 
-from sponlib.adapters import iter_projections
-from sponlib.calibration import calibrate
+from sponlib.models.adapters import iter_projections
+from sponlib.sparsity.calibration import calibrate
 from sponlib.errors import CorruptFileError, FingerprintError, InvalidArgumentError, UnsupportedArchitectureError
-from sponlib.export import THRESHOLDS_FILE, fold_and_export
-from sponlib.sparsity import Sparsifier, Thresholds
-from sponlib.spon import SponVectors, load_spon, save_spon, thresholds_path
-from sponlib.tiny import TINY_ARCHITECTURES, tiny_model
-from sponlib.training import TrainConfig, final_hidden, head_logits, kl_to_teacher, train_spon
+from sponlib.spon.export import THRESHOLDS_FILE, fold_and_export
+from sponlib.sparsity.sparsifier import Sparsifier
+from sponlib.sparsity.thresholds import Thresholds
+from sponlib.spon.vectors import SponVectors, load_spon, save_spon, thresholds_path
+from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_model
+from sponlib.spon.training import TrainConfig, train_spon
+from sponlib.models.head import final_hidden, head_logits
+from sponlib.spon.distillation import kl_to_teacher
 
 
 def _ids(n, length=32, seed=1):
@@ -205,9 +208,6 @@ def test_a_diverging_run_falls_back_to_the_plain_mask():
 def test_an_interrupted_run_resumes_exactly(tmp_path, trained):
     model, thresholds, config, straight = trained
     checkpoint = tmp_path / "run.ckpt"
-
-    import sponlib.training
-
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
 
@@ -218,7 +218,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, trained):
         return real_step(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(sponlib.training.torch.optim.AdamW, "step", step_then_interrupt)
+        patch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
         train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
     assert checkpoint.exists()
     with pytest.raises(InvalidArgumentError, match="belongs to another run"):
@@ -286,7 +286,7 @@ def test_thresholds_are_refitted_to_their_levels_under_the_vectors():
     with torch.no_grad(), Sparsifier(model, thresholds, alphas=vectors.alphas) as stale:
         model(ids)
     assert max(abs(v - 0.6) for v in stale.measured().values()) > 0.03  # vectors moved the inputs
-    from sponlib.calibration import refine_thresholds
+    from sponlib.sparsity.calibration import refine_thresholds
 
     taus = refine_thresholds(model, ids, "teal", thresholds.levels, vectors.alphas)
     refitted = Thresholds(thresholds.method, 0.6, thresholds.levels, taus, thresholds.fingerprint)
@@ -307,7 +307,7 @@ def test_training_returns_thresholds_refitted_at_the_best_step():
 @pytest.mark.slow
 @pytest.mark.parametrize("level", [0.25, 0.4, 0.5, 0.6, 0.7])
 def test_shipped_vectors_load_on_the_default_model(default_model, level):
-    from sponlib.data import data_dir
+    from sponlib.paths import data_dir
 
     model, _ = default_model
     path = data_dir() / "artifacts" / "smollm2-135m" / f"spon-teal-{level:g}.safetensors"
@@ -319,7 +319,8 @@ def test_shipped_vectors_load_on_the_default_model(default_model, level):
 
 @pytest.mark.slow
 def test_shipped_vectors_repair_the_default_model_on_held_out_text(default_model):
-    from sponlib.data import data_dir, load_corpus, load_windows
+    from sponlib.paths import data_dir
+    from sponlib.data import load_corpus, load_windows
     from sponlib.perplexity import perplexity
 
     model, tokenizer = default_model
@@ -349,7 +350,8 @@ def test_default_model_export_reproduces_its_spon_logits(default_model, tmp_path
     positions), and what must agree is the perplexity."""
     from transformers import AutoModelForCausalLM
 
-    from sponlib.data import data_dir, load_corpus, load_windows
+    from sponlib.paths import data_dir
+    from sponlib.data import load_corpus, load_windows
 
     model, tokenizer = default_model
     vectors, thresholds = load_spon(data_dir() / "artifacts" / "smollm2-135m" / "spon-teal-0.5.safetensors", model)

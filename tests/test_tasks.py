@@ -8,15 +8,15 @@ import re
 import pytest
 import torch
 
-from sponlib.calibration import calibrate
+from sponlib.sparsity.calibration import calibrate
 from sponlib.data import load_corpus
 from sponlib.errors import CorruptFileError, DataError, InvalidArgumentError
-from sponlib.spon import SponVectors
+from sponlib.spon.vectors import SponVectors
 from sponlib.tasks import choice, cloze, drift, knowledge
 from sponlib.tasks.intervals import bootstrap_mean, paired_difference, wilson
 from sponlib.tasks.passages import blocks, check_held_out, passages, split_sentences, word_count
 from sponlib.tasks.scoring import ContinuationScore, score_requests
-from sponlib.tiny import tiny_model
+from sponlib.models.tiny import tiny_model
 
 
 # ------------------------------------------------------------------ passages and builders
@@ -271,7 +271,7 @@ def tiny_family(tiny):
 
 
 def test_record_runs_every_cell_resumes_and_summarises(tmp_path, tiny_family, monkeypatch):
-    from sponlib.tasks import record
+    from sponlib.experiments import tasks as record
 
     model, tokenizer, calibration, spon = tiny_family
     path = tmp_path / "tasks.json"
@@ -301,7 +301,7 @@ def test_record_runs_every_cell_resumes_and_summarises(tmp_path, tiny_family, mo
 
 
 def test_record_refuses_a_file_that_is_not_a_tasks_record(tmp_path, tiny_family):
-    from sponlib.tasks import record
+    from sponlib.experiments import tasks as record
 
     model, tokenizer, calibration, spon = tiny_family
     path = tmp_path / "other.json"
@@ -318,7 +318,9 @@ def test_record_refuses_a_file_that_is_not_a_tasks_record(tmp_path, tiny_family)
 
 
 def test_tasks_record_covers_both_families_and_agrees_with_its_outcomes():
-    from sponlib.report import load_result, render_tasks, task_verdicts
+    from sponlib.records import load_result
+    from sponlib.reports.quality import render_tasks
+    from sponlib.experiments.tasks import task_verdicts
 
     record = load_result("tasks.json")
     assert set(record["families"]) == {"smollm2-135m", "gemma3-270m"}
@@ -341,7 +343,7 @@ def test_tasks_record_covers_both_families_and_agrees_with_its_outcomes():
 
 
 def test_task_verdicts_follow_the_direction_of_each_metric():
-    from sponlib.report import task_verdicts
+    from sponlib.experiments.tasks import task_verdicts
 
     def row(task, source, metric, ci):
         return {"task": task, "source": source, "metric": metric, "level": 0.5, "spon_minus_masked": {"ci": ci}}

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from sponlib.analysis import LayerAnalysis
-from sponlib.calibration import calibrate
+from sponlib.analysis.layers import LayerAnalysis
+from sponlib.sparsity.calibration import calibrate
 from sponlib.errors import InvalidArgumentError
-from sponlib.spon import SponVectors
-from sponlib.tiny import tiny_model
-from sponlib.widgets import DriftExplorer, ThresholdExplorer
+from sponlib.spon.vectors import SponVectors
+from sponlib.models.tiny import tiny_model
+from sponlib.viz.widgets import DriftExplorer, ThresholdExplorer
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,16 @@
     triton_gemv   the Triton kernel for one token on the GPU (needs triton)
     ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
     module        `SparseLinear`, and swapping it into a Hugging Face model and back
+    decoding      `StaticDecoder`: batch-1 greedy decoding with a static KV cache, captured whole
 
 A projection y = W x + b under activation sparsity reads only the weight rows of its kept inputs
 when W is stored input-major (Wᵀ, shape (in, out)): a zeroed input skips one contiguous row.
 """
 
+from .decoding import StaticDecoder
 from .module import FusedSparseLinear, SegmentOf, SparseLinear, set_thresholds, sparse_linears, swap_in, swap_out
 from .ops import new_workspace, sparse_gemv
 from .reference import input_major, keep_mask, sparse_gemv_reference, sparse_gemv_rows
 
-__all__ = ["FusedSparseLinear", "SegmentOf", "SparseLinear", "input_major", "keep_mask", "new_workspace", "set_thresholds", "sparse_gemv", "sparse_gemv_reference",
+__all__ = ["FusedSparseLinear", "StaticDecoder", "SegmentOf", "SparseLinear", "input_major", "keep_mask", "new_workspace", "set_thresholds", "sparse_gemv", "sparse_gemv_reference",
            "sparse_gemv_rows", "sparse_linears", "swap_in", "swap_out"]

@@ -20,10 +20,11 @@ import math
 import torch
 from torch import nn
 
-from ..adapters import block_projections
 from ..errors import InvalidArgumentError
-from ..models import check_fingerprint
-from ..sparsity import Thresholds, comparison_dtype, score_weights
+from ..models.adapters import block_projections
+from ..models.fingerprint import check_fingerprint
+from ..sparsity.rules import comparison_dtype, score_weights
+from ..sparsity.thresholds import Thresholds
 from .ops import new_workspace, sparse_gemv
 from .reference import input_major, sparse_gemv_reference
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from ..sparsity import input_scores
+from ..sparsity.rules import input_scores
 
 
 def input_major(weight: torch.Tensor) -> torch.Tensor:

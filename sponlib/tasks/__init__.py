@@ -8,7 +8,7 @@ file in, a list of examples out) and a scorer (model in, per-example outcomes ou
     knowledge  short factual prompts from data/tasks/knowledge.json, first-token top-1 / top-5
     drift      greedy continuations against the dense model's: agreement, first divergence, repetition
 
-`sponlib.tasks.record` runs them all for dense, masked and SPON models and writes
-data/results/tasks.json; `sponlib.tasks.harness` lets lm-evaluation-harness evaluate a
-sparsified or SPON model.
+`sponlib.experiments.tasks` runs them all for dense, masked and SPON models and writes
+data/results/tasks.json. One integration sits beside them: `sponlib.tasks.harness` lets
+lm-evaluation-harness evaluate a sparsified or SPON model.
 """

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import leading_special_token
 from ..errors import InvalidArgumentError
-from ..placement import input_device
+from ..models.placement import input_device
 from .passages import check_held_out, passages
 
 PROMPT_TOKENS, NEW_TOKENS, NGRAM = 32, 64, 4

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import data_dir
+from ..paths import data_dir
 from ..errors import CorruptFileError
 from .scoring import score_requests
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import DataError, InvalidArgumentError, NumericalError
-from ..placement import input_device
-from ..training import final_hidden, head_logits
+from ..models.head import final_hidden, head_logits
+from ..models.placement import input_device
 
 
 @dataclass(frozen=True)

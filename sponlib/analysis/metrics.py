@@ -1,0 +1,155 @@
+"""How far apart two sets of representations are: relative drift, cosine, linear CKA (plain,
+debiased, minibatch), PCA, and the KL divergence between next-token distributions.
+
+Every function takes states as (N, d) tensors whose rows are the same N tokens in both
+arguments (paired), except CKA, which only needs the same tokens in the same order and compares
+the geometry of the two sets, so d may differ. Pure tensor maths, no model.
+
+CKA (Kornblith et al., 2019) with linear kernels:
+    CKA(X, Y) = ‖Ycᵀ Xc‖²_F / (‖Xcᵀ Xc‖_F ‖Ycᵀ Yc‖_F),  Xc, Yc column-centred.
+It is invariant to orthogonal transforms and isotropic scaling of either side, which is why it
+saturates near 1 for a model and a slightly perturbed copy of itself. The plain estimator is
+biased upwards for few tokens; `debiased_cka` uses the unbiased HSIC estimator (Song et al., 2012)
+and `minibatch_cka` averages it over minibatches (Nguyen et al., 2021) for many tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidArgumentError, NumericalError
+
+
+def _paired(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.shape != b.shape or a.dim() != 2 or a.shape[0] == 0:
+        raise InvalidArgumentError(f"expected two (N, d) tensors of one shape with N >= 1; got "
+                                   f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise NumericalError("NaN or infinite states: the sparse model diverged or the dtype overflowed")
+    return a.double(), b.double()
+
+
+def relative_drift(states: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over tokens of ‖h − h_ref‖ / ‖h_ref‖. Per token, then averaged, so that the few
+    tokens with huge residual norms (the first position of a window) do not dominate."""
+    h, ref = _paired(states, reference)
+    return float(((h - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).mean())
+
+
+def cosine(states: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over tokens of the cosine between h and h_ref."""
+    h, ref = _paired(states, reference)
+    return float(F.cosine_similarity(h, ref, dim=1, eps=1e-12).mean())
+
+
+def _two_sets(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise InvalidArgumentError(f"CKA needs (N, d1) and (N, d2) states of the same N tokens; got "
+                                   f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] < 4:
+        raise InvalidArgumentError(f"CKA needs at least 4 tokens; got {x.shape[0]}")
+    return x, y
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of (N, d1) and (N, d2) states in float64: through d x d cross-covariances, or
+    through N x N Gram matrices when there are fewer tokens than features (cheaper then)."""
+    x, y = _two_sets(x, y)
+    xc = x.double() - x.double().mean(0)  # (N, d1)
+    yc = y.double() - y.double().mean(0)  # (N, d2)
+    if x.shape[0] < max(x.shape[1], y.shape[1]):
+        k, l = xc @ xc.T, yc @ yc.T  # (N, N) each
+        cross, norms = (k * l).sum(), k.norm() * l.norm()
+    else:
+        cross = (yc.T @ xc).square().sum()  # ‖Ycᵀ Xc‖²_F
+        norms = (xc.T @ xc).norm() * (yc.T @ yc).norm()
+    return float(cross / norms) if norms > 0 else float("nan")
+
+
+def _unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator of two (n, n) Gram matrices (Song et al., 2012), up to a constant
+    factor that cancels in CKA. Needs n >= 4."""
+    n = k.shape[0]
+    k = k - torch.diag(torch.diag(k))  # zero diagonals
+    l = l - torch.diag(torch.diag(l))
+    ones = torch.ones(n, dtype=k.dtype, device=k.device)
+    trace = (k * l).sum()
+    middle = (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+    last = 2.0 * (ones @ k) @ (l @ ones) / (n - 2)
+    return (trace + middle - last) / (n * (n - 3))
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x @ x.T  # (n, n)
+
+
+def debiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA with the unbiased HSIC estimator on all N tokens ((N, N) Gram matrices: keep N
+    to a few thousand, or use `minibatch_cka`)."""
+    x, y = _two_sets(x, y)
+    k, l = _gram(x), _gram(y)
+    denominator = torch.sqrt(_unbiased_hsic(k, k) * _unbiased_hsic(l, l))
+    return float(_unbiased_hsic(k, l) / denominator) if denominator > 0 else float("nan")
+
+
+def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256, seed: int = 0) -> float:
+    """CKA from unbiased HSIC averaged over seeded minibatches of `batch_size` tokens (Nguyen et
+    al., 2021): memory O(batch_size²) however many tokens."""
+    x, y = _two_sets(x, y)
+    if batch_size < 4:
+        raise InvalidArgumentError(f"batch_size must be at least 4; got {batch_size}")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    xy = xx = yy = torch.zeros((), dtype=torch.float64)
+    for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches only
+        rows = order[start:start + batch_size]
+        k, l = _gram(x[rows]), _gram(y[rows])
+        xy, xx, yy = xy + _unbiased_hsic(k, l), xx + _unbiased_hsic(k, k), yy + _unbiased_hsic(l, l)
+    if xx == 0:  # fewer tokens than one batch
+        return debiased_cka(x, y)
+    return float(xy / torch.sqrt(xx * yy))
+
+
+def cka_matrix(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> np.ndarray:
+    """Linear CKA of every pair (xs[i], ys[j]): (len(xs), len(ys)). Through normalised centred
+    Gram matrices in one matrix product when there are few tokens, pair by pair otherwise."""
+    if not xs or not ys:
+        raise InvalidArgumentError("cka_matrix needs at least one state on each side")
+    n = xs[0].shape[0]
+    if n > 1024:
+        return np.array([[linear_cka(x, y) for y in ys] for x in xs])
+
+    def flat_grams(states):
+        grams = []
+        for s in states:
+            s = _two_sets(s, xs[0])[0].double()
+            s = s - s.mean(0)  # (N, d)
+            gram = s @ s.T  # (N, N)
+            grams.append((gram / gram.norm().clamp_min(1e-300)).reshape(-1))
+        return torch.stack(grams)  # (layers, N * N)
+
+    return (flat_grams(xs) @ flat_grams(ys).T).numpy()  # ⟨K̂x, K̂y⟩_F = CKA
+
+
+def pca_fit(reference: torch.Tensor, n_components: int = 2):
+    """A scikit-learn PCA fitted on (N, d) reference states (the dense model's)."""
+    from sklearn.decomposition import PCA
+
+    reference = torch.as_tensor(reference)
+    if reference.dim() != 2 or reference.shape[0] < n_components:
+        raise InvalidArgumentError(f"PCA needs (N, d) states with N >= {n_components}; got {tuple(reference.shape)}")
+    return PCA(n_components=n_components, svd_solver="full").fit(reference.double().numpy())
+
+
+def pca_project(pca, states: torch.Tensor) -> np.ndarray:
+    """(N, d) states in the fitted PCA's coordinates: (N, n_components)."""
+    return pca.transform(torch.as_tensor(states).double().numpy())
+
+
+def kl_divergence(reference_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(p_ref ‖ p) in nats from log-probabilities: (N, V), (N, V) -> (N,)."""
+    return (reference_logprobs.exp() * (reference_logprobs - logprobs)).sum(-1)

@@ -1,0 +1,206 @@
+"""The options several commands share, declared once: model, placement, text, windows, trained
+vectors, calibration and training. Defaults come from the protocol (sponlib.experiments.protocol)
+and the library's own defaults, so that `--help` and the records agree with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..experiments import protocol
+from ..spon.training import TrainConfig
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """'0.25,0.5' -> (0.25, 0.5)."""
+    return tuple(float(x) for x in text.split(","))
+
+
+def names(text: str) -> list[str]:
+    """'teal,wina' -> ['teal', 'wina'] (empty items dropped)."""
+    return [item for item in text.split(",") if item]
+
+
+def memory_limits(text: str) -> dict:
+    """'0=70GiB,cpu=200GiB' -> {0: '70GiB', 'cpu': '200GiB'}."""
+    limits = {}
+    for item in text.split(","):
+        device, sep, size = item.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not DEVICE=SIZE (e.g. 0=70GiB or cpu=200GiB)")
+        device = device.strip()
+        limits[int(device) if device.isdigit() else device] = size.strip()
+    return limits
+
+
+def add_model(p: argparse.ArgumentParser, device: bool = True) -> None:
+    p.add_argument(
+        "--model",
+        default=protocol.MODEL,
+        help=f"known name, local Hugging Face folder or hub id (default: {protocol.MODEL})",
+    )
+    p.add_argument("--dtype", default=protocol.DTYPE, help="float32 (default), bfloat16 or float16")
+    if device:
+        p.add_argument(
+            "--device",
+            default="cpu",
+            help="cpu (default), cuda, cuda:N or auto; under torchrun, cuda is each process's own GPU",
+        )
+
+
+def add_placement(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("a model larger than one device (instead of --device)")
+    g.add_argument(
+        "--device-map",
+        metavar="STRATEGY|FILE",
+        help="spread the model with accelerate: auto, balanced, balanced_low_0, sequential, or a JSON "
+        "file of module name -> device (0, cuda:1, cpu, disk)",
+    )
+    g.add_argument(
+        "--max-memory",
+        type=memory_limits,
+        metavar="DEVICE=SIZE,...",
+        help="per-device limits for a strategy, e.g. 0=70GiB,1=70GiB,cpu=200GiB",
+    )
+    g.add_argument("--offload-folder", metavar="DIR", help="where modules mapped to disk are kept")
+
+
+def add_text(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text (at least one; each is evaluated separately)")
+    g.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="named corpus (see `python -m sponlib corpora`); repeatable",
+    )
+    g.add_argument(
+        "--text-file", action="append", default=[], metavar="PATH", help="UTF-8 text file, .txt or .txt.gz; repeatable"
+    )
+    g.add_argument("--hf-dataset", metavar="PATH", help="datasets id or local folder (needs the hub for ids)")
+    g.add_argument("--hf-config", default=None, help="data set configuration, e.g. wikitext-2-raw-v1")
+    g.add_argument("--hf-split", default="test")
+    g.add_argument("--hf-column", default="text")
+
+
+def add_windows(p: argparse.ArgumentParser, windows: int = protocol.WINDOWS, seed_of: str = "the windows") -> None:
+    p.add_argument("--windows", type=int, default=windows, help=f"windows per text, 0 for all (default {windows})")
+    p.add_argument(
+        "--window-len",
+        type=int,
+        default=protocol.WINDOW_LEN,
+        help=f"tokens per window (default {protocol.WINDOW_LEN})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=protocol.SEED, help=f"seed that picks {seed_of} (default {protocol.SEED})"
+    )
+
+
+def add_trained(p: argparse.ArgumentParser) -> None:
+    """The SPON vectors and calibration of commands that evaluate trained vectors."""
+    p.add_argument("--method", default="teal", help="mask rule (default teal)")
+    p.add_argument(
+        "--levels", type=floats, default=None, help="comma-separated levels (default: every level with vectors in --spon-dir)"
+    )
+    p.add_argument(
+        "--spon-dir", default=None, help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)"
+    )
+    p.add_argument("--calibration", default=None, help="calibration file (default: the shipped one)")
+
+
+def add_calibration(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The text and passes of a calibration. Commands that also take test text name its options
+    --calib-corpus, --calib-windows, ... (`prefix="calib-"`)."""
+    g = p.add_argument_group("calibration (text is never the test novel)")
+    text = protocol.CALIBRATION_TEXT
+    g.add_argument(f"--{prefix}corpus", default=text, help=f"calibration corpus (default {text})")
+    g.add_argument(
+        f"--{prefix}windows",
+        type=int,
+        default=protocol.WINDOWS,
+        help=f"windows for statistics (default {protocol.WINDOWS})",
+    )
+    g.add_argument(
+        f"--{prefix}window-len",
+        type=int,
+        default=protocol.WINDOW_LEN,
+        help=f"tokens per window (default {protocol.WINDOW_LEN})",
+    )
+    g.add_argument(f"--{prefix}seed", type=int, default=protocol.SEED)
+    g.add_argument(
+        "--refine-windows",
+        type=int,
+        default=8,
+        help="windows for the sparse-aware refinement, one batch (default 8)",
+    )
+    g.add_argument(
+        "--refine-levels",
+        type=floats,
+        default=protocol.SWEEP_LEVELS,
+        help="comma-separated levels refined under sparsity (default: the protocol levels)",
+    )
+    g.add_argument(
+        "--greedy-windows",
+        type=int,
+        default=None,
+        help="windows for the greedy allocation; 0 skips it (default: 1 when a greedy rule is used)",
+    )
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = p.add_argument_group("SPON training (training and validation text are never the test novel)")
+    train, val = protocol.TRAIN_TEXT, protocol.VALIDATION_TEXT
+    g.add_argument("--train-corpus", default=train, help=f"training text (default {train})")
+    g.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
+    g.add_argument(
+        "--train-window-len",
+        type=int,
+        default=protocol.WINDOW_LEN,
+        help=f"tokens per window (default {protocol.WINDOW_LEN})",
+    )
+    g.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="tokens between training window starts; windows overlap below the length "
+        "(default: a quarter of the length)",
+    )
+    g.add_argument("--val-corpus", default=val, help=f"validation text (default {val})")
+    g.add_argument("--val-windows", type=int, default=16, help="validation windows (default 16)")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    g.add_argument("--train-batch", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")
+    g.add_argument(
+        "--micro-batch",
+        type=int,
+        default=d.micro_batch,
+        help="windows per forward pass, when a step's windows do not fit in memory at once (default: "
+        "all of a process's share); the vectors are the same",
+    )
+    g.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup", type=float, default=d.warmup, help="share of steps warming up (default %(default)s)")
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    g.add_argument("--train-seed", type=int, default=d.seed, help="seed of the training windows and their order")
+    g.add_argument(
+        "--precision", default=d.precision, help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16"
+    )
+    g.add_argument(
+        "--no-track-sparsity",
+        dest="track_sparsity",
+        action="store_false",
+        help="keep the thresholds fixed instead of refitting them under the vectors before each validation",
+    )
+    g.add_argument(
+        "--refit-windows",
+        type=int,
+        default=d.refit_windows,
+        help=f"training windows of each threshold refit (default {d.refit_windows})",
+    )
+    g.add_argument(
+        "--roles",
+        type=lambda text: tuple(text.split(",")),
+        default=d.roles,
+        help="comma-separated projections that get vectors (default all: q,k,v,o,gate,up,down)",
+    )

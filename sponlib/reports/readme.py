@@ -1,0 +1,62 @@
+"""README result tables, rendered from the JSON files under data/results/.
+
+The README holds each table between two markers naming its source file:
+
+    <!-- results: dense_baseline.json -->
+    ...generated markdown...
+    <!-- /results -->
+
+`python -m sponlib readme` rewrites those blocks; a test checks they match, so a number in the
+README is always the one its JSON records.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from ..io import atomic_write_text
+from ..records import load_result
+from . import quality, speed
+
+_BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "dense_baseline.json": quality.render_perplexity,
+    "sparsity_sweep.json": quality.render_sweep,
+    "calibration_cpu.json": quality.render_calibration,
+    "spon_recovery.json": quality.render_recovery,
+    "spon_recovery_fixed_thresholds.json": quality.render_recovery_brief,
+    "spon_recovery_longer.json": quality.render_recovery_brief,
+    "spon_folded_cpu.json": quality.render_fold_check,
+    "spon_throughput_h200.json": speed.render_throughput,
+    "spon_throughput_cpu.json": speed.render_throughput,
+    "analysis_smollm2.json": quality.render_analysis,
+    "widget_latency_cpu.json": speed.render_widget_latency,
+    "spon_generalization.json": quality.render_generalization,
+    "gemv_cpu.json": speed.render_gemv_cpu,
+    "kernels_h200.json": speed.render_kernels,
+    "spon_recovery_gemma3.json": lambda record: quality.render_recovery(record, targets=False),
+    "tasks.json": quality.render_tasks,
+    "multigpu.json": speed.render_multigpu,
+    "multigpu_agreement.json": speed.render_multigpu,
+    "multigpu_halves.json": speed.render_multigpu,
+}
+
+
+def render_block(filename: str) -> str:
+    if filename not in RENDERERS:
+        raise KeyError(f"no README renderer for {filename}; known: {', '.join(RENDERERS)}")
+    return RENDERERS[filename](load_result(filename))
+
+
+def update_readme(path: str | Path = "README.md", check: bool = False) -> bool:
+    """Re-render every results block of the README at `path`. Returns True if anything changed
+    (with check=True the file is left untouched)."""
+    path = Path(path)
+    text = path.read_text()
+    new = _BLOCK.sub(lambda m: m.group(1) + render_block(m.group("file")) + m.group(4), text)
+    if new != text and not check:
+        atomic_write_text(path, new)
+    return new != text

@@ -1,0 +1,29 @@
+"""Spontaneous neurons (SPON): one learnable, input-independent vector per sparsified projection,
+trained so that the sparse model's next-token distribution matches the dense model's.
+
+    vectors        `SponVectors` (the α's and their provenance), save/load, folding into biases
+    distillation   the objective: teacher states, KL to the teacher, validation KL
+    training       `train_spon` with `TrainConfig`: resumable, data-parallel, thresholds that follow
+    export         a plain Hugging Face checkpoint with the vectors folded into its biases
+"""
+
+from .distillation import kl_to_teacher, teacher_states, validation_kl
+from .export import fold_and_export
+from .training import TrainConfig, TrainHistory, train_spon
+from .vectors import SponVectors, check_roles, ensure_bias, load_spon, save_spon, thresholds_path
+
+__all__ = [
+    "SponVectors",
+    "TrainConfig",
+    "TrainHistory",
+    "check_roles",
+    "ensure_bias",
+    "fold_and_export",
+    "kl_to_teacher",
+    "load_spon",
+    "save_spon",
+    "teacher_states",
+    "thresholds_path",
+    "train_spon",
+    "validation_kl",
+]

@@ -1,0 +1,381 @@
+"""SPON training: fit the spontaneous-neuron vectors so that the sparse model's next-token
+distribution matches the dense model's, KL(p_dense ‖ p_sparse) averaged over every position.
+
+What makes it fast:
+- The teacher never runs twice on a window. Its final hidden states (after the last norm) are
+  computed once, in one inference pass over all training and validation windows, and kept on
+  the device; a step's teacher logits are then one head matmul on them, exactly the logits the
+  dense model gives (the head is the model's own, in the same precision as the student's).
+- Model weights are frozen: backward computes input gradients only, no weight gradients.
+- On CUDA the forward runs under bfloat16 autocast ("precision"); the α stay float32.
+- The loss is read back to the host only every few steps, so the GPU is never starved.
+- `micro_batch` bounds memory: a step's windows go through in parts whose gradients, each
+  weighted by its share, add up to the whole batch's.
+
+What makes it safe:
+- Thresholds follow the vectors. SPON pulls the hidden states back towards the dense model's,
+  which moves the inputs every downstream threshold was fitted on: with fixed thresholds a run
+  at 0.7 ends up zeroing only about 0.62 of the inputs, and part of its "recovery" is merely less
+  sparsity. So before every validation the thresholds are refitted (one sparse-aware pass over a
+  few training windows, `sponlib.sparsity.refine_thresholds`, vectors in place), each at its
+  own level, and the thresholds of the best step are returned and saved with the vectors.
+- A validation KL on held-out windows (never the test novel) at step 0 (α = 0, the plain mask)
+  and every `eval_every` steps; the best step's vectors are returned, so SPON never ends worse
+  than its base mask on validation.
+- A checkpoint (vectors, optimiser, best so far, history) every `checkpoint_every` steps and on
+  Ctrl-C, written atomically; an interrupted run resumes from it bit for bit (same batches, same
+  learning rates), and refuses a checkpoint made with other settings, data or thresholds.
+
+Beyond one GPU:
+- A model spread by a device map (sponlib.models.placement) trains as it is: each vector lives where its
+  projection computes, and the teacher states stay where the final norm puts them.
+- Data-parallel processes (sponlib.distributed; torchrun or accelerate launch) split every batch
+  evenly, average the vectors' gradients, and so take the very steps one process would take on
+  the whole batch: the same vectors up to floating-point order. The teacher and validation
+  windows are shared out too; rank 0 alone checkpoints, and a checkpoint resumes under any number
+  of processes (the batches are the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..distributed import Replicas
+from ..errors import CorruptFileError, InvalidArgumentError, NumericalError
+from ..io import atomic_write_bytes
+from ..models.adapters import ROLES
+from ..models.head import final_hidden, head_logits
+from ..models.placement import device_record, input_device, is_sharded, model_devices, placement_record, synchronize
+from ..sparsity.calibration import refine_thresholds
+from ..sparsity.sparsifier import Sparsifier
+from ..sparsity.thresholds import Thresholds
+from .distillation import PRECISIONS, autocast, kl_to_teacher, resolve_precision, teacher_states, validation_kl
+from .vectors import SponVectors, check_roles
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one SPON training run (recorded in the SPON file)."""
+
+    steps: int = 400  # optimiser steps
+    batch_size: int = 8  # windows per step
+    micro_batch: int = 0  # windows per forward pass (0: a process's whole share of the step at once)
+    lr: float = 3e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.0
+    warmup: float = 0.05  # share of steps with a linear warm-up; cosine decay to 0 after it
+    eval_every: int = 50  # steps between validation KLs (the best one is kept)
+    checkpoint_every: int = 50  # steps between checkpoints (0: none)
+    seed: int = 0  # data order
+    precision: str = "auto"  # fp32, bf16 (autocast on CUDA) or auto (bf16 on CUDA, fp32 elsewhere)
+    roles: tuple[str, ...] = ROLES  # projections that get a vector
+    track_sparsity: bool = True  # refit the thresholds under the current vectors before each validation
+    refit_windows: int = 8  # training windows of that refit (one batch)
+
+    def __post_init__(self):
+        self.roles = check_roles(self.roles)
+        for name in ("steps", "batch_size", "eval_every", "refit_windows"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidArgumentError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.micro_batch < 0:
+            raise InvalidArgumentError(f"micro_batch must be >= 0, 0 for the whole batch (got {self.micro_batch})")
+        if self.checkpoint_every < 0:
+            raise InvalidArgumentError(f"checkpoint_every must be >= 0 (got {self.checkpoint_every})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidArgumentError(f"learning rate must be a positive number (got {self.lr})")
+        if not 0.0 <= self.warmup < 1.0:
+            raise InvalidArgumentError(f"warmup is a share of the steps in [0, 1) (got {self.warmup})")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "roles": list(self.roles)}
+
+    def forward_batch(self, processes: int = 1) -> int:
+        """Windows per forward pass: the micro-batch, else a process's share of the step."""
+        return self.micro_batch or max(1, self.batch_size // processes)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over the first `warmup` share of steps, then cosine decay to 0."""
+        warm = max(1, round(self.warmup * self.steps))
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, self.steps - warm)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(part.cpu().numpy().tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: str, run_key: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        key = state["run_key"]
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CorruptFileError(f"checkpoint {path} is damaged ({type(e).__name__}: {e}); delete it to start "
+                               "afresh") from None
+    if key != run_key:
+        raise InvalidArgumentError(
+            f"checkpoint {path} belongs to another run (other settings, data, thresholds or model); "
+            "delete it, or train with restart=True (--restart) to start afresh")
+    return state
+
+
+# ------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainHistory:
+    """Loss per step and validation KL per evaluation; what the notebooks plot."""
+
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, train KL)
+    val: list[tuple[int, float]] = field(default_factory=list)  # (step, validation KL)
+
+
+def _batch_indices(n_windows: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Windows of `step`: a fresh seeded permutation every epoch, so any step can be recomputed."""
+    per_epoch = max(1, n_windows // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
+               config: TrainConfig | None = None, *, checkpoint: str | os.PathLike | None = None,
+               restart: bool = False, progress: bool = True,
+               callback: Callable[[int, float, float | None], None] | None = None,
+               replicas: Replicas | None = None) -> tuple[SponVectors, Thresholds]:
+    """Train one vector per projection (of `config.roles`) against the dense model.
+
+    train_ids (N, L) and val_ids (M, L) are token windows; validation must be held-out text.
+    `checkpoint` (a file path) makes the run resumable; `callback(step, loss, val_kl or None)` is
+    called after every step (for live plots). Returns the best vectors on validation (on the
+    CPU), their `meta["training"]` holding settings, history, validation KLs and throughput, and
+    the thresholds that go with them (refitted under the vectors unless `track_sparsity` is off
+    or the best step is the plain mask).
+
+    `replicas` (sponlib.distributed) makes this one of several data-parallel processes: call it in
+    every process with the same arguments; each returns the same vectors."""
+    replicas = replicas or Replicas()
+    trainer = _Trainer(model, thresholds, train_ids, val_ids, config or TrainConfig(), checkpoint,
+                       progress and replicas.is_main, replicas)
+    if checkpoint and os.path.exists(checkpoint) and not restart:
+        trainer.resume()
+    replicas.barrier()  # no process may remove the checkpoint while another still reads it
+    result = trainer.run(callback)
+    if checkpoint and os.path.exists(checkpoint) and replicas.is_main:
+        os.remove(checkpoint)  # the run is complete; its result is what we return
+    return result
+
+
+class _Trainer:
+    """The state of one training run: vectors, optimiser, current thresholds, best step, history."""
+
+    def __init__(self, model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
+                 config: TrainConfig, checkpoint, progress: bool, replicas: Replicas):
+        if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
+            raise InvalidArgumentError("training and validation need (windows, length) token ids, "
+                                       "at least one window each")
+        if replicas.active and is_sharded(model):
+            raise InvalidArgumentError("a model spread by a device map trains in one process; give each "
+                                       "data-parallel process a whole model on its own device instead")
+        self.batch_share = replicas.batch_share(config.batch_size)  # refuses a batch that does not split
+        self.forward_batch = config.forward_batch(replicas.world_size)
+        replicas.share(len(val_ids), "validation windows")  # refuses too few now, not at the first validation
+        self.started = time.perf_counter()
+        self.model, self.thresholds, self.config, self.progress = model, thresholds, config, progress
+        self.replicas = replicas
+        self.train_ids, self.val_ids = train_ids, val_ids  # (N, L), (M, L)
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.device = input_device(model)  # where token ids go
+        self.devices = model_devices(model)  # what timing synchronises
+        self.precision = resolve_precision(config.precision, self.device)
+
+        self.vectors = SponVectors.zeros(model, config.roles)
+        self.alphas = {name: a.requires_grad_(True) for name, a in self.vectors.alphas.items()}
+        self.optimizer = torch.optim.AdamW(self.alphas.values(), lr=config.lr, weight_decay=config.weight_decay)
+        self.run_key = _digest(config.as_dict(), self.vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
+        self.history, self.step, self.tokens_before, self.tokens_done = TrainHistory(), 0, 0, 0
+        self.taus = dict(thresholds.taus)  # current thresholds; refitted under the vectors as they train
+        self.best = {"step": 0, "kl": math.inf, "alphas": None, "taus": dict(self.taus)}
+        self.pending: list = []  # (step, loss on the device) not yet read back
+        self.train_s = self.val_s = self.teacher_s = 0.0
+        self.sparsifier = Sparsifier(model, self._current_thresholds(), check=False, alphas=self.alphas, count=False)
+
+    def _current_thresholds(self) -> Thresholds:
+        return dataclasses.replace(self.thresholds, taus=self.taus)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def resume(self) -> None:
+        state = _load_checkpoint(self.checkpoint, self.run_key)
+        with torch.no_grad():
+            for name, a in self.alphas.items():
+                a.copy_(state["alphas"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best, self.taus = state["step"], state["best"], state["taus"]
+        self.tokens_before = state["tokens"]
+        self.history = TrainHistory([tuple(x) for x in state["loss"]], [tuple(x) for x in state["val"]])
+        for name, tau in self.taus.items():
+            self.sparsifier.hooks[name].tau = tau
+
+    def save(self) -> None:
+        self.flush()
+        if self.checkpoint and self.replicas.is_main:
+            _save_checkpoint(self.checkpoint, {
+                "run_key": self.run_key, "step": self.step, "tokens": self.tokens_before + self.tokens_done,
+                "optimizer": self.optimizer.state_dict(), "best": self.best, "taus": self.taus,
+                "alphas": {n: a.detach().cpu() for n, a in self.alphas.items()},
+                "loss": self.history.loss, "val": self.history.val})
+
+    def flush(self) -> float | None:
+        """Read the pending losses back in one host sync; the last one, if any."""
+        if not self.pending:
+            return None
+        values = self.replicas.mean(torch.stack([v for _, v in self.pending])).tolist()  # the whole batch's KL
+        self.history.loss += [(s, v) for (s, _), v in zip(self.pending, values)]
+        self.pending = []
+        return values[-1]
+
+    # ------------------------------------------------------------ steps
+
+    def validate(self) -> float:
+        """Refit the thresholds under the current vectors (after step 0), then the validation KL;
+        keeps the best step."""
+        synchronize(self.devices)  # GPU work of earlier steps belongs to training time
+        started = time.perf_counter()
+        if self.config.track_sparsity and self.step > 0:
+            refit_ids = self.train_ids[:self.config.refit_windows]  # (R, L)
+            taus = refine_thresholds(self.model, refit_ids, self.thresholds.score, self.thresholds.levels,
+                                     {n: a.detach() for n, a in self.alphas.items()})
+            self.taus = self.replicas.broadcast(taus)  # one set of thresholds, even if GPUs round differently
+            for name, tau in self.taus.items():
+                self.sparsifier.hooks[name].tau = tau
+        kl = validation_kl(self.model, self._current_thresholds(), self.alphas, self.val_ids, self.val_teacher,
+                           self.forward_batch, self.precision, self.replicas)
+        self.val_s += time.perf_counter() - started
+        if not math.isfinite(kl):
+            raise NumericalError(f"validation KL is {kl} at step {self.step}; lower the learning rate")
+        self.history.val.append((self.step, kl))
+        if kl < self.best["kl"]:
+            self.best = {"step": self.step, "kl": kl, "taus": dict(self.taus),
+                         "alphas": {n: a.detach().cpu().clone() for n, a in self.alphas.items()}}
+        return kl
+
+    def train_step(self) -> None:
+        config = self.config
+        # the whole batch's windows, the same in every process; this process takes its part
+        index = _batch_indices(len(self.train_ids), config.batch_size, self.step, config.seed)[self.batch_share]
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr_at(self.step)
+        loss = 0.0
+        for part in index.split(self.forward_batch):  # micro-batches: their gradients add up to the batch's
+            batch = self.train_ids[part].to(self.device)  # (m, L)
+            with self.sparsifier, autocast(self.device, self.precision):
+                student = head_logits(self.model, final_hidden(self.model, batch))  # (m, L, V)
+                with torch.no_grad():
+                    teacher = self.train_teacher[part.to(self.train_teacher.device)]  # (m, L, d)
+                    target = head_logits(self.model, teacher)  # (m, L, V)
+                part_loss = kl_to_teacher(student, target) * (len(part) / len(index))  # its share of the mean
+            part_loss.backward()
+            loss = loss + part_loss.detach()
+        # equal parts, so the mean of the processes' gradients is the whole batch's gradient
+        self.replicas.all_reduce_mean_([a.grad for a in self.alphas.values()])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_done += index.numel() * self.train_ids.shape[1] * self.replicas.world_size
+        self.pending.append((self.step, loss.detach()))
+
+    # ------------------------------------------------------------ the run
+
+    def run(self, callback=None) -> tuple[SponVectors, Thresholds]:
+        config = self.config
+        started = time.perf_counter()
+        self.train_teacher = teacher_states(self.model, self.train_ids, self.forward_batch, self.precision,
+                                            self.progress, self.replicas)  # (N, L, d)
+        self.val_teacher = teacher_states(self.model, self.val_ids, self.forward_batch, self.precision,
+                                          self.progress, self.replicas)  # (M, L, d)
+        self.teacher_s = time.perf_counter() - started
+        if not self.history.val:
+            self.validate()  # step 0: the plain mask, the floor SPON must beat
+        bar = tqdm(total=config.steps, initial=self.step, desc="SPON", unit="step", disable=not self.progress)
+        try:
+            while self.step < config.steps:
+                started = time.perf_counter()
+                self.train_step()
+                validating = self.step % config.eval_every == 0 or self.step == config.steps
+                if validating or callback or len(self.pending) >= 10:
+                    last = self.flush()
+                    if not math.isfinite(last):
+                        raise NumericalError(f"training KL is {last} at step {self.step}; lower the learning rate")
+                    bar.set_postfix(kl=f"{last:.4f}", best_val=f"{self.best['kl']:.4f}")
+                if validating:
+                    synchronize(self.devices)
+                self.train_s += time.perf_counter() - started
+                val_kl = self.validate() if validating else None
+                if val_kl is not None:
+                    bar.set_postfix(kl=f"{self.history.loss[-1][1]:.4f}", val=f"{val_kl:.4f}",
+                                    best_val=f"{self.best['kl']:.4f}")
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
+                    self.save()
+                bar.update(1)
+                if callback:
+                    callback(self.step, self.history.loss[-1][1], val_kl)
+        except KeyboardInterrupt:
+            # several processes may be interrupted at different points, where a collective would
+            # hang: they keep the last periodic checkpoint instead
+            if not self.replicas.active:
+                self.save()
+            raise
+        finally:
+            bar.close()
+            self.sparsifier.detach()
+        return self._result()
+
+    def _result(self) -> tuple[SponVectors, Thresholds]:
+        config, best = self.config, self.best
+        result = SponVectors(best["alphas"], dict(self.vectors.meta))
+        refitted = config.track_sparsity and best["step"] > 0
+        thresholds = dataclasses.replace(self.thresholds, taus=best["taus"], calibration={
+            **self.thresholds.calibration, "refitted_under_spon": refitted,
+            **({"refit_windows": min(config.refit_windows, len(self.train_ids))} if refitted else {})})
+        result.meta["training"] = {
+            **config.as_dict(), "precision": self.precision, "steps_done": self.step,
+            "train_windows": len(self.train_ids), "val_windows": len(self.val_ids),
+            "window_len": self.train_ids.shape[1], "train_tokens": self.tokens_before + self.tokens_done,
+            "best_step": best["step"], "val_kl_base": self.history.val[0][1], "val_kl_best": best["kl"],
+            "train_s": round(self.train_s, 3), "teacher_s": round(self.teacher_s, 3), "val_s": round(self.val_s, 3),
+            "elapsed_s": round(time.perf_counter() - self.started, 3),
+            # this session's steps only, when resumed
+            "tokens_per_s": round(self.tokens_done / self.train_s, 1) if self.train_s > 0 else None,
+            "device": device_record(self.device), "placement": placement_record(self.model),
+            **self.replicas.describe(), "parameters": result.parameter_count(),
+            "history": {"loss": self.history.loss, "val": self.history.val}}
+        return result, thresholds
