@@ -112,83 +112,82 @@ def _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM: tl.constexpr):
 
 
 @triton.jit
-def _sparse_gemv_kernel(
-    x_ptr,  # (K,) input, float16 or bfloat16
-    w_ptr,  # (K, N) input-major weight, row-major
-    tau_ptr,  # (G,) float32 threshold per segment
-    norm_ptr,  # (G, K) float32 column norms per segment (wina), or any pointer when HAS_NORM is off
-    bias_ptr,  # (N,) bias, or any pointer when HAS_BIAS is off
-    out_ptr,  # (N,) output
-    part_ptr,  # SPLIT_MODE 1: (split, N) float32 partial sums; 2: (N,) float32 zeros, left zero
-    count_ptr,  # SPLIT_MODE 2: (tiles,) int32 zeros, left zero
-    rows_ptr,  # COMPACT: (split * tiles * K_POW2,) int32 scratch for the kept rows' indices
-    vals_ptr,  # COMPACT: same shape, float32 scratch for their inputs
-    K, N, seg1, seg2,  # seg1, seg2: where the second and third segments start (N when absent)
-    k_per_program, split,
-    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, PREFETCH: tl.constexpr,
-    COMPACT: tl.constexpr, K_POW2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-):
+def _dot_compact(x_ptr, w_ptr, norm_ptr, rows_ptr, vals_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
+                 HAS_NORM: tl.constexpr, K_POW2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The slice's products, gathered first: the kept inputs of the whole slice are listed in order
+    in scratch memory, then every loop step loads BLOCK_K kept rows. Steps scale with 1 − s, where
+    masked loads of consecutive rows would wait as long for half-empty blocks as for full ones.
+    -> (BLOCK_K, BLOCK_N) float32, to be summed over K."""
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    offs = k_begin + tl.arange(0, K_POW2)  # (K_POW2,)
+    ok = (offs < k_stop) & (tl.arange(0, K_POW2) < k_per_program)
+    x_all = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    keep_all = _keep(x_all, tau, norm_ptr, offs, ok, HAS_NORM)
+    slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * K_POW2  # this program's scratch
+    position = tl.cumsum(keep_all.to(tl.int32), axis=0) - 1  # index among the kept
+    kept = tl.sum(keep_all.to(tl.int32), axis=0)
+    tl.store(rows_ptr + slot + position, offs, mask=keep_all)
+    tl.store(vals_ptr + slot + position, x_all, mask=keep_all)
+    tl.debug_barrier()  # the lists are written by all threads, read by all threads
+    for start in range(0, kept, BLOCK_K):
+        j = start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+        ok_j = j < kept
+        rows = tl.load(rows_ptr + slot + j, mask=ok_j, other=0)
+        x = tl.load(vals_ptr + slot + j, mask=ok_j, other=0.0)
+        w = tl.load(w_ptr + rows[:, None] * N + offs_n[None, :],
+                    mask=ok_j[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        acc += w.to(tl.float32) * x[:, None]
+    return acc
+
+
+@triton.jit
+def _dot_prefetch(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
+                  HAS_NORM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The slice's products with two blocks in flight: the next block's mask and weight loads are
+    issued before the current block is consumed, so their latency overlaps instead of adding up.
+    -> (BLOCK_K, BLOCK_N) float32."""
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    offs_k = k_begin + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + offs_k, mask=offs_k < k_stop, other=0.0).to(tl.float32)
+    keep = _keep(x, tau, norm_ptr, offs_k, offs_k < k_stop, HAS_NORM)
+    w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=keep[:, None] & n_ok[None, :], other=0.0)
+    for _ in range(0, k_per_program, BLOCK_K):
+        offs_next = offs_k + BLOCK_K
+        ok_next = offs_next < k_stop
+        x_next = tl.load(x_ptr + offs_next, mask=ok_next, other=0.0).to(tl.float32)
+        keep_next = _keep(x_next, tau, norm_ptr, offs_next, ok_next, HAS_NORM)
+        w_next = tl.load(w_ptr + offs_next[:, None] * N + offs_n[None, :],
+                         mask=keep_next[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        acc += w.to(tl.float32) * x[:, None]
+        x, w, offs_k = x_next, w_next, offs_next
+    return acc
+
+
+@triton.jit
+def _dot_blocks(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
+                HAS_NORM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The slice's products one block of inputs after the other, a dropped row issuing no load.
+    -> (BLOCK_K, BLOCK_N) float32."""
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for k_start in range(0, k_per_program, BLOCK_K):
+        offs_k = k_begin + k_start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+        ok = offs_k < k_stop
+        x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)  # (BLOCK_K,)
+        keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
+        w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
+                    mask=keep[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        acc += w.to(tl.float32) * x[:, None]
+    return acc
+
+
+@triton.jit
+def _finish(y, bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split,
+            HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr):
+    """Where a slice's sums y (BLOCK_N,) go: its row of partial sums (SPLIT_MODE 1), the output
+    with the bias (no split), or the float32 workspace by atomics (SPLIT_MODE 2)."""
     pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    n_start = pid_n * BLOCK_N
-    offs_n = n_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    n_ok = offs_n < N
-    segment = (n_start >= seg1).to(tl.int32) + (n_start >= seg2).to(tl.int32)  # tiles never straddle
-    tau = tl.load(tau_ptr + segment)
-    norm_ptr += segment * K
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)  # reduced over K once, at the end
-    k_begin = pid_k * k_per_program  # k_per_program is a multiple of BLOCK_K: slices never overlap
-    k_stop = tl.minimum(k_begin + k_per_program, K)
-    if COMPACT:
-        # Gather first: the kept inputs of the whole slice, listed in order in scratch memory;
-        # then every loop step loads BLOCK_K kept rows. Steps scale with 1 − s, where masked
-        # loads of consecutive rows would wait as long for half-empty blocks as for full ones.
-        offs = k_begin + tl.arange(0, K_POW2)  # (K_POW2,)
-        ok = (offs < k_stop) & (tl.arange(0, K_POW2) < k_per_program)
-        x_all = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-        keep_all = _keep(x_all, tau, norm_ptr, offs, ok, HAS_NORM)
-        slot = (pid_k * tl.num_programs(0) + pid_n) * K_POW2  # this program's scratch
-        position = tl.cumsum(keep_all.to(tl.int32), axis=0) - 1  # index among the kept
-        kept = tl.sum(keep_all.to(tl.int32), axis=0)
-        tl.store(rows_ptr + slot + position, offs, mask=keep_all)
-        tl.store(vals_ptr + slot + position, x_all, mask=keep_all)
-        tl.debug_barrier()  # the lists are written by all threads, read by all threads
-        for start in range(0, kept, BLOCK_K):
-            j = start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-            ok_j = j < kept
-            rows = tl.load(rows_ptr + slot + j, mask=ok_j, other=0)
-            x = tl.load(vals_ptr + slot + j, mask=ok_j, other=0.0)
-            w = tl.load(w_ptr + rows[:, None] * N + offs_n[None, :],
-                        mask=ok_j[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-            acc += w.to(tl.float32) * x[:, None]
-    elif PREFETCH:
-        # Two blocks in flight: the next block's mask and weight loads are issued before the
-        # current block is consumed, so their latency overlaps instead of adding up.
-        offs_k = k_begin + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_k, mask=offs_k < k_stop, other=0.0).to(tl.float32)
-        keep = _keep(x, tau, norm_ptr, offs_k, offs_k < k_stop, HAS_NORM)
-        w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=keep[:, None] & n_ok[None, :], other=0.0)
-        for _ in range(0, k_per_program, BLOCK_K):
-            offs_next = offs_k + BLOCK_K
-            ok_next = offs_next < k_stop
-            x_next = tl.load(x_ptr + offs_next, mask=ok_next, other=0.0).to(tl.float32)
-            keep_next = _keep(x_next, tau, norm_ptr, offs_next, ok_next, HAS_NORM)
-            w_next = tl.load(w_ptr + offs_next[:, None] * N + offs_n[None, :],
-                             mask=keep_next[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-            acc += w.to(tl.float32) * x[:, None]
-            x, w, offs_k = x_next, w_next, offs_next
-    else:
-        for k_start in range(0, k_per_program, BLOCK_K):
-            offs_k = k_begin + k_start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-            ok = offs_k < k_stop
-            x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)  # (BLOCK_K,)
-            keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
-            w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
-                        mask=keep[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-            acc += w.to(tl.float32) * x[:, None]
-    y = tl.sum(acc, axis=0)  # (BLOCK_N,)
     if SPLIT_MODE == 1:
-        tl.store(part_ptr + pid_k * N + offs_n, y, mask=n_ok)
+        tl.store(part_ptr + tl.program_id(1) * N + offs_n, y, mask=n_ok)
     else:
         if SPLIT_MODE == 2:
             # Add into the float32 workspace; the last slice to arrive for this tile takes the sum
@@ -207,6 +206,45 @@ def _sparse_gemv_kernel(
             if HAS_BIAS:
                 y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _sparse_gemv_kernel(
+    x_ptr,  # (K,) input, float16 or bfloat16
+    w_ptr,  # (K, N) input-major weight, row-major
+    tau_ptr,  # (G,) float32 threshold per segment
+    norm_ptr,  # (G, K) float32 column norms per segment (wina), or any pointer when HAS_NORM is off
+    bias_ptr,  # (N,) bias, or any pointer when HAS_BIAS is off
+    out_ptr,  # (N,) output
+    part_ptr,  # SPLIT_MODE 1: (split, N) float32 partial sums; 2: (N,) float32 zeros, left zero
+    count_ptr,  # SPLIT_MODE 2: (tiles,) int32 zeros, left zero
+    rows_ptr,  # COMPACT: (split * tiles * K_POW2,) int32 scratch for the kept rows' indices
+    vals_ptr,  # COMPACT: same shape, float32 scratch for their inputs
+    K, N, seg1, seg2,  # seg1, seg2: where the second and third segments start (N when absent)
+    k_per_program, split,
+    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, PREFETCH: tl.constexpr,
+    COMPACT: tl.constexpr, K_POW2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: BLOCK_N outputs of one input slice (program id 1) of K_PER_PROGRAM inputs."""
+    n_start = tl.program_id(0) * BLOCK_N
+    offs_n = n_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    n_ok = offs_n < N
+    segment = (n_start >= seg1).to(tl.int32) + (n_start >= seg2).to(tl.int32)  # tiles never straddle
+    tau = tl.load(tau_ptr + segment)
+    norm_ptr += segment * K
+    k_begin = tl.program_id(1) * k_per_program  # k_per_program is a multiple of BLOCK_K: slices never overlap
+    k_stop = tl.minimum(k_begin + k_per_program, K)
+    if COMPACT:
+        acc = _dot_compact(x_ptr, w_ptr, norm_ptr, rows_ptr, vals_ptr, tau, offs_n, n_ok, k_begin, k_stop,
+                           k_per_program, N, HAS_NORM, K_POW2, BLOCK_K, BLOCK_N)
+    elif PREFETCH:
+        acc = _dot_prefetch(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
+                            HAS_NORM, BLOCK_K, BLOCK_N)
+    else:
+        acc = _dot_blocks(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
+                          HAS_NORM, BLOCK_K, BLOCK_N)
+    # reduced over K once, at the end
+    _finish(tl.sum(acc, axis=0), bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS, SPLIT_MODE)
 
 
 @triton.jit
