@@ -1,7 +1,8 @@
 # sponlib: two commands for users (`make lab`, `make test`); the rest are their steps.
 #
 #   make lab     set up if needed, prepare the default model, serve notebooks/ on 127.0.0.1
-#   make test    set up if needed, install chromium if missing, run the whole test suite offline
+#   make test    set up if needed, install chromium if missing, lint, run the whole test suite offline
+#   make lint    ruff: lint rules and formatting (configured in pyproject.toml); part of make test
 #   make test-gpu  the sparse kernel's GPU tests (on a CUDA machine; they skip without one)
 #
 # Python packages install into a project-local virtual environment (.venv). The browser test
@@ -22,7 +23,7 @@ STAMP      := $(VENV)/.sponlib-setup
 # Jupyter refuses to run as root unless told; CI and containers run as root.
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab browser test test-gpu clean-venv
+.PHONY: setup model lab browser lint test test-gpu clean-venv
 
 setup: $(STAMP)
 
@@ -68,7 +69,12 @@ browser:
 			"make test CHROMIUM=$$(command -v chromium || echo /path/to/chromium)" >&2; exit 1; \
 	fi
 
-test: setup browser
+# Lint first: a failure there costs seconds, not the suite's minutes. `ruff format .` fixes layout.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup browser lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 SPONLIB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 # The Triton kernel against the torch reference on a CUDA GPU (skips cleanly without one). Set up

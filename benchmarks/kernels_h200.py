@@ -40,26 +40,41 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sponlib.models.placement import device_record
+from sponlib.models import device_record
 from sponlib.records import library_versions, write_result
 
 LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.9)
 E2E_LEVELS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.7)
 PARTS = ("ceilings", "gemv", "layer", "e2e-llama", "e2e-smollm2")
 DTYPE = torch.bfloat16
-LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
-                 tie_word_embeddings=False)
+LLAMA3_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+)
 SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
 
 
-def layer_shapes(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_key_value_heads: int,
-                 **_) -> dict[str, tuple[int, int]]:
+def layer_shapes(
+    hidden_size: int, intermediate_size: int, num_attention_heads: int, num_key_value_heads: int, **_
+) -> dict[str, tuple[int, int]]:
     """role -> (in, out) of the seven projections of a Llama-style block, from config fields."""
     kv = hidden_size // num_attention_heads * num_key_value_heads
-    return {"q": (hidden_size, hidden_size), "k": (hidden_size, kv), "v": (hidden_size, kv),
-            "o": (hidden_size, hidden_size), "gate": (hidden_size, intermediate_size),
-            "up": (hidden_size, intermediate_size), "down": (intermediate_size, hidden_size)}
+    return {
+        "q": (hidden_size, hidden_size),
+        "k": (hidden_size, kv),
+        "v": (hidden_size, kv),
+        "o": (hidden_size, hidden_size),
+        "gate": (hidden_size, intermediate_size),
+        "up": (hidden_size, intermediate_size),
+        "down": (intermediate_size, hidden_size),
+    }
 
 
 MODEL_SHAPES = {"llama3-8b": layer_shapes(**LLAMA3_8B), "smollm2-135m": layer_shapes(**SMOLLM2)}
@@ -80,7 +95,7 @@ def gemv_shapes() -> list[tuple[str, str, int, int]]:
 
 
 def l2_bytes() -> int:
-    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 60 * 2 ** 20)
+    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 60 * 2**20)
 
 
 def copies_for(bytes_per_call: int, floor: int = 2, cap: int = 1024) -> int:
@@ -124,10 +139,10 @@ def tau_for(sparsity: float) -> float:
 
 def ceilings() -> dict:
     """Device-to-device copy of 4 GiB, counting bytes read and written."""
-    source = torch.randn(2 ** 30, device="cuda")  # 4 GiB of float32
+    source = torch.randn(2**30, device="cuda")  # 4 GiB of float32
     target = torch.empty_like(source)
     seconds = graph_time([lambda: target.copy_(source)] * 4, replays=10)
-    return {"copy_GBps": round(2 * 4 * 2 ** 30 / seconds / 1e9, 1)}
+    return {"copy_GBps": round(2 * 4 * 2**30 / seconds / 1e9, 1)}
 
 
 class GemvData:
@@ -141,11 +156,13 @@ class GemvData:
         self.weight_bytes = n_in * n_out * 2
         self.copies = copies_for(self.weight_bytes, cap=cap)
         self.workspace = new_workspace(n_out, "cuda")  # the calls run one after another
-        self.weights = [torch.randn(n_out, n_in, device="cuda", dtype=DTYPE, generator=gen)
-                        for _ in range(self.copies)]  # (out, in) each
+        self.weights = [
+            torch.randn(n_out, n_in, device="cuda", dtype=DTYPE, generator=gen) for _ in range(self.copies)
+        ]  # (out, in) each
         self.weights_t = [input_major(w) for w in self.weights]  # (in, out) each
-        self.xs = [torch.randn(1, n_in, device="cuda", dtype=DTYPE, generator=gen)
-                   for _ in range(self.copies)]  # (1, in) each
+        self.xs = [
+            torch.randn(1, n_in, device="cuda", dtype=DTYPE, generator=gen) for _ in range(self.copies)
+        ]  # (1, in) each
         self.dense_s = graph_time([lambda x=x, w=w: F.linear(x, w) for x, w in zip(self.xs, self.weights)])
 
     def sparse(self, level: float, config=None) -> dict:
@@ -156,20 +173,32 @@ class GemvData:
         tau = torch.tensor([tau_for(level)], device="cuda")
         achieved = float(torch.stack([(x.float().abs() <= tau).float().mean() for x in self.xs]).mean())
         if config is None:
-            calls = [lambda x=x, w=w: sparse_gemv(x, w, tau, workspace=self.workspace)
-                     for x, w in zip(self.xs, self.weights_t)]
+            calls = [
+                lambda x=x, w=w: sparse_gemv(x, w, tau, workspace=self.workspace)
+                for x, w in zip(self.xs, self.weights_t)
+            ]
         else:
-            calls = [lambda x=x, w=w: triton_sparse_gemv(x.view(-1), w, tau, config=config, workspace=self.workspace)
-                     for x, w in zip(self.xs, self.weights_t)]
+            calls = [
+                lambda x=x, w=w: triton_sparse_gemv(x.view(-1), w, tau, config=config, workspace=self.workspace)
+                for x, w in zip(self.xs, self.weights_t)
+            ]
         sparse_s = graph_time(calls)
         vectors = 2 * (self.n_in + self.n_out)  # x read, y written
         ideal = 1 / (1 - achieved)
-        return {"in": self.n_in, "out": self.n_out, "sparsity": level, "measured_sparsity": round(achieved, 4),
-                "copies": self.copies, "dense_us": round(self.dense_s * 1e6, 2), "sparse_us": round(sparse_s * 1e6, 2),
-                "dense_GBps": round((self.weight_bytes + vectors) / self.dense_s / 1e9, 1),
-                "sparse_GBps": round(((1 - achieved) * self.weight_bytes + vectors) / sparse_s / 1e9, 1),
-                "speedup": round(self.dense_s / sparse_s, 3), "ideal": round(ideal, 3),
-                "share_of_ideal": round(self.dense_s / sparse_s / ideal, 3)}
+        return {
+            "in": self.n_in,
+            "out": self.n_out,
+            "sparsity": level,
+            "measured_sparsity": round(achieved, 4),
+            "copies": self.copies,
+            "dense_us": round(self.dense_s * 1e6, 2),
+            "sparse_us": round(sparse_s * 1e6, 2),
+            "dense_GBps": round((self.weight_bytes + vectors) / self.dense_s / 1e9, 1),
+            "sparse_GBps": round(((1 - achieved) * self.weight_bytes + vectors) / sparse_s / 1e9, 1),
+            "speedup": round(self.dense_s / sparse_s, 3),
+            "ideal": round(ideal, 3),
+            "share_of_ideal": round(self.dense_s / sparse_s / ideal, 3),
+        }
 
 
 def gemv(levels=LEVELS) -> list[dict]:
@@ -180,9 +209,12 @@ def gemv(levels=LEVELS) -> list[dict]:
         for level in levels:
             row = {"model": model, "roles": roles, **data.sparse(level)}
             rows.append(row)
-            print(f"gemv {model:13s} {roles:8s} {n_in:6d}->{n_out:<6d} s={level:<4} dense {row['dense_us']:8.2f} us "
-                  f"{row['dense_GBps']:7.1f} GB/s | sparse {row['sparse_us']:8.2f} us {row['sparse_GBps']:7.1f} GB/s"
-                  f" | x{row['speedup']:.2f} of ideal x{row['ideal']:.2f} ({row['share_of_ideal']:.0%})", flush=True)
+            print(
+                f"gemv {model:13s} {roles:8s} {n_in:6d}->{n_out:<6d} s={level:<4} dense {row['dense_us']:8.2f} us "
+                f"{row['dense_GBps']:7.1f} GB/s | sparse {row['sparse_us']:8.2f} us {row['sparse_GBps']:7.1f} GB/s"
+                f" | x{row['speedup']:.2f} of ideal x{row['ideal']:.2f} ({row['share_of_ideal']:.0%})",
+                flush=True,
+            )
         del data
         torch.cuda.empty_cache()
     return rows
@@ -200,22 +232,29 @@ def layer(levels=LEVELS) -> list[dict]:
     for model, shapes in MODEL_SHAPES.items():
         layer_bytes = sum(k * n * 2 for k, n in shapes.values())
         copies = copies_for(layer_bytes, floor=3, cap=256)
-        dense = [{r: torch.randn(n, k, device="cuda", dtype=DTYPE, generator=gen) for r, (k, n) in shapes.items()}
-                 for _ in range(copies)]  # role -> (out, in)
+        dense = [
+            {r: torch.randn(n, k, device="cuda", dtype=DTYPE, generator=gen) for r, (k, n) in shapes.items()}
+            for _ in range(copies)
+        ]  # role -> (out, in)
         separate = [{r: input_major(w) for r, w in c.items()} for c in dense]  # role -> (in, out)
-        fused = [{g: torch.cat([c[r] for r in roles], dim=1) for g, roles in groups.items()}
-                 for c in separate]  # group -> (in, sum of outs)
+        fused = [
+            {g: torch.cat([c[r] for r in roles], dim=1) for g, roles in groups.items()} for c in separate
+        ]  # group -> (in, sum of outs)
         segments = {g: [shapes[r][1] for r in roles] for g, roles in groups.items()}
         widths = {"attn": shapes["q"][0], "o": shapes["o"][0], "mlp": shapes["gate"][0], "down": shapes["down"][0]}
-        inputs = [{src: torch.randn(1, k, device="cuda", dtype=DTYPE, generator=gen) for src, k in widths.items()}
-                  for _ in range(copies)]  # source -> (1, in)
+        inputs = [
+            {src: torch.randn(1, k, device="cuda", dtype=DTYPE, generator=gen) for src, k in widths.items()}
+            for _ in range(copies)
+        ]  # source -> (1, in)
 
         def dense_layer(w, x):
             for role, source in reads.items():
                 F.linear(x[source], w[role])
 
-        spaces = {name: new_workspace(n, "cuda") for name, n in
-                  [(r, shapes[r][1]) for r in shapes] + [(g, sum(segments[g])) for g in groups]}
+        spaces = {
+            name: new_workspace(n, "cuda")
+            for name, n in [(r, shapes[r][1]) for r in shapes] + [(g, sum(segments[g])) for g in groups]
+        }
 
         def separate_layer(w, x, taus):
             for role, source in reads.items():
@@ -223,32 +262,48 @@ def layer(levels=LEVELS) -> list[dict]:
 
         def fused_layer(w, x, taus):
             for group, roles in groups.items():
-                sparse_gemv(x[reads[roles[0]]], w[group], taus[len(roles)], segments=segments[group],
-                            workspace=spaces[group])
+                sparse_gemv(
+                    x[reads[roles[0]]], w[group], taus[len(roles)], segments=segments[group], workspace=spaces[group]
+                )
 
         dense_s = graph_time([lambda w=w, x=x: dense_layer(w, x) for w, x in zip(dense, inputs)], replays=10)
         for level in levels:
             tau = tau_for(level)
             taus = {g: torch.full((g,), tau, device="cuda") for g in (1, 2, 3)}  # one per segment
-            separate_s = graph_time([lambda w=w, x=x: separate_layer(w, x, taus)
-                                     for w, x in zip(separate, inputs)], replays=10)
-            fused_s = graph_time([lambda w=w, x=x: fused_layer(w, x, taus) for w, x in zip(fused, inputs)],
-                                 replays=10)
-            zeroed = sum(float((x[s].float().abs() <= tau).float().mean()) * shapes[r][0] * shapes[r][1]
-                         for x in inputs for r, s in reads.items())
+            separate_s = graph_time(
+                [lambda w=w, x=x: separate_layer(w, x, taus) for w, x in zip(separate, inputs)], replays=10
+            )
+            fused_s = graph_time([lambda w=w, x=x: fused_layer(w, x, taus) for w, x in zip(fused, inputs)], replays=10)
+            zeroed = sum(
+                float((x[s].float().abs() <= tau).float().mean()) * shapes[r][0] * shapes[r][1]
+                for x in inputs
+                for r, s in reads.items()
+            )
             achieved = zeroed / (layer_bytes / 2 * copies)  # weighted by the weights each input gates
             ideal = 1 / (1 - achieved)
-            row = {"model": model, "sparsity": level, "measured_sparsity": round(achieved, 4), "copies": copies,
-                   "weight_MB": round(layer_bytes / 1e6, 1), "dense_us": round(dense_s * 1e6, 2),
-                   "sparse_us": round(separate_s * 1e6, 2), "fused_us": round(fused_s * 1e6, 2),
-                   "dense_GBps": round(layer_bytes / dense_s / 1e9, 1),
-                   "sparse_GBps": round((1 - achieved) * layer_bytes / separate_s / 1e9, 1),
-                   "speedup": round(dense_s / separate_s, 3), "fused_speedup": round(dense_s / fused_s, 3),
-                   "ideal": round(ideal, 3), "share_of_ideal": round(dense_s / separate_s / ideal, 3)}
+            row = {
+                "model": model,
+                "sparsity": level,
+                "measured_sparsity": round(achieved, 4),
+                "copies": copies,
+                "weight_MB": round(layer_bytes / 1e6, 1),
+                "dense_us": round(dense_s * 1e6, 2),
+                "sparse_us": round(separate_s * 1e6, 2),
+                "fused_us": round(fused_s * 1e6, 2),
+                "dense_GBps": round(layer_bytes / dense_s / 1e9, 1),
+                "sparse_GBps": round((1 - achieved) * layer_bytes / separate_s / 1e9, 1),
+                "speedup": round(dense_s / separate_s, 3),
+                "fused_speedup": round(dense_s / fused_s, 3),
+                "ideal": round(ideal, 3),
+                "share_of_ideal": round(dense_s / separate_s / ideal, 3),
+            }
             rows.append(row)
-            print(f"layer {model:13s} s={level:<4} dense {row['dense_us']:8.1f} us | sparse {row['sparse_us']:8.1f} us "
-                  f"x{row['speedup']:.2f} | fused {row['fused_us']:8.1f} us x{row['fused_speedup']:.2f} "
-                  f"| ideal x{row['ideal']:.2f}", flush=True)
+            print(
+                f"layer {model:13s} s={level:<4} dense {row['dense_us']:8.1f} us | sparse {row['sparse_us']:8.1f} us "
+                f"x{row['speedup']:.2f} | fused {row['fused_us']:8.1f} us x{row['fused_speedup']:.2f} "
+                f"| ideal x{row['ideal']:.2f}",
+                flush=True,
+            )
         del dense, separate, fused, inputs
         torch.cuda.empty_cache()
     return rows
@@ -265,14 +320,21 @@ def sweep_shapes() -> list[tuple[str, str, int, int]]:
 
 def _write_configs(chosen: list[dict]) -> None:
     from sponlib.io import atomic_write_json
-    from sponlib.kernels.triton_gemv import config_file
+    from sponlib.kernels.tiles import config_file
 
     path = config_file(torch.cuda.get_device_name(0))
     path.parent.mkdir(exist_ok=True)
-    atomic_write_json(path, {"gpu": torch.cuda.get_device_name(0),
-                             "written_by": "python benchmarks/kernels_h200.py --parts sweep --write-configs",
-                             "created": time.strftime("%Y-%m-%d"), "versions": library_versions(),
-                             "selection": "fastest time(s=0) + time(s=0.5); bf16; N(0, 1) inputs", "configs": chosen})
+    atomic_write_json(
+        path,
+        {
+            "gpu": torch.cuda.get_device_name(0),
+            "written_by": "python benchmarks/kernels_h200.py --parts sweep --write-configs",
+            "created": time.strftime("%Y-%m-%d"),
+            "versions": library_versions(),
+            "selection": "fastest time(s=0) + time(s=0.5); bf16; N(0, 1) inputs",
+            "configs": chosen,
+        },
+    )
     print(f"wrote {path}", flush=True)
 
 
@@ -282,7 +344,7 @@ def sweep(write_configs: bool) -> list[dict]:
     sponlib/kernels/configs/<gpu>.json with `write_configs`."""
     import triton
 
-    from sponlib.kernels.triton_gemv import GemvConfig
+    from sponlib.kernels.tiles import GemvConfig
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     rows, chosen = [], []
@@ -295,7 +357,7 @@ def sweep(write_configs: bool) -> list[dict]:
                     tiles = triton.cdiv(n_out, block_n)
                     slices = max(1, min(triton.cdiv(n_in, block_k), programs // tiles))
                     k_per = triton.cdiv(triton.cdiv(n_in, slices), block_k) * block_k
-                    for warps in ((4, 8) if block_n * block_k >= 8192 else (4,)):
+                    for warps in (4, 8) if block_n * block_k >= 8192 else (4,):
                         for variant in ({}, {"prefetch": True}, {"compact": True}):
                             candidates.append(GemvConfig(block_n, block_k, k_per, warps, 1, atomic=True, **variant))
         timed = []
@@ -309,16 +371,28 @@ def sweep(write_configs: bool) -> list[dict]:
             at = {level: data.sparse(level, partials) for level in (0.0, 0.5)}
             timed.append((at[0.0]["sparse_us"] + at[0.5]["sparse_us"], partials, at))
         for _, config, at in timed:
-            rows += [{"model": model, "roles": roles, **config.__dict__, "split": config.split(n_in), **r}
-                     for r in at.values()]
+            rows += [
+                {"model": model, "roles": roles, **config.__dict__, "split": config.split(n_in), **r}
+                for r in at.values()
+            ]
         winner = min(timed, key=lambda t: t[0])
         config, at = winner[1], winner[2]
-        chosen.append({"in": n_in, "out": n_out, "roles": f"{model} {roles}", **config.__dict__,
-                       "us_at_0": at[0.0]["sparse_us"], "us_at_0.5": at[0.5]["sparse_us"],
-                       "dense_us": at[0.0]["dense_us"]})
-        print(f"sweep {model} {roles} {n_in}->{n_out}: {config} split {config.split(n_in)}: "
-              f"{at[0.0]['sparse_us']} / {at[0.5]['sparse_us']} us at s=0 / 0.5 (dense {at[0.0]['dense_us']} us)",
-              flush=True)
+        chosen.append(
+            {
+                "in": n_in,
+                "out": n_out,
+                "roles": f"{model} {roles}",
+                **config.__dict__,
+                "us_at_0": at[0.0]["sparse_us"],
+                "us_at_0.5": at[0.5]["sparse_us"],
+                "dense_us": at[0.0]["dense_us"],
+            }
+        )
+        print(
+            f"sweep {model} {roles} {n_in}->{n_out}: {config} split {config.split(n_in)}: "
+            f"{at[0.0]['sparse_us']} / {at[0.5]['sparse_us']} us at s=0 / 0.5 (dense {at[0.0]['dense_us']} us)",
+            flush=True,
+        )
         del data
         torch.cuda.empty_cache()
         if write_configs:  # after every shape, so that an interrupted sweep keeps what it found
@@ -332,7 +406,7 @@ def sweep(write_configs: bool) -> list[dict]:
 def decode_bytes(model, sparsity_by_name: dict[str, float], max_len: int) -> tuple[float, float]:
     """Bytes one decoding step reads: (dense, sparse) for the model's projections' measured
     sparsity. All parameters except the embedding table (one row of it), plus the static KV cache."""
-    from sponlib.models.adapters import iter_projections
+    from sponlib.models import iter_projections
 
     config = model.config
     projections = {p.name: p.module.weight.numel() * p.module.weight.element_size() for p in iter_projections(model)}
@@ -350,8 +424,8 @@ def decode_bytes(model, sparsity_by_name: dict[str, float], max_len: int) -> tup
 
 def measured_sparsity(model, thresholds, prompt: torch.Tensor, max_len: int, alphas=None, tokens: int = 16) -> dict:
     """Per projection, the share of inputs zeroed while decoding `tokens` tokens eagerly."""
-    from sponlib.kernels.decoding import StaticDecoder
-    from sponlib.sparsity.sparsifier import Sparsifier
+    from sponlib.kernels import StaticDecoder
+    from sponlib.sparsity import Sparsifier
 
     decoder = StaticDecoder(model, max_len, mode="eager")
     with Sparsifier(model, thresholds, check=False, alphas=alphas) as sp:
@@ -364,26 +438,44 @@ def measured_sparsity(model, thresholds, prompt: torch.Tensor, max_len: int, alp
         return {"by_projection": sp.measured(), **sp.summary()}
 
 
-def e2e(model, name: str, thresholds_by_level: dict, prompt: torch.Tensor, alphas_by_level=None,
-        max_len: int = 512, tokens: int = 256) -> dict:
+def e2e(
+    model,
+    name: str,
+    thresholds_by_level: dict,
+    prompt: torch.Tensor,
+    alphas_by_level=None,
+    max_len: int = 512,
+    tokens: int = 256,
+) -> dict:
     """Dense, then sparse at each level, batch-1 greedy decoding compiled with CUDA graphs."""
-    from sponlib.kernels.decoding import StaticDecoder
-    from sponlib.kernels import set_thresholds, swap_in, swap_out
+    from sponlib.kernels import StaticDecoder, set_thresholds, swap_in, swap_out
 
     alphas_by_level = alphas_by_level or {}
     levels = sorted(thresholds_by_level)
-    measured = {level: measured_sparsity(model, thresholds_by_level[level], prompt, max_len,
-                                         alphas_by_level.get(level)) for level in levels}
+    measured = {
+        level: measured_sparsity(model, thresholds_by_level[level], prompt, max_len, alphas_by_level.get(level))
+        for level in levels
+    }
     bytes_by_level = {level: decode_bytes(model, measured[level]["by_projection"], max_len) for level in levels}
     started = time.perf_counter()
     dense_s = StaticDecoder(model, max_len, mode="compile").seconds_per_token(prompt, tokens)
     compile_dense = time.perf_counter() - started
     torch._dynamo.reset()
     dense_bytes = bytes_by_level[levels[0]][0]
-    rows = [{"variant": "dense", "sparsity": 0.0, "tokens_per_s": round(1 / dense_s, 1),
-             "ms_per_token": round(dense_s * 1e3, 3), "GBps": round(dense_bytes / dense_s / 1e9, 1)}]
-    print(f"e2e {name} dense: {1 / dense_s:8.1f} tokens/s {dense_bytes / dense_s / 1e9:7.1f} GB/s "
-          f"(compile + warm-up {compile_dense:.0f} s)", flush=True)
+    rows = [
+        {
+            "variant": "dense",
+            "sparsity": 0.0,
+            "tokens_per_s": round(1 / dense_s, 1),
+            "ms_per_token": round(dense_s * 1e3, 3),
+            "GBps": round(dense_bytes / dense_s / 1e9, 1),
+        }
+    ]
+    print(
+        f"e2e {name} dense: {1 / dense_s:8.1f} tokens/s {dense_bytes / dense_s / 1e9:7.1f} GB/s "
+        f"(compile + warm-up {compile_dense:.0f} s)",
+        flush=True,
+    )
     first_alphas = alphas_by_level.get(levels[0]) or (next(iter(alphas_by_level.values()), None))
     for fuse in (False, True):  # seven launches per block, then q/k/v and gate/up fused
         variant = ("sparse+spon" if alphas_by_level else "sparse") + ("-fused" if fuse else "")
@@ -393,27 +485,42 @@ def e2e(model, name: str, thresholds_by_level: dict, prompt: torch.Tensor, alpha
             set_thresholds(model, thresholds_by_level[level], alphas_by_level.get(level))
             seconds = decoder.seconds_per_token(prompt, tokens)
             dense_b, sparse_b = bytes_by_level[level]
-            row = {"variant": variant, "sparsity": level, "measured_sparsity": round(measured[level]["weighted"], 4),
-                   "tokens_per_s": round(1 / seconds, 1), "ms_per_token": round(seconds * 1e3, 3),
-                   "GBps": round(sparse_b / seconds / 1e9, 1), "speedup": round(dense_s / seconds, 3),
-                   "bound": round(dense_b / sparse_b, 3),
-                   "share_of_bound": round(dense_s / seconds / (dense_b / sparse_b), 3)}
+            row = {
+                "variant": variant,
+                "sparsity": level,
+                "measured_sparsity": round(measured[level]["weighted"], 4),
+                "tokens_per_s": round(1 / seconds, 1),
+                "ms_per_token": round(seconds * 1e3, 3),
+                "GBps": round(sparse_b / seconds / 1e9, 1),
+                "speedup": round(dense_s / seconds, 3),
+                "bound": round(dense_b / sparse_b, 3),
+                "share_of_bound": round(dense_s / seconds / (dense_b / sparse_b), 3),
+            }
             rows.append(row)
-            print(f"e2e {name} {variant} s={level:<4} (measured {row['measured_sparsity']:.3f}): "
-                  f"{row['tokens_per_s']:8.1f} tokens/s {row['GBps']:7.1f} GB/s x{row['speedup']:.2f} "
-                  f"of bound x{row['bound']:.2f}", flush=True)
+            print(
+                f"e2e {name} {variant} s={level:<4} (measured {row['measured_sparsity']:.3f}): "
+                f"{row['tokens_per_s']:8.1f} tokens/s {row['GBps']:7.1f} GB/s x{row['speedup']:.2f} "
+                f"of bound x{row['bound']:.2f}",
+                flush=True,
+            )
         del decoder
         torch._dynamo.reset()
         swap_out(model)
-    return {"model": name, "max_len": max_len, "prompt_tokens": int(prompt.shape[1]), "timed_tokens": tokens,
-            "weights_GB": round(bytes_by_level[levels[0]][0] / 1e9, 3), "rows": rows}
+    return {
+        "model": name,
+        "max_len": max_len,
+        "prompt_tokens": int(prompt.shape[1]),
+        "timed_tokens": tokens,
+        "weights_GB": round(bytes_by_level[levels[0]][0] / 1e9, 3),
+        "rows": rows,
+    }
 
 
 def e2e_llama(levels=E2E_LEVELS, tokens: int = 256) -> dict:
     """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.sparsity.calibrate on random tokens."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from sponlib.sparsity.calibration import calibrate
+    from sponlib.sparsity import calibrate
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -424,8 +531,15 @@ def e2e_llama(levels=E2E_LEVELS, tokens: int = 256) -> dict:
             param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0.0, 0.02)
     model.requires_grad_(False)
     ids = torch.randint(0, config.vocab_size, (8, 128), device="cuda")
-    calibration = calibrate(model, ids, scores=("teal",), refine_windows=8,
-                            refine_levels=[lv for lv in levels if lv > 0], batch_size=8, progress=False)
+    calibration = calibrate(
+        model,
+        ids,
+        scores=("teal",),
+        refine_windows=8,
+        refine_levels=[lv for lv in levels if lv > 0],
+        batch_size=8,
+        progress=False,
+    )
     thresholds = {level: calibration.thresholds(level, "teal") for level in levels}
     prompt = torch.randint(0, config.vocab_size, (1, 64), device="cuda")
     result = e2e(model, "llama3-8b-shaped (random bf16 weights)", thresholds, prompt, tokens=tokens)
@@ -438,7 +552,7 @@ def e2e_smollm2(levels=E2E_LEVELS, tokens: int = 256) -> dict:
     """The default model, bf16, shipped calibration and SPON vectors (teal) folded into biases."""
     from sponlib.artifacts import shipped_calibration, shipped_spon
     from sponlib.data import load_corpus, load_windows
-    from sponlib.models.loading import load_model
+    from sponlib.models import load_model
 
     model, tokenizer = load_model("smollm2-135m", dtype="bfloat16", device="cuda")
     model.requires_grad_(False)
@@ -483,8 +597,9 @@ def summarise(record: dict) -> dict:
         summary["e2e_overhead_at_0"] = round(1 / at(llama["rows"], 0.0, "speedup", variant="sparse") - 1, 4)
     gemvs = record.get("gemv", [])
     if gemvs:
-        summary["gemv_overhead_at_0_max"] = round(max(r["sparse_us"] / r["dense_us"] - 1
-                                                      for r in gemvs if r["sparsity"] == 0.0), 4)
+        summary["gemv_overhead_at_0_max"] = round(
+            max(r["sparse_us"] / r["dense_us"] - 1 for r in gemvs if r["sparsity"] == 0.0), 4
+        )
     return summary
 
 
@@ -493,8 +608,11 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}, sweep")
     parser.add_argument("--json", required=True, help="record to write; parts already in it are kept unless rerun")
     parser.add_argument("--tokens", type=int, default=256, help="decoding steps timed per variant")
-    parser.add_argument("--write-configs", action="store_true",
-                        help="with the sweep: write the fastest tiles to sponlib/kernels/configs/<gpu>.json")
+    parser.add_argument(
+        "--write-configs",
+        action="store_true",
+        help="with the sweep: write the fastest tiles to sponlib/kernels/configs/<gpu>.json",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("kernels_h200.py: no CUDA device; this benchmark needs a GPU (the CPU one is sparse_gemv_cpu.py)")
@@ -508,9 +626,17 @@ def main() -> None:
     record = {k: previous[k] for k in ("ceilings", "gemv", "layer", "e2e", "sweep", "runs") if k in previous}
     import triton
 
-    run = {"parts": parts, "command": " ".join(["python", *os.sys.argv]), "triton": triton.__version__,
-           "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
-           "device": device_record("cuda"), "versions": library_versions(), "dtype": str(DTYPE)}
+    run = {
+        "parts": parts,
+        "command": " ".join(["python", *os.sys.argv]),
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0),
+        "device": device_record("cuda"),
+        "versions": library_versions(),
+        "dtype": str(DTYPE),
+    }
     started = time.perf_counter()
     if "ceilings" in parts:
         record["ceilings"] = ceilings()
@@ -528,9 +654,13 @@ def main() -> None:
     run["elapsed_s"] = round(time.perf_counter() - started, 1)
     record["runs"] = [r for r in record.get("runs", []) if not set(r["parts"]) <= set(parts)] + [run]
     record["summary"] = summarise(record)
-    write_result(path, "kernels", {k: record[k] for k in ("summary", "ceilings", "gemv", "layer", "e2e", "sweep",
-                                                          "runs") if k in record},
-                 device="cuda", dtype=DTYPE)
+    write_result(
+        path,
+        "kernels",
+        {k: record[k] for k in ("summary", "ceilings", "gemv", "layer", "e2e", "sweep", "runs") if k in record},
+        device="cuda",
+        dtype=DTYPE,
+    )
     print(json.dumps(record["summary"], indent=1))
 
 

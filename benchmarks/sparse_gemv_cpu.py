@@ -89,8 +89,9 @@ def measure(rotation: _Rotation, level: float, repeats: int, rounds: int) -> dic
 
     paths = {"dense": dense, "reference": reference, "rows": rows}
     x, _, weight_t = rotation.next()
-    torch.testing.assert_close(sparse_gemv_rows(x, weight_t, bias, tau), sparse_gemv_reference(x, weight_t, bias, tau),
-                               rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        sparse_gemv_rows(x, weight_t, bias, tau), sparse_gemv_reference(x, weight_t, bias, tau), rtol=1e-4, atol=1e-3
+    )
     times = {name: [] for name in paths}
     for _ in range(rounds):  # interleaved: each path sees the same machine state
         for name, fn in paths.items():
@@ -99,10 +100,13 @@ def measure(rotation: _Rotation, level: float, repeats: int, rounds: int) -> dic
     median = {name: statistics.median(values) for name, values in times.items()}
     measured = float((magnitudes <= tau).float().mean()) if level > 0 else 0.0
     weight_bytes = rotation.weight_bytes
-    return {"measured_sparsity": measured, "us": {k: v * 1e6 for k, v in median.items()},
-            "speedup_vs_dense": {k: median["dense"] / v for k, v in median.items()},
-            "dense_gb_per_s": weight_bytes / median["dense"] / 1e9,
-            "ideal_speedup": 1 / (1 - measured)}
+    return {
+        "measured_sparsity": measured,
+        "us": {k: v * 1e6 for k, v in median.items()},
+        "speedup_vs_dense": {k: median["dense"] / v for k, v in median.items()},
+        "dense_gb_per_s": weight_bytes / median["dense"] / 1e9,
+        "ideal_speedup": 1 / (1 - measured),
+    }
 
 
 def main() -> None:
@@ -111,31 +115,43 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per path and round (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--cache-mib", type=int, default=32,
-                        help="last-level cache to defeat, MiB (default 32, this machine's L3)")
+    parser.add_argument(
+        "--cache-mib", type=int, default=32, help="last-level cache to defeat, MiB (default 32, this machine's L3)"
+    )
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
 
     results = []
-    print(f"{'model':13s} {'projection':20s} {'s':>5s} {'dense µs':>9s} {'dense GB/s':>10s} "
-          f"{'reference ×':>11s} {'rows ×':>9s} {'rows/rows@0 ×':>14s} {'ideal ×':>8s}")
+    print(
+        f"{'model':13s} {'projection':20s} {'s':>5s} {'dense µs':>9s} {'dense GB/s':>10s} "
+        f"{'reference ×':>11s} {'rows ×':>9s} {'rows/rows@0 ×':>14s} {'ideal ×':>8s}"
+    )
     for (model, projection), (out_features, in_features) in SHAPES.items():
         rotation = _Rotation(out_features, in_features, dtype, args.cache_mib << 20)
         for level in LEVELS:
-            row = {"model": model, "projection": projection, "out": out_features, "in": in_features, "level": level,
-                   "weight_copies": len(rotation.weights),
-                   **measure(rotation, level, args.repeats, args.rounds)}
+            row = {
+                "model": model,
+                "projection": projection,
+                "out": out_features,
+                "in": in_features,
+                "level": level,
+                "weight_copies": len(rotation.weights),
+                **measure(rotation, level, args.repeats, args.rounds),
+            }
             if level == 0:
                 rows_at_0 = row["us"]["rows"]
             # the sparsity's own gain, apart from the row layout's: the row path at 0 over the row path at s
             row["rows_speedup_vs_rows_at_0"] = rows_at_0 / row["us"]["rows"]
             results.append(row)
-            print(f"{model:13s} {projection:20s} {level:5.2f} {row['us']['dense']:9.1f} {row['dense_gb_per_s']:10.2f} "
-                  f"{row['speedup_vs_dense']['reference']:11.2f} {row['speedup_vs_dense']['rows']:9.2f} "
-                  f"{row['rows_speedup_vs_rows_at_0']:14.2f} "
-                  f"{row['ideal_speedup']:8.2f}", flush=True)
+            print(
+                f"{model:13s} {projection:20s} {level:5.2f} {row['us']['dense']:9.1f} {row['dense_gb_per_s']:10.2f} "
+                f"{row['speedup_vs_dense']['reference']:11.2f} {row['speedup_vs_dense']['rows']:9.2f} "
+                f"{row['rows_speedup_vs_rows_at_0']:14.2f} "
+                f"{row['ideal_speedup']:8.2f}",
+                flush=True,
+            )
     summary = {}
     for level in LEVELS:
         at = [r for r in results if r["level"] == level]
@@ -144,18 +160,35 @@ def main() -> None:
             "rows_median_speedup": statistics.median(r["speedup_vs_dense"]["rows"] for r in at),
             "rows_best_speedup": best["speedup_vs_dense"]["rows"],
             "rows_best_shape": f"{best['model']} {best['projection']}",
-            "rows_beats_dense": sum(r["speedup_vs_dense"]["rows"] > 1 for r in at), "shapes": len(at),
+            "rows_beats_dense": sum(r["speedup_vs_dense"]["rows"] > 1 for r in at),
+            "shapes": len(at),
             "rows_median_speedup_vs_rows_at_0": statistics.median(r["rows_speedup_vs_rows_at_0"] for r in at),
-            "ideal_speedup": 1 / (1 - level)}
-    write_result(args.json, "sparse_gemv_cpu", {
-        "batch": 1, "threads": args.threads, "cache_mib": args.cache_mib, "cpu_count": os.cpu_count(), "repeats": args.repeats,
-        "rounds": args.rounds, "levels": list(LEVELS), "rows": results, "summary": summary,
-    }, device="cpu", dtype=dtype)
+            "ideal_speedup": 1 / (1 - level),
+        }
+    write_result(
+        args.json,
+        "sparse_gemv_cpu",
+        {
+            "batch": 1,
+            "threads": args.threads,
+            "cache_mib": args.cache_mib,
+            "cpu_count": os.cpu_count(),
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "levels": list(LEVELS),
+            "rows": results,
+            "summary": summary,
+        },
+        device="cpu",
+        dtype=dtype,
+    )
     for level, s in summary.items():
-        print(f"s = {level:>4s}: rows vs dense, median {s['rows_median_speedup']:.2f}x, best "
-              f"{s['rows_best_speedup']:.2f}x ({s['rows_best_shape']}), faster in {s['rows_beats_dense']} of "
-              f"{s['shapes']} shapes; its own gain over s = 0, median {s['rows_median_speedup_vs_rows_at_0']:.2f}x "
-              f"(ideal {s['ideal_speedup']:.2f}x)")
+        print(
+            f"s = {level:>4s}: rows vs dense, median {s['rows_median_speedup']:.2f}x, best "
+            f"{s['rows_best_speedup']:.2f}x ({s['rows_best_shape']}), faster in {s['rows_beats_dense']} of "
+            f"{s['shapes']} shapes; its own gain over s = 0, median {s['rows_median_speedup_vs_rows_at_0']:.2f}x "
+            f"(ideal {s['ideal_speedup']:.2f}x)"
+        )
     print(f"wrote {args.json}")
 
 

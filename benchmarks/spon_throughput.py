@@ -18,14 +18,11 @@ import time
 
 import torch
 
-from sponlib.sparsity.calibration import Calibration
 from sponlib.data import load_corpus, load_windows
-from sponlib.models.loading import load_model, resolve_device
+from sponlib.models import load_model, resolve_device
 from sponlib.records import write_result
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.spon.vectors import SponVectors
-from sponlib.spon.training import TrainConfig, train_spon
-from sponlib.spon.distillation import kl_to_teacher
+from sponlib.sparsity import Calibration, Sparsifier
+from sponlib.spon import SponVectors, TrainConfig, kl_to_teacher, train_spon
 
 
 def _sync(device: torch.device) -> None:
@@ -40,7 +37,7 @@ def plain_loop(model, thresholds, ids: torch.Tensor, batch_size: int, steps: int
     optimizer = torch.optim.AdamW(alphas.values(), lr=lr)
     timed, tokens = 0.0, 0
     for step in range(steps + 1):  # step 0 warms up and is not timed
-        batch = ids[(step * batch_size) % len(ids):][:batch_size].to(device)  # (B, L)
+        batch = ids[(step * batch_size) % len(ids) :][:batch_size].to(device)  # (B, L)
         _sync(device)
         started = time.perf_counter()
         with torch.no_grad():
@@ -85,22 +82,47 @@ def main() -> None:
         rows.append({"loop": "plain", "precision": "fp32", "batch": batch, "tokens_per_s": round(plain, 1)})
         print(f"{'plain':10s} {'fp32':9s} {batch:5d} {batch * args.window_len:11d} {plain:10.0f} {1.0:8.2f}")
         for precision in precisions:
-            config = TrainConfig(steps=args.steps, batch_size=batch, precision=precision, eval_every=args.steps,
-                                 checkpoint_every=0)
+            config = TrainConfig(
+                steps=args.steps, batch_size=batch, precision=precision, eval_every=args.steps, checkpoint_every=0
+            )
             vectors, _ = train_spon(model, thresholds, windows.ids, val.ids, config, progress=False)
             t = vectors.meta["training"]
-            rows.append({"loop": "sponlib", "precision": precision, "batch": batch, "tokens_per_s": t["tokens_per_s"],
-                         "teacher_s": t["teacher_s"], "train_s": t["train_s"],
-                         "speedup_vs_plain": t["tokens_per_s"] / plain})
-            print(f"{'sponlib':10s} {precision:9s} {batch:5d} {batch * args.window_len:11d} {t['tokens_per_s']:10.0f} "
-                  f"{t['tokens_per_s'] / plain:8.2f}")
+            rows.append(
+                {
+                    "loop": "sponlib",
+                    "precision": precision,
+                    "batch": batch,
+                    "tokens_per_s": t["tokens_per_s"],
+                    "teacher_s": t["teacher_s"],
+                    "train_s": t["train_s"],
+                    "speedup_vs_plain": t["tokens_per_s"] / plain,
+                }
+            )
+            print(
+                f"{'sponlib':10s} {precision:9s} {batch:5d} {batch * args.window_len:11d} {t['tokens_per_s']:10.0f} "
+                f"{t['tokens_per_s'] / plain:8.2f}"
+            )
     best = max((r for r in rows if r["loop"] == "sponlib"), key=lambda r: r["tokens_per_s"])
-    write_result(args.json, "spon_throughput", {
-        "sparsity": args.sparsity, "method": "teal", "window_len": args.window_len, "steps": args.steps,
-        "results": rows, "summary": {"best_tokens_per_s": best["tokens_per_s"], "best_batch": best["batch"],
-                                     "best_precision": best["precision"],
-                                     "speedup_vs_plain": best["speedup_vs_plain"]}},
-        model=model, device=device, dtype=torch.float32)
+    write_result(
+        args.json,
+        "spon_throughput",
+        {
+            "sparsity": args.sparsity,
+            "method": "teal",
+            "window_len": args.window_len,
+            "steps": args.steps,
+            "results": rows,
+            "summary": {
+                "best_tokens_per_s": best["tokens_per_s"],
+                "best_batch": best["batch"],
+                "best_precision": best["precision"],
+                "speedup_vs_plain": best["speedup_vs_plain"],
+            },
+        },
+        model=model,
+        device=device,
+        dtype=torch.float32,
+    )
     print(f"wrote {args.json}")
 
 

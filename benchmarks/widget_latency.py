@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from sponlib.analysis.layers import LayerAnalysis
+from sponlib.analysis import LayerAnalysis
 from sponlib.artifacts import shipped_calibration, shipped_spon
 from sponlib.data import load_corpus, load_windows
-from sponlib.models.loading import load_model
+from sponlib.models import load_model
 from sponlib.records import write_result
-from sponlib.viz.widgets import DriftExplorer, ThresholdExplorer
+from sponlib.viz import DriftExplorer, ThresholdExplorer
 
 GOALS = {"new": 2.0, "cached": 0.2}  # seconds
 
@@ -46,8 +46,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--corpus", default="persuasion")
     parser.add_argument("--tokens", type=int, default=256, help="tokens of the probe text (default 256)")
-    parser.add_argument("--levels", default="0.25,0.4,0.6,0.7,0.3,0.45,0.55,0.65",
-                        help="levels visited in order after the start at 0.5 (each new once)")
+    parser.add_argument(
+        "--levels",
+        default="0.25,0.4,0.6,0.7,0.3,0.45,0.55,0.65",
+        help="levels visited in order after the start at 0.5 (each new once)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -68,27 +71,56 @@ def main() -> None:
         for kind, visits in (("new", levels), ("cached", [0.5] + levels[:4])):
             for level in visits:
                 done, first = _move(dashboard, level)
-                rows.append({"dashboard": name, "level": level, "kind": kind, "seconds": done, "first_curves_s": first,
-                             "spon": name == "DriftExplorer" and analysis.has_spon("teal", level)})
+                rows.append(
+                    {
+                        "dashboard": name,
+                        "level": level,
+                        "kind": kind,
+                        "seconds": done,
+                        "first_curves_s": first,
+                        "spon": name == "DriftExplorer" and analysis.has_spon("teal", level),
+                    }
+                )
 
     print(f"{'dashboard':18s} {'level':>6s} {'kind':>10s} {'SPON':>5s} {'first curves s':>15s} {'all curves s':>13s}")
     for row in rows:
         first = f"{row['first_curves_s']:15.3f}" if "first_curves_s" in row else f"{'':15s}"
-        print(f"{row['dashboard']:18s} {row['level']:6.2f} {row['kind']:>10s} {('yes' if row.get('spon') else ''):>5s} "
-              f"{first} {row['seconds']:13.3f}")
+        print(
+            f"{row['dashboard']:18s} {row['level']:6.2f} {row['kind']:>10s} {('yes' if row.get('spon') else ''):>5s} "
+            f"{first} {row['seconds']:13.3f}"
+        )
     summary = {}
     for name in ("DriftExplorer", "ThresholdExplorer"):
         for kind, goal in GOALS.items():
             times = [r["seconds"] for r in rows if r["dashboard"] == name and r["kind"] == kind]
-            summary[f"{name}/{kind}"] = {"median_s": statistics.median(times), "max_s": max(times), "goal_s": goal,
-                                         "met": max(times) < goal, "moves": len(times)}
+            summary[f"{name}/{kind}"] = {
+                "median_s": statistics.median(times),
+                "max_s": max(times),
+                "goal_s": goal,
+                "met": max(times) < goal,
+                "moves": len(times),
+            }
     for key, s in summary.items():
-        print(f"{key:28s} median {s['median_s']:.3f} s, max {s['max_s']:.3f} s (goal < {s['goal_s']} s: "
-              f"{'met' if s['met'] else 'missed'})")
-    write_result(args.json, "widget_latency", {
-        "probe": probe.describe(), "threads": args.threads, "lens_tokens": LayerAnalysis(model, probe.ids, calibration).lens_tokens, "cpu_count": os.cpu_count(),
-        "spon_levels": sorted(level for _, level in spon), "rows": rows, "summary": summary,
-    }, model=model, device="cpu", dtype=torch.float32)
+        print(
+            f"{key:28s} median {s['median_s']:.3f} s, max {s['max_s']:.3f} s (goal < {s['goal_s']} s: "
+            f"{'met' if s['met'] else 'missed'})"
+        )
+    write_result(
+        args.json,
+        "widget_latency",
+        {
+            "probe": probe.describe(),
+            "threads": args.threads,
+            "lens_tokens": LayerAnalysis(model, probe.ids, calibration).lens_tokens,
+            "cpu_count": os.cpu_count(),
+            "spon_levels": sorted(level for _, level in spon),
+            "rows": rows,
+            "summary": summary,
+        },
+        model=model,
+        device="cpu",
+        dtype=torch.float32,
+    )
     print(f"wrote {args.json}")
 
 

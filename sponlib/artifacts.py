@@ -31,8 +31,10 @@ def artifacts_dir(model: nn.Module | str) -> Path:
     """data/artifacts/<name> for a model (or a known model's name)."""
     name = model if isinstance(model, str) else model_name(model)
     if not name:
-        raise InvalidArgumentError("artifacts are shipped for known models only (load it by name, e.g. "
-                                   "load_model('smollm2-135m')); pass the files' paths instead")
+        raise InvalidArgumentError(
+            "artifacts are shipped for known models only (load it by name, e.g. "
+            "load_model('smollm2-135m')); pass the files' paths instead"
+        )
     return data_dir() / "artifacts" / name
 
 
@@ -47,8 +49,10 @@ def shipped_calibration(model: nn.Module) -> Calibration:
     """The shipped calibration, checked against the model's fingerprint."""
     path = shipped_calibration_path(model)
     if path is None:
-        raise InvalidArgumentError(f"no calibration shipped for {model_name(model) or 'this model'}; make one "
-                                   "with `python -m sponlib calibrate --out FILE` and load it with Calibration.load")
+        raise InvalidArgumentError(
+            f"no calibration shipped for {model_name(model) or 'this model'}; make one "
+            "with `python -m sponlib calibrate --out FILE` and load it with Calibration.load"
+        )
     return Calibration.load(path, model)
 
 
@@ -58,18 +62,22 @@ def spon_files(folder: str | os.PathLike, rule: str, levels=None) -> dict[float,
     prefix, found = f"spon-{rule}-", {}
     for path in Path(folder).glob(f"{prefix}*.safetensors"):
         try:
-            found[float(path.name[len(prefix):-len(".safetensors")])] = path
+            found[float(path.name[len(prefix) : -len(".safetensors")])] = path
         except ValueError:  # e.g. spon-teal-0.5-longer.safetensors: not a plain level
             continue
     if levels is None:
         if not found:
-            raise InvalidArgumentError(f"no {prefix}<level>.safetensors in {folder}; train some with "
-                                       "`python -m sponlib train` or name another folder")
+            raise InvalidArgumentError(
+                f"no {prefix}<level>.safetensors in {folder}; train some with "
+                "`python -m sponlib train` or name another folder"
+            )
         return dict(sorted(found.items()))
     missing = [level for level in levels if level not in found]
     if missing:
-        raise InvalidArgumentError(f"no SPON vectors for {rule} at {', '.join(map(str, missing))} in {folder} "
-                                   f"(found: {', '.join(map(str, sorted(found))) or 'none'})")
+        raise InvalidArgumentError(
+            f"no SPON vectors for {rule} at {', '.join(map(str, missing))} in {folder} "
+            f"(found: {', '.join(map(str, sorted(found))) or 'none'})"
+        )
     return {level: found[level] for level in sorted(levels)}
 
 

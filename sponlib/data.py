@@ -34,9 +34,21 @@ from .paths import data_dir, display_path
 AUSTEN_TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
 AUSTEN_TEST_NOVEL = "persuasion"
 BROWN_GENRES = (
-    "a_press_reportage", "b_press_editorial", "c_press_reviews", "d_religion", "e_skill_hobbies",
-    "f_popular_lore", "g_belles_lettres", "h_government", "j_learned", "k_fiction_general",
-    "l_fiction_mystery", "m_fiction_science", "n_fiction_adventure", "p_fiction_romance", "r_humor",
+    "a_press_reportage",
+    "b_press_editorial",
+    "c_press_reviews",
+    "d_religion",
+    "e_skill_hobbies",
+    "f_popular_lore",
+    "g_belles_lettres",
+    "h_government",
+    "j_learned",
+    "k_fiction_general",
+    "l_fiction_mystery",
+    "m_fiction_science",
+    "n_fiction_adventure",
+    "p_fiction_romance",
+    "r_humor",
 )
 VALIDATION_SHARE = 0.05  # tail of each training novel held out as austen-val
 
@@ -90,8 +102,13 @@ class Windows:
         return self.ids.shape[0]
 
     def describe(self) -> dict:
-        record = {"source": self.source, "windows": len(self), "window_len": self.window_len,
-                  "seed": self.seed, "available_windows": self.available}
+        record = {
+            "source": self.source,
+            "windows": len(self),
+            "window_len": self.window_len,
+            "seed": self.seed,
+            "available_windows": self.available,
+        }
         if self.stride is not None:
             record["stride"] = self.stride
         if self.bos is not None:
@@ -106,8 +123,10 @@ def _stem(path: Path) -> str:
 def _corpus_file(folder: str, stem: str) -> Path:
     path = data_dir() / "corpora" / folder / f"{stem}.txt.gz"
     if not path.is_file():
-        raise DataError(f"shipped corpus file {path} is missing; run from a clone of the project "
-                        "or set SPONLIB_DATA to its data/ folder")
+        raise DataError(
+            f"shipped corpus file {path} is missing; run from a clone of the project "
+            "or set SPONLIB_DATA to its data/ folder"
+        )
     return path
 
 
@@ -134,8 +153,10 @@ def load_corpus(name: str) -> TextSource:
     """A named split of the shipped corpora (see the module docstring)."""
     named = _named_corpora()
     if name not in named:
-        raise DataError(f"unknown corpus {name!r}. Named corpora: {', '.join(named)}. "
-                        "For your own text use text_file(path) (CLI: --text-file PATH).")
+        raise DataError(
+            f"unknown corpus {name!r}. Named corpora: {', '.join(named)}. "
+            "For your own text use text_file(path) (CLI: --text-file PATH)."
+        )
     folder, stems, span = named[name]
     return TextSource(name, tuple(_corpus_file(folder, s) for s in stems), span=span)
 
@@ -194,8 +215,9 @@ def _read_hub(path: str, config: str | None, split: str, column: str) -> str:
     try:
         rows = datasets.load_dataset(path, config, split=split)
     except (FileNotFoundError, ConnectionError, ValueError) as e:
-        raise DataError(f"could not load data set {path!r} (config {config!r}, split {split!r}): "
-                        f"{e}.{hub_offline_hint()}") from e
+        raise DataError(
+            f"could not load data set {path!r} (config {config!r}, split {split!r}): {e}.{hub_offline_hint()}"
+        ) from e
     if column not in rows.column_names:
         raise DataError(f"data set {path!r} has no column {column!r}; columns: {rows.column_names}")
     text = "\n\n".join(t for t in rows[column] if t)
@@ -216,8 +238,15 @@ def tokenize_source(source: TextSource, tokenizer) -> list[TokenStream]:
     return streams
 
 
-def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | None = None,
-                  seed: int = 0, source: str = "", stride: int | None = None, bos: int | None = None) -> Windows:
+def token_windows(
+    streams: list[TokenStream],
+    window_len: int,
+    n_windows: int | None = None,
+    seed: int = 0,
+    source: str = "",
+    stride: int | None = None,
+    bos: int | None = None,
+) -> Windows:
     """Cut every stream into windows of `window_len` tokens (a stream's tail shorter than a window
     is dropped) and pick `n_windows` of them at random with `seed`, kept in corpus order.
     `n_windows=None` (or 0) takes them all. Windows do not overlap unless `stride` (tokens between
@@ -226,8 +255,9 @@ def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | 
     if window_len < 2:
         raise DataError(f"window length must be at least 2 tokens (got {window_len})")
     if bos is not None:
-        inner = token_windows(streams, window_len - 1, n_windows, seed, source,
-                              None if stride is None else min(stride, window_len - 1))
+        inner = token_windows(
+            streams, window_len - 1, n_windows, seed, source, None if stride is None else min(stride, window_len - 1)
+        )
         inner.ids = torch.cat([torch.full((len(inner), 1), bos, dtype=inner.ids.dtype), inner.ids], 1)  # (N, L)
         inner.window_len, inner.bos = window_len, bos
         return inner
@@ -246,18 +276,29 @@ def token_windows(streams: list[TokenStream], window_len: int, n_windows: int | 
     name = source or ",".join(s.document for s in streams)
     if available == 0:
         n_tokens = sum(len(s.ids) for s in streams)
-        raise DataError(f"{name!r} has {n_tokens} tokens, fewer than one window of {window_len}; "
-                        "use a longer text or a shorter window length")
+        raise DataError(
+            f"{name!r} has {n_tokens} tokens, fewer than one window of {window_len}; "
+            "use a longer text or a shorter window length"
+        )
     if n_windows and n_windows > available:
-        raise DataError(f"{name!r} holds only {available} windows of {window_len} tokens; ask for "
-                        f"at most {available} (0 takes them all) or use a shorter window length")
+        raise DataError(
+            f"{name!r} holds only {available} windows of {window_len} tokens; ask for "
+            f"at most {available} (0 takes them all) or use a shorter window length"
+        )
     all_ids = np.concatenate(pieces)  # (available, L)
     if n_windows:
         chosen = np.sort(np.random.default_rng(seed).choice(available, size=n_windows, replace=False))
     else:
         chosen = np.arange(available)
-    return Windows(torch.from_numpy(np.ascontiguousarray(all_ids[chosen])), [origins[i] for i in chosen], name,
-                   window_len, seed, available, stride if step != window_len else None)
+    return Windows(
+        torch.from_numpy(np.ascontiguousarray(all_ids[chosen])),
+        [origins[i] for i in chosen],
+        name,
+        window_len,
+        seed,
+        available,
+        stride if step != window_len else None,
+    )
 
 
 def leading_special_token(tokenizer) -> int | None:
@@ -270,9 +311,22 @@ def leading_special_token(tokenizer) -> int | None:
     return None
 
 
-def load_windows(source: TextSource, tokenizer, window_len: int, n_windows: int | None = None,
-                 seed: int = 0, stride: int | None = None) -> Windows:
+def load_windows(
+    source: TextSource,
+    tokenizer,
+    window_len: int,
+    n_windows: int | None = None,
+    seed: int = 0,
+    stride: int | None = None,
+) -> Windows:
     """tokenize_source + token_windows in one call; each window starts with the tokenizer's BOS
     when it adds one (then the window holds window_len - 1 tokens of text)."""
-    return token_windows(tokenize_source(source, tokenizer), window_len, n_windows, seed, source.name, stride,
-                         bos=leading_special_token(tokenizer))
+    return token_windows(
+        tokenize_source(source, tokenizer),
+        window_len,
+        n_windows,
+        seed,
+        source.name,
+        stride,
+        bos=leading_special_token(tokenizer),
+    )

@@ -41,8 +41,10 @@ def check_even_batch(batch_size: int, world_size: int) -> None:
     """Every process must get as many windows of a batch as the others, so that the mean of their
     gradients is the gradient of the whole batch."""
     if batch_size % world_size:
-        raise InvalidArgumentError(f"a batch of {batch_size} windows does not split evenly over {world_size} "
-                                   f"processes; use a multiple of {world_size}")
+        raise InvalidArgumentError(
+            f"a batch of {batch_size} windows does not split evenly over {world_size} "
+            f"processes; use a multiple of {world_size}"
+        )
 
 
 @dataclass
@@ -66,17 +68,22 @@ class Replicas:
             return cls()
         missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
         if missing:
-            raise InvalidArgumentError(f"WORLD_SIZE is {world_size} but {', '.join(missing)} "
-                                       "unset; start the processes with torchrun or accelerate launch")
+            raise InvalidArgumentError(
+                f"WORLD_SIZE is {world_size} but {', '.join(missing)} "
+                "unset; start the processes with torchrun or accelerate launch"
+            )
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
         device = resolve_device(device)  # "auto", and a clear error for CUDA without a GPU
         if device.type == "cuda":
             if device.index is not None:
-                raise InvalidArgumentError(f"with {world_size} processes each uses its own GPU (LOCAL_RANK); "
-                                           f"give --device cuda, not {device}")
+                raise InvalidArgumentError(
+                    f"with {world_size} processes each uses its own GPU (LOCAL_RANK); give --device cuda, not {device}"
+                )
             if torch.cuda.device_count() <= local_rank:
-                raise InvalidArgumentError(f"process {rank} needs GPU {local_rank}, but this machine shows "
-                                           f"{torch.cuda.device_count()}; start fewer processes per node")
+                raise InvalidArgumentError(
+                    f"process {rank} needs GPU {local_rank}, but this machine shows "
+                    f"{torch.cuda.device_count()}; start fewer processes per node"
+                )
             torch.cuda.set_device(local_rank)
         backend = "nccl" if device.type == "cuda" else "gloo"
         owns_group = not dist.is_initialized()
@@ -123,8 +130,10 @@ class Replicas:
     def share(self, n: int, what: str = "windows") -> slice:
         """This process's contiguous share of n items, sizes differing by at most one."""
         if n < self.world_size:
-            raise InvalidArgumentError(f"{n} {what} cannot be shared by {self.world_size} processes; "
-                                       f"use at least {self.world_size}, or fewer processes")
+            raise InvalidArgumentError(
+                f"{n} {what} cannot be shared by {self.world_size} processes; "
+                f"use at least {self.world_size}, or fewer processes"
+            )
         return self._share_of(self.rank, n)
 
     def _share_of(self, rank: int, n: int) -> slice:
@@ -178,7 +187,7 @@ class Replicas:
             return rows
         sizes = [len(range(n)[self._share_of(rank, n)]) for rank in range(self.world_size)]
         padded = rows.new_zeros((max(sizes),) + tuple(rows.shape[1:]), device=self._comm_device())  # all_gather
-        padded[:len(rows)] = rows  # needs equal shapes
+        padded[: len(rows)] = rows  # needs equal shapes
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(pieces, padded)
         return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)]).to(rows.device)
@@ -194,4 +203,3 @@ class Replicas:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
-

@@ -112,21 +112,34 @@ class MaskRequest:
             object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
         if self.rule is not None:
             split_method(self.rule)
-        given = [what for what, value in (("a SPON file", self.spon), ("a thresholds file", self.thresholds),
-                                          ("a calibration", self.calibration)) if value is not None]
+        given = [
+            what
+            for what, value in (
+                ("a SPON file", self.spon),
+                ("a thresholds file", self.thresholds),
+                ("a calibration", self.calibration),
+            )
+            if value is not None
+        ]
         if len(given) > 1:
-            raise InvalidArgumentError(f"{' and '.join(given)} were both given: give one source of thresholds "
-                                       "only (a SPON or thresholds file brings its own; a calibration gives them "
-                                       "at a sparsity)")
+            raise InvalidArgumentError(
+                f"{' and '.join(given)} were both given: give one source of thresholds "
+                "only (a SPON or thresholds file brings its own; a calibration gives them "
+                "at a sparsity)"
+            )
         if self.spon == SHIPPED and self.sparsity is None:
-            raise InvalidArgumentError("spon='shipped' picks the shipped vectors by level: name the sparsity too "
-                                       "(e.g. 0.5)")
+            raise InvalidArgumentError(
+                "spon='shipped' picks the shipped vectors by level: name the sparsity too (e.g. 0.5)"
+            )
         if self.calibration is not None and self.sparsity is None:
-            raise InvalidArgumentError("a calibration without a sparsity: the dense model needs no thresholds; "
-                                       "name the sparsity (e.g. 0.5)")
+            raise InvalidArgumentError(
+                "a calibration without a sparsity: the dense model needs no thresholds; name the sparsity (e.g. 0.5)"
+            )
         if self.rule is not None and self.sparsity is None and not given:
-            raise InvalidArgumentError(f"mask rule {self.rule} without a sparsity or a thresholds or SPON file: the "
-                                       "dense model has no mask rule; name the sparsity (e.g. 0.5)")
+            raise InvalidArgumentError(
+                f"mask rule {self.rule} without a sparsity or a thresholds or SPON file: the "
+                "dense model has no mask rule; name the sparsity (e.g. 0.5)"
+            )
 
     @property
     def needs_calibration(self) -> bool:
@@ -156,8 +169,10 @@ class MaskRequest:
         if self.spon != SHIPPED:
             return Path(self.spon)
         if model_name(model) not in KNOWN_MODELS:  # a folder or hub id: no artifacts folder has its name
-            raise InvalidArgumentError(f"spon='shipped': SPON vectors ship for the known models "
-                                       f"({', '.join(KNOWN_MODELS)}) only; name a file trained for this model")
+            raise InvalidArgumentError(
+                f"spon='shipped': SPON vectors ship for the known models "
+                f"({', '.join(KNOWN_MODELS)}) only; name a file trained for this model"
+            )
         rule = self.rule or DEFAULT_RULE
         return spon_files(artifacts_dir(model), rule, [self.sparsity])[self.sparsity]
 
@@ -172,14 +187,23 @@ class MaskRequest:
     def _check_agrees(self, what: str, thresholds: Thresholds) -> None:
         """A file's own sparsity and rule against the ones named with it, if any."""
         if self.sparsity is not None and abs(self.sparsity - thresholds.target) > 1e-9:
-            raise InvalidArgumentError(f"{what} was made for sparsity {thresholds.target:g}, not {self.sparsity:g}: "
-                                       "leave the sparsity out (the file brings its thresholds) or use a matching "
-                                       "file")
+            raise InvalidArgumentError(
+                f"{what} was made for sparsity {thresholds.target:g}, not {self.sparsity:g}: "
+                "leave the sparsity out (the file brings its thresholds) or use a matching "
+                "file"
+            )
         if self.rule is not None and self.rule != thresholds.method:
             raise InvalidArgumentError(f"{what} was made for mask rule {thresholds.method}, not {self.rule}")
 
 
-def resolve_mask(model: nn.Module, sparsity: float | None = None, rule: str | None = None, *,
-                 calibration: CalibrationSource = None, thresholds=None, spon=None) -> Mask:
+def resolve_mask(
+    model: nn.Module,
+    sparsity: float | None = None,
+    rule: str | None = None,
+    *,
+    calibration: CalibrationSource = None,
+    thresholds=None,
+    spon=None,
+) -> Mask:
     """The mask these arguments name on `model` (see MaskRequest for each argument)."""
     return MaskRequest(sparsity, rule, calibration, thresholds, spon).resolve(model)

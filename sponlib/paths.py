@@ -1,10 +1,10 @@
 """Where the project's files are, and how records name them.
 
-    data_dir()            data/ beside the package, or $SPONLIB_DATA
-    project_root()        the folder that holds data/ (the repository root in a checkout)
-    display_path(path)    a path as records and messages show it: relative to the project root
-                          when it lies inside, so that a record's paths (and the command it
-                          names) work from the repository root on any machine
+data_dir()            data/ beside the package, or $SPONLIB_DATA
+project_root()        the folder that holds data/ (the repository root in a checkout)
+display_path(path)    a path as records and messages show it: relative to the project root
+                      when it lies inside, so that a record's paths (and the command it
+                      names) work from the repository root on any machine
 """
 
 from __future__ import annotations

@@ -45,8 +45,14 @@ def window_nll(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc: str = "perplexity",
-               replicas: Replicas | None = None) -> PerplexityResult:
+def perplexity(
+    model,
+    windows,
+    batch_size: int = 1,
+    progress: bool = True,
+    desc: str = "perplexity",
+    replicas: Replicas | None = None,
+) -> PerplexityResult:
     """Perplexity over `windows` (a data.Windows or a (N, L) tensor of token ids); with `replicas`,
     over every process's share of them, the same result in each."""
     ids = getattr(windows, "ids", windows)  # (N, L)
@@ -59,10 +65,11 @@ def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc:
     n_windows, window_len = ids.shape
     share = replicas.share(n_windows)
     total, first_bad = 0.0, n_windows  # first window with a non-finite likelihood, if any
-    bar = tqdm(total=share.stop - share.start, desc=desc, unit="win", disable=not progress or not replicas.is_main,
-               leave=False)
+    bar = tqdm(
+        total=share.stop - share.start, desc=desc, unit="win", disable=not progress or not replicas.is_main, leave=False
+    )
     for start in range(share.start, share.stop, batch_size):
-        batch = ids[start:min(start + batch_size, share.stop)].to(device)  # (B, L)
+        batch = ids[start : min(start + batch_size, share.stop)].to(device)  # (B, L)
         nll = window_nll(model, batch)  # (B,)
         if not torch.isfinite(nll).all():
             first_bad = start + int((~torch.isfinite(nll)).nonzero()[0])
@@ -76,14 +83,22 @@ def perplexity(model, windows, batch_size: int = 1, progress: bool = True, desc:
     if first_bad < n_windows:
         raise NumericalError(
             f"non-finite log-likelihood in window {first_bad}: the model produced NaN/inf logits "
-            f"(dtype {next(model.parameters()).dtype}). Try dtype float32, or check the weights.")
+            f"(dtype {next(model.parameters()).dtype}). Try dtype float32, or check the weights."
+        )
     tokens = n_windows * (window_len - 1)
     mean_nll = total / tokens
     return PerplexityResult(math.exp(mean_nll), mean_nll, tokens, n_windows, window_len)
 
 
-def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, batch_size: int = 4,
-             progress: bool = True, spon=None, replicas: Replicas | None = None) -> list[dict]:
+def evaluate(
+    model,
+    windows_list: list,
+    thresholds: Thresholds | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+    spon=None,
+    replicas: Replicas | None = None,
+) -> list[dict]:
     """One row per Windows in `windows_list`: perplexity, and with `thresholds` the target and the
     measured sparsity (weighted by weights, plain mean, extremes over projections). `spon`
     (SponVectors) adds the spontaneous neurons on top of the mask; rows then say "spon": true.
@@ -94,24 +109,37 @@ def evaluate(model, windows_list: list, thresholds: Thresholds | None = None, ba
     # one fingerprint check for all texts
     sparsifier = Sparsifier(model, thresholds, alphas=alphas) if thresholds else None
     for windows in windows_list:
-        row = {"corpus": windows.source, "method": thresholds.method if thresholds else "dense",
-               "target": thresholds.target if thresholds else 0.0}
+        row = {
+            "corpus": windows.source,
+            "method": thresholds.method if thresholds else "dense",
+            "target": thresholds.target if thresholds else 0.0,
+        }
         if spon is not None:
             row["spon"] = True
         if sparsifier is None:
-            result = perplexity(model, windows, batch_size=batch_size, progress=progress, desc=windows.source,
-                                replicas=replicas)
+            result = perplexity(
+                model, windows, batch_size=batch_size, progress=progress, desc=windows.source, replicas=replicas
+            )
         else:
             sparsifier.reset_stats()  # measured sparsity per text
             with sparsifier:
-                result = perplexity(model, windows, batch_size=batch_size, progress=progress,
-                                    desc=f"{windows.source} {thresholds.method}@{thresholds.target:g}",
-                                    replicas=replicas)
+                result = perplexity(
+                    model,
+                    windows,
+                    batch_size=batch_size,
+                    progress=progress,
+                    desc=f"{windows.source} {thresholds.method}@{thresholds.target:g}",
+                    replicas=replicas,
+                )
             if replicas.active:
                 sparsifier.set_counts(replicas.sum(sparsifier.counts()))  # every process's share
             per_projection = sparsifier.measured()
             summary = sparsifier.summary()
-            row.update(measured=summary["weighted"], measured_mean=summary["mean"],
-                       measured_min=min(per_projection.values()), measured_max=max(per_projection.values()))
+            row.update(
+                measured=summary["weighted"],
+                measured_mean=summary["mean"],
+                measured_min=min(per_projection.values()),
+                measured_max=max(per_projection.values()),
+            )
         rows.append({**row, **result.as_dict(), "available_windows": windows.available})
     return rows

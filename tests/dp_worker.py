@@ -13,10 +13,10 @@ import torch
 
 from sponlib.data import Windows
 from sponlib.distributed import Replicas
-from sponlib.perplexity import evaluate
-from sponlib.sparsity.thresholds import quantile_thresholds
 from sponlib.models.tiny import tiny_model
-from sponlib.spon.training import TrainConfig, train_spon
+from sponlib.perplexity import evaluate
+from sponlib.sparsity import quantile_thresholds
+from sponlib.spon import TrainConfig, train_spon
 
 STEPS = 20
 
@@ -35,8 +35,9 @@ def tiny_setting():
 
 def train(replicas: Replicas, track_sparsity: bool) -> dict:
     model, thresholds, train_ids, val_ids = tiny_setting()
-    config = TrainConfig(steps=STEPS, batch_size=4, lr=3e-2, eval_every=5, checkpoint_every=0,
-                         track_sparsity=track_sparsity)
+    config = TrainConfig(
+        steps=STEPS, batch_size=4, lr=3e-2, eval_every=5, checkpoint_every=0, track_sparsity=track_sparsity
+    )
     vectors, refitted = train_spon(model, thresholds, train_ids, val_ids, config, progress=False, replicas=replicas)
     return {"alphas": vectors.alphas, "taus": refitted.taus, "training": vectors.meta["training"]}
 
@@ -45,9 +46,11 @@ def perplexity_rows(replicas: Replicas) -> dict:
     model, thresholds, _, val_ids = tiny_setting()
     windows = Windows(val_ids[:5], [("random", i) for i in range(5)], "random", 32, 1, 5)  # 5: uneven shares
     rows = torch.arange(10.0).view(5, 2)[replicas.share(5)]  # this process's uneven share of 5 rows
-    return {"rows": evaluate(model, [windows], None, batch_size=2, progress=False, replicas=replicas)
-            + evaluate(model, [windows], thresholds, batch_size=2, progress=False, replicas=replicas),
-            "gathered": replicas.gather_rows(rows, 5)}
+    return {
+        "rows": evaluate(model, [windows], None, batch_size=2, progress=False, replicas=replicas)
+        + evaluate(model, [windows], thresholds, batch_size=2, progress=False, replicas=replicas),
+        "gathered": replicas.gather_rows(rows, 5),
+    }
 
 
 def main() -> None:
@@ -72,9 +75,9 @@ def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a if k not in ("train_s", "val_s",
-                                                                                      "teacher_s", "elapsed_s",
-                                                                                      "tokens_per_s"))
+        return a.keys() == b.keys() and all(
+            _same(a[k], b[k]) for k in a if k not in ("train_s", "val_s", "teacher_s", "elapsed_s", "tokens_per_s")
+        )
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b

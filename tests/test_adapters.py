@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from sponlib.models.adapters import Adapter, INPUT_GROUPS, ROLES, block_projections, iter_projections, register_adapter
 from sponlib.errors import UnsupportedArchitectureError
+from sponlib.models import INPUT_GROUPS, ROLES, Adapter, block_projections, iter_projections, register_adapter
 from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_config, tiny_model
 
 
@@ -17,9 +17,15 @@ def test_every_block_lists_seven_projections_with_the_right_shapes(arch):
     blocks = block_projections(model)
     assert len(blocks) == cfg.num_hidden_layers
     q_out, kv_out = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    expected = {"q": (cfg.hidden_size, q_out), "k": (cfg.hidden_size, kv_out), "v": (cfg.hidden_size, kv_out),
-                "o": (q_out, cfg.hidden_size), "gate": (cfg.hidden_size, cfg.intermediate_size),
-                "up": (cfg.hidden_size, cfg.intermediate_size), "down": (cfg.intermediate_size, cfg.hidden_size)}
+    expected = {
+        "q": (cfg.hidden_size, q_out),
+        "k": (cfg.hidden_size, kv_out),
+        "v": (cfg.hidden_size, kv_out),
+        "o": (q_out, cfg.hidden_size),
+        "gate": (cfg.hidden_size, cfg.intermediate_size),
+        "up": (cfg.hidden_size, cfg.intermediate_size),
+        "down": (cfg.intermediate_size, cfg.hidden_size),
+    }
     modules = dict(model.named_modules())
     for index, block in enumerate(blocks):
         assert tuple(block) == ROLES
@@ -48,9 +54,28 @@ def test_unsupported_architecture_names_the_supported_ones():
 
 def test_an_adapter_that_does_not_fit_says_which_module_is_missing():
     model = tiny_model("llama")
-    register_adapter(Adapter("llama", "model.layers", {**dict(zip(ROLES, [
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate", "mlp.up_proj", "mlp.down_proj"]))}))
+    register_adapter(
+        Adapter(
+            "llama",
+            "model.layers",
+            {
+                **dict(
+                    zip(
+                        ROLES,
+                        [
+                            "self_attn.q_proj",
+                            "self_attn.k_proj",
+                            "self_attn.v_proj",
+                            "self_attn.o_proj",
+                            "mlp.gate",
+                            "mlp.up_proj",
+                            "mlp.down_proj",
+                        ],
+                    )
+                )
+            },
+        )
+    )
     try:
         with pytest.raises(UnsupportedArchitectureError, match=r"no 'mlp.gate' \(role 'gate'\)"):
             block_projections(model)
@@ -74,10 +99,12 @@ def test_tiny_models_run_and_are_seeded():
 def test_multimodal_gemma3_uses_its_language_model_blocks():
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
-    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                num_attention_heads=2, image_size=28, patch_size=14)
-    config = Gemma3Config(text_config=tiny_config("gemma3_text").to_dict(), vision_config=vision.to_dict(),
-                          mm_tokens_per_image=4)
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    config = Gemma3Config(
+        text_config=tiny_config("gemma3_text").to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4
+    )
     blocks = block_projections(Gemma3ForConditionalGeneration(config))
     assert len(blocks) == 2
     assert blocks[1]["down"].name == "model.language_model.layers.1.mlp.down_proj"  # not the vision tower

@@ -7,18 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from sponlib.models.adapters import block_projections
-from sponlib.analysis.layers import LayerAnalysis
-from sponlib.analysis.compare import Variant, capture_variants, compare, pca_paths
-from sponlib.analysis.alignment import mean_residuals, spon_alignment
-from sponlib.analysis.separation import separation
-from sponlib.sparsity.calibration import calibrate
-from sponlib.analysis.capture import capture, select_tokens
-from sponlib.models.head import lens_logprobs
+from sponlib.analysis import (
+    LayerAnalysis,
+    Variant,
+    capture,
+    capture_variants,
+    compare,
+    mean_residuals,
+    pca_paths,
+    select_tokens,
+    separation,
+    spon_alignment,
+)
 from sponlib.errors import InvalidArgumentError
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.spon.vectors import SponVectors
+from sponlib.models import block_projections, lens_logprobs
 from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_model
+from sponlib.sparsity import Sparsifier, calibrate
+from sponlib.spon import SponVectors
 
 
 def _ids(n=3, length=20, seed=1):
@@ -64,8 +69,9 @@ def test_captured_states_are_what_the_model_computes():
     assert torch.allclose(cap["blocks.0.resid_post"], hidden[1].reshape(-1, 32), atol=1e-6)
     # the last block's output through the lens is the model's own next-token distribution
     logits = model(ids).logits.reshape(60, -1)
-    assert torch.allclose(lens_logprobs(model, cap["blocks.1.resid_post"], chunk=7),
-                          torch.log_softmax(logits, -1), atol=1e-5)
+    assert torch.allclose(
+        lens_logprobs(model, cap["blocks.1.resid_post"], chunk=7), torch.log_softmax(logits, -1), atol=1e-5
+    )
 
 
 def test_token_selection_bounds_memory_and_is_seeded():
@@ -78,8 +84,13 @@ def test_token_selection_bounds_memory_and_is_seeded():
     some = capture(model, ids, tokens=tokens, inputs=("down",))
     rows = tokens[:, 0] * 20 + tokens[:, 1]
     assert torch.allclose(some["blocks.1.resid_post"], full["blocks.1.resid_post"][rows])
-    assert set(some.names()) == {"blocks.0.resid_pre", "blocks.0.resid_post", "blocks.1.resid_post",
-                              "blocks.0.mlp.down_proj.in", "blocks.1.mlp.down_proj.in"}
+    assert set(some.names()) == {
+        "blocks.0.resid_pre",
+        "blocks.0.resid_post",
+        "blocks.1.resid_post",
+        "blocks.0.mlp.down_proj.in",
+        "blocks.1.mlp.down_proj.in",
+    }
     assert some.nbytes() < full.nbytes() / 5
     with pytest.raises(InvalidArgumentError):
         capture(model, ids, tokens=torch.tensor([[3, 0]]))  # window 3 does not exist
@@ -106,14 +117,20 @@ def test_capture_sees_the_input_before_the_mask():
 def test_compare_is_exact_for_identical_runs_and_grows_with_sparsity():
     model, calibration, vectors = _setup()
     ids = _ids()
-    variants = [Variant("dense"), Variant("again"),
-                Variant("m0.25", calibration.thresholds(0.25, "teal")), Variant("m0.5", calibration.thresholds(0.5, "teal"))]
+    variants = [
+        Variant("dense"),
+        Variant("again"),
+        Variant("m0.25", calibration.thresholds(0.25, "teal")),
+        Variant("m0.5", calibration.thresholds(0.5, "teal")),
+    ]
     caps = capture_variants(model, ids, variants, progress=False)
     same = compare(model, caps["dense"], caps["again"])
-    from sponlib.analysis.compare import dense_lens, lens_kl
+    from sponlib.analysis import dense_lens, lens_kl
+
     for per_pass in (1, 25, 10_000):  # one layer, some layers, all layers per head pass
         assert lens_kl(model, caps["dense"], caps["m0.5"], 20, rows_per_pass=per_pass) == pytest.approx(
-            lens_kl(model, caps["dense"], caps["m0.5"], 20, reference=dense_lens(model, caps["dense"], 20)), abs=1e-6)
+            lens_kl(model, caps["dense"], caps["m0.5"], 20, reference=dense_lens(model, caps["dense"], 20)), abs=1e-6
+        )
     assert same["drift"] == [0.0, 0.0] and same["lens_kl"] == pytest.approx([0.0, 0.0], abs=1e-6)
     assert same["cka"] == pytest.approx([1.0, 1.0]) and same["cosine"] == pytest.approx([1.0, 1.0])
     low, high = compare(model, caps["dense"], caps["m0.25"]), compare(model, caps["dense"], caps["m0.5"])
@@ -149,8 +166,9 @@ def test_spon_alignment_finds_a_vector_set_to_the_mean_residual():
 
 def test_pca_paths_shapes():
     model, calibration, _ = _setup()
-    caps = capture_variants(model, _ids(), [Variant("dense"), Variant("masked", calibration.thresholds(0.5, "teal"))],
-                            progress=False)
+    caps = capture_variants(
+        model, _ids(), [Variant("dense"), Variant("masked", calibration.thresholds(0.5, "teal"))], progress=False
+    )
     out = pca_paths(caps)
     assert set(out["paths"]) == {"dense", "masked"} and out["paths"]["masked"].shape == (2, 2)
     assert len(out["explained"]) == 2 and 0 < sum(out["explained"]) <= 1
@@ -165,7 +183,8 @@ def test_separation_tells_a_real_gap_from_noise():
             per_window[f"{kind}@{level}"] = {
                 "drift": scale * level * (1 + np.arange(3)) + noise,  # SPON truly closer
                 "cka": 1.0 - 1e-3 + 1e-4 * rng.normal(size=(6, 3)),  # the same for both, near 1
-                "lens_kl": scale * level * (1 + np.arange(3)) + noise}
+                "lens_kl": scale * level * (1 + np.arange(3)) + noise,
+            }
     out = separation(per_window, levels, main_level=0.5)
     assert out["drift"]["separated"] == 1.0 and out["drift"]["t_median"] > 10
     assert out["drift"]["monotone"] == 1.0 and out["drift"]["near_ideal"] == 0.0
@@ -178,8 +197,9 @@ def test_separation_tells_a_real_gap_from_noise():
 def test_layer_analysis_caches_each_setting():
     model, calibration, vectors = _setup()
     thresholds = calibration.thresholds(0.5, "teal")
-    analysis = LayerAnalysis(model, _ids(), calibration, spon={("teal", 0.5): (thresholds, vectors.alphas)},
-                             lens_tokens=8)
+    analysis = LayerAnalysis(
+        model, _ids(), calibration, spon={("teal", 0.5): (thresholds, vectors.alphas)}, lens_tokens=8
+    )
     first = analysis.result("teal", 0.5)
     assert analysis.result("teal", 0.5) is first and len(analysis.timings) == 1
     with_spon = analysis.result("teal", 0.5, with_spon=True)
@@ -188,7 +208,9 @@ def test_layer_analysis_caches_each_setting():
     assert first["perplexity"] > analysis.dense_perplexity > 1
     seen = analysis.projection_input("teal", 0.5, 1, "down")
     assert seen["values"].shape == (3 * 20, 48) and analysis.projection_input("teal", 0.5, 1, "down") is seen
-    assert seen["measured"] == pytest.approx(first["measured"]) and seen["perplexity"] == pytest.approx(first["perplexity"])
+    assert seen["measured"] == pytest.approx(first["measured"]) and seen["perplexity"] == pytest.approx(
+        first["perplexity"]
+    )
     dense = analysis.projection_input(None, 0.5, 1, "down")
     assert not torch.equal(seen["values"], dense["values"])  # upstream masks change it
     assert dense["perplexity"] == pytest.approx(analysis.dense_perplexity)
@@ -213,14 +235,26 @@ def test_analysis_record_on_a_tiny_model():
 
     model, calibration, vectors = _setup()
     spon = {0.5: (vectors, calibration.thresholds(0.5, "teal")), 0.7: (vectors, calibration.thresholds(0.7, "teal"))}
-    record = run_analysis(model, _ids(4, 24), calibration, spon, max_tokens=60, lens_tokens=16, heatmap_tokens=40,
-                          progress=False)
-    assert record["levels"] == [0.5, 0.7] and set(record["per_layer"]) == {"masked@0.5", "spon@0.5", "masked@0.7", "spon@0.7"}
+    record = run_analysis(
+        model, _ids(4, 24), calibration, spon, max_tokens=60, lens_tokens=16, heatmap_tokens=40, progress=False
+    )
+    assert record["levels"] == [0.5, 0.7] and set(record["per_layer"]) == {
+        "masked@0.5",
+        "spon@0.5",
+        "masked@0.7",
+        "spon@0.7",
+    }
     for run in record["per_layer"].values():
         assert set(run) == {"drift", "cosine", "cka", "cka_debiased", "lens_kl", "cka_all_positions"}
         assert all(len(v) == 2 for v in run.values())
-    assert record["tokens"] == {"per_variant": 60, "first_positions": 4, "lens_tokens": 16, "heatmap_tokens": 40,
-                                "seed": 0, "alignment_windows": 2}
+    assert record["tokens"] == {
+        "per_variant": 60,
+        "first_positions": 4,
+        "lens_tokens": 16,
+        "heatmap_tokens": 40,
+        "seed": 0,
+        "alignment_windows": 2,
+    }
     assert np.array(record["per_window_main"]["masked@0.5"]["drift"]).shape == (4, 2)
     assert np.array(record["cka_heatmap"]["spon"]).shape == (2, 2)
     assert sorted(record["metric_order"]) == sorted(record["separation"])
@@ -233,20 +267,26 @@ def test_analysis_record_on_a_tiny_model():
 def test_the_record_reproduces_on_the_real_model(default_model):
     """Recompute two of the record's numbers from scratch: window 0's drift and CKA at the last
     block, masked at 0.5, with the record's windows and token sample."""
-    from sponlib.experiments.representation import _tokens
-    from sponlib.sparsity.calibration import Calibration
-    from sponlib.paths import data_dir
+    from sponlib.analysis import linear_cka, relative_drift
     from sponlib.data import load_corpus, load_windows
-    from sponlib.analysis.metrics import linear_cka, relative_drift
+    from sponlib.experiments.representation import _tokens
+    from sponlib.paths import data_dir
     from sponlib.records import results_dir
+    from sponlib.sparsity import Calibration
 
     record = json.loads((results_dir() / "analysis_smollm2.json").read_text())
     model, tokenizer = default_model
     windows = load_windows(load_corpus("persuasion"), tokenizer, 512, record["windows"]["windows"], seed=0)
     tokens, first = _tokens(windows.ids, record["tokens"]["per_variant"], record["tokens"]["seed"])
     calibration = Calibration.load(data_dir() / "artifacts" / "smollm2-135m" / "calibration.safetensors", model)
-    caps = capture_variants(model, windows.ids, [Variant("dense"), Variant("masked", calibration.thresholds(0.5, "teal"))],
-                            tokens=tokens, inputs=False, progress=False)
+    caps = capture_variants(
+        model,
+        windows.ids,
+        [Variant("dense"), Variant("masked", calibration.thresholds(0.5, "teal"))],
+        tokens=tokens,
+        inputs=False,
+        progress=False,
+    )
     rows = (tokens[:, 0] == 0) & ~first
     dense, masked = caps["dense"]["blocks.29.resid_post"][rows], caps["masked"]["blocks.29.resid_post"][rows]
     expected = record["per_window_main"]["masked@0.5"]

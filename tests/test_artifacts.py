@@ -7,13 +7,18 @@ import torch
 
 from sponlib.artifacts import artifacts_dir, shipped_calibration, shipped_spon, spon_files
 from sponlib.errors import CorruptFileError, InvalidArgumentError
-from sponlib.records import load_result, source_line
 from sponlib.models.tiny import tiny_model
+from sponlib.records import load_result, source_line
 
 
 def test_spon_files_lists_levels_and_names_what_is_missing(tmp_path):
-    for name in ("spon-teal-0.5.safetensors", "spon-teal-0.25.safetensors", "spon-wina-0.5.safetensors",
-                 "spon-teal-0.5-longer.safetensors", "notes.txt"):
+    for name in (
+        "spon-teal-0.5.safetensors",
+        "spon-teal-0.25.safetensors",
+        "spon-wina-0.5.safetensors",
+        "spon-teal-0.5-longer.safetensors",
+        "notes.txt",
+    ):
         (tmp_path / name).write_bytes(b"")
     found = spon_files(tmp_path, "teal")
     assert list(found) == [0.25, 0.5] and found[0.5].name == "spon-teal-0.5.safetensors"

@@ -33,8 +33,16 @@ NOTEBOOK = "01_activation_sparsity.ipynb"
 ARTIFACTS = Path(os.environ.get("SPONLIB_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")
 # Headless as root, and quiet: without the background-networking switches chromium keeps trying
 # to reach Google's services from a machine that has no route to them.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # JupyterLab settings for the test's own (empty) settings folder: every cell attached to the page
 # (the default virtualises cells scrolled out of view) and no requests to the internet.
 LAB_SETTINGS = {
@@ -81,11 +89,24 @@ class Lab:
             settings = config / "lab" / "user-settings" / f"{plugin}.jupyterlab-settings"
             settings.parent.mkdir(parents=True, exist_ok=True)
             settings.write_text(json.dumps(values))
-        self.env = {**os.environ, "JUPYTER_TOKEN": self.token, "JUPYTER_CONFIG_DIR": str(config),
-                    "JUPYTER_DATA_DIR": str(tmp / "jupyter-data"), "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime")}
-        self.command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root_dir}",
-                        "--ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0", "--no-browser",
-                        "--LabApp.extension_manager=readonly"]  # never asks PyPI about extensions
+        self.env = {
+            **os.environ,
+            "JUPYTER_TOKEN": self.token,
+            "JUPYTER_CONFIG_DIR": str(config),
+            "JUPYTER_DATA_DIR": str(tmp / "jupyter-data"),
+            "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
+        }
+        self.command = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            f"--ServerApp.root_dir={root_dir}",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            "--no-browser",
+            "--LabApp.extension_manager=readonly",
+        ]  # never asks PyPI about extensions
         if os.geteuid() == 0:
             self.command.append("--allow-root")
         self.process: subprocess.Popen | None = None
@@ -95,8 +116,14 @@ class Lab:
 
     def __enter__(self) -> "Lab":
         with open(self.log, "w") as log:  # a file, not a pipe: nobody reads a pipe until the end
-            self.process = subprocess.Popen(self.command, cwd=self.root_dir, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.root_dir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if self.process.poll() is not None:
@@ -130,8 +157,13 @@ def chromium_page(tmp: Path):
     executable = chromium_path()
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000}, timeout=120_000)
+            str(tmp / "chromium-profile"),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+            timeout=120_000,
+        )
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:
@@ -274,14 +306,18 @@ class Session:
 
     def sparsity_slider(self):
         sliders = self.page.locator(".widget-slider").filter(
-            has=self.page.locator(".widget-label", has_text=re.compile(r"^\s*sparsity\s*$")))
+            has=self.page.locator(".widget-label", has_text=re.compile(r"^\s*sparsity\s*$"))
+        )
         self.wait_for('the dashboard\'s "sparsity" slider renders', lambda: sliders.count() > 0, 120)
         slider = sliders.first
         slider.scroll_into_view_if_needed()
         if not slider.evaluate(_DASHBOARD_JS):
             self.fail('no plotly figure in the widget box of the "sparsity" slider')
-        self.wait_for("the dashboard's plotly figure draws its data",
-                      lambda: any(f["inDashboard"] and f["data"] and f["data"][0]["x"] for f in self.figures()), 120)
+        self.wait_for(
+            "the dashboard's plotly figure draws its data",
+            lambda: any(f["inDashboard"] and f["data"] and f["data"][0]["x"] for f in self.figures()),
+            120,
+        )
         return slider
 
 
@@ -308,12 +344,20 @@ def run_dashboard_in_browser(notebooks: Path, name: str, tmp: Path) -> dict:
             handle.focus()
             handle.press("ArrowLeft" if at_end else "ArrowRight")  # noUiSlider's keyboard step: one level
             moved = time.monotonic()
-            session.wait_for(f"the slider's readout moves from {before_value}",
-                             lambda: readout.inner_text() != before_value, 30, poll_s=0.2)
+            session.wait_for(
+                f"the slider's readout moves from {before_value}",
+                lambda: readout.inner_text() != before_value,
+                30,
+                poll_s=0.2,
+            )
             after_value = readout.inner_text()
             changed = lambda: [i for i, (b, a) in enumerate(zip(before, session.figures())) if b != a]  # noqa: E731
-            session.wait_for(f"a dashboard figure redraws after the slider moved {before_value} -> {after_value}",
-                             lambda: any(before[i]["inDashboard"] for i in changed()), REDRAW_S, poll_s=0.5)
+            session.wait_for(
+                f"a dashboard figure redraws after the slider moved {before_value} -> {after_value}",
+                lambda: any(before[i]["inDashboard"] for i in changed()),
+                REDRAW_S,
+                poll_s=0.5,
+            )
             timings["redraw_s"] = time.monotonic() - moved
             after = session.figures()
             if len(after) != len(before):
@@ -334,6 +378,8 @@ def run_dashboard_in_browser(notebooks: Path, name: str, tmp: Path) -> dict:
 def test_sparsity_slider_redraws_the_dashboard_in_chromium(tmp_path):
     chromium_path()  # fail first, with the fix, when there is no browser
     result = run_dashboard_in_browser(ROOT / "notebooks", NOTEBOOK, tmp_path)
-    print(f"slider {result['values'][0]} -> {result['values'][1]}; open {result['open_s']:.0f} s, run all "
-          f"{result['run_all_s']:.0f} s, redraw {result['redraw_s']:.1f} s, total {result['total_s']:.0f} s; "
-          f"screenshot {result['screenshot']}")
+    print(
+        f"slider {result['values'][0]} -> {result['values'][1]}; open {result['open_s']:.0f} s, run all "
+        f"{result['run_all_s']:.0f} s, redraw {result['redraw_s']:.1f} s, total {result['total_s']:.0f} s; "
+        f"screenshot {result['screenshot']}"
+    )

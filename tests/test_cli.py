@@ -17,8 +17,21 @@ def test_eval_writes_a_complete_record(tmp_path):
     text = tmp_path / "letter.txt"
     text.write_text("My dear Fanny, I write to tell you that we are all well at Mansfield. " * 40)
     out = tmp_path / "res" / "eval.json"
-    run = sponlib("eval", "--corpus", "persuasion", "--text-file", str(text), "--windows", "2",
-                  "--window-len", "64", "--seed", "1", "--json", str(out))
+    run = sponlib(
+        "eval",
+        "--corpus",
+        "persuasion",
+        "--text-file",
+        str(text),
+        "--windows",
+        "2",
+        "--window-len",
+        "64",
+        "--seed",
+        "1",
+        "--json",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     assert "persuasion" in run.stdout and "letter" in run.stdout
     record = json.loads(out.read_text())
@@ -34,13 +47,16 @@ def test_eval_writes_a_complete_record(tmp_path):
     assert not list(out.parent.glob(".*.tmp"))  # the atomic write left no temporary file
 
 
-@pytest.mark.parametrize("args, message", [
-    (["eval", "--corpus", "wiki"], "unknown corpus 'wiki'"),
-    (["eval", "--text-file", "/nonexistent/file.txt"], "does not exist"),
-    (["eval"], "name some text"),
-    (["eval", "--corpus", "persuasion", "--model", "smollm-9000"], "Known names: gemma3-270m, smollm2-135m"),
-    (["prepare", "--model", "smollm-9000"], "Known names: gemma3-270m, smollm2-135m"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--corpus", "wiki"], "unknown corpus 'wiki'"),
+        (["eval", "--text-file", "/nonexistent/file.txt"], "does not exist"),
+        (["eval"], "name some text"),
+        (["eval", "--corpus", "persuasion", "--model", "smollm-9000"], "Known names: gemma3-270m, smollm2-135m"),
+        (["prepare", "--model", "smollm-9000"], "Known names: gemma3-270m, smollm2-135m"),
+    ],
+)
 def test_bad_input_prints_one_clear_line(args, message):
     run = sponlib(*args)
     assert run.returncode == 2
@@ -65,8 +81,22 @@ def test_corpora_lists_the_named_splits():
 
 def calibrate_tiny(model: str, out, levels: str = "0.5", *extra: str):
     """A quick calibration of the tiny model on 4 windows of 64 tokens."""
-    run = sponlib("calibrate", "--model", model, "--out", str(out), "--windows", "4", "--window-len", "64",
-                  "--refine-windows", "2", "--refine-levels", levels, *extra)
+    run = sponlib(
+        "calibrate",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--windows",
+        "4",
+        "--window-len",
+        "64",
+        "--refine-windows",
+        "2",
+        "--refine-levels",
+        levels,
+        *extra,
+    )
     assert run.returncode == 0, run.stderr
     return out
 
@@ -75,21 +105,59 @@ def test_calibrate_eval_and_sweep_on_a_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     calibration = calibrate_tiny(model, tmp_path / "cal.safetensors", "0.5", "--greedy-windows", "1")
     out = tmp_path / "eval.json"
-    run = sponlib("eval", "--model", model, "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
-                  "--sparsity", "0.5", "--method", "greedy", "--calibration", str(calibration), "--json", str(out))
+    run = sponlib(
+        "eval",
+        "--model",
+        model,
+        "--corpus",
+        "persuasion",
+        "--windows",
+        "2",
+        "--window-len",
+        "64",
+        "--sparsity",
+        "0.5",
+        "--method",
+        "greedy",
+        "--calibration",
+        str(calibration),
+        "--json",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     record = json.loads(out.read_text())
     [row] = record["results"]
     assert (record["method"], record["sparsity"], row["method"], row["target"]) == ("greedy", 0.5, "greedy", 0.5)
     assert 0.4 < row["measured"] < 0.6 and row["measured_min"] <= row["measured"] <= row["measured_max"]
     sweep = tmp_path / "sweep.json"
-    run = sponlib("sweep", "--model", model, "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
-                  "--levels", "0.3,0.5", "--methods", "teal,wina", "--calibration", str(calibration),
-                  "--json", str(sweep))
+    run = sponlib(
+        "sweep",
+        "--model",
+        model,
+        "--corpus",
+        "persuasion",
+        "--windows",
+        "2",
+        "--window-len",
+        "64",
+        "--levels",
+        "0.3,0.5",
+        "--methods",
+        "teal,wina",
+        "--calibration",
+        str(calibration),
+        "--json",
+        str(sweep),
+    )
     assert run.returncode == 0, run.stderr
     rows = json.loads(sweep.read_text())["results"]
     assert [(r["method"], r["target"]) for r in rows] == [
-        ("dense", 0.0), ("teal", 0.3), ("teal", 0.5), ("wina", 0.3), ("wina", 0.5)]
+        ("dense", 0.0),
+        ("teal", 0.3),
+        ("teal", 0.5),
+        ("wina", 0.3),
+        ("wina", 0.5),
+    ]
 
 
 def test_sparsity_errors_on_the_command_line(tiny_model_dir, tmp_path):
@@ -110,10 +178,36 @@ def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     calibration = calibrate_tiny(model, tmp_path / "cal.safetensors")
     spon = tmp_path / "spon" / "spon-teal-0.5.safetensors"
-    small = ["--train-windows", "4", "--train-window-len", "64", "--stride", "32", "--val-windows", "2",
-             "--steps", "4", "--train-batch", "2", "--eval-every", "2"]
-    run = sponlib("train", "--model", model, "--sparsity", "0.5", "--calibration", str(calibration),
-                  "--out", str(spon), *small, "--json", str(tmp_path / "train.json"))
+    small = [
+        "--train-windows",
+        "4",
+        "--train-window-len",
+        "64",
+        "--stride",
+        "32",
+        "--val-windows",
+        "2",
+        "--steps",
+        "4",
+        "--train-batch",
+        "2",
+        "--eval-every",
+        "2",
+    ]
+    run = sponlib(
+        "train",
+        "--model",
+        model,
+        "--sparsity",
+        "0.5",
+        "--calibration",
+        str(calibration),
+        "--out",
+        str(spon),
+        *small,
+        "--json",
+        str(tmp_path / "train.json"),
+    )
     assert run.returncode == 0, run.stderr
     assert "validation KL" in run.stdout and (tmp_path / "spon" / "spon-teal-0.5.thresholds.json").exists()
     record = json.loads((tmp_path / "train.json").read_text())
@@ -133,8 +227,21 @@ def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
     run = sponlib("export", "--spon", str(spon), "--out", str(out), "--model", model)
     assert run.returncode == 0, run.stderr
     assert {"config.json", "model.safetensors", "sparsity_thresholds.json", "tokenizer.json"} <= set(os.listdir(out))
-    run = sponlib("eval", "--model", str(out), "--corpus", "persuasion", "--windows", "2", "--window-len", "64",
-                  "--thresholds", str(out / "sparsity_thresholds.json"), "--json", str(tmp_path / "folded.json"))
+    run = sponlib(
+        "eval",
+        "--model",
+        str(out),
+        "--corpus",
+        "persuasion",
+        "--windows",
+        "2",
+        "--window-len",
+        "64",
+        "--thresholds",
+        str(out / "sparsity_thresholds.json"),
+        "--json",
+        str(tmp_path / "folded.json"),
+    )
     assert run.returncode == 0, run.stderr
     [folded] = json.loads((tmp_path / "folded.json").read_text())["results"]
     assert folded["ppl"] == pytest.approx(row["ppl"], rel=1e-4) and folded["measured"] == pytest.approx(row["measured"])
@@ -142,19 +249,39 @@ def test_train_eval_and_export_spon_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert run.returncode == 2 and "one source of thresholds" in run.stderr
 
     # the same vectors on two texts: the in-domain row repeats what eval measured
-    generalize = ["generalize", "--model", model, "--corpus", "persuasion", "--corpus", "brown-humor",
-                  "--windows", "2", "--window-len", "64", "--spon-dir", str(spon.parent),
-                  "--calibration", str(calibration)]
+    generalize = [
+        "generalize",
+        "--model",
+        model,
+        "--corpus",
+        "persuasion",
+        "--corpus",
+        "brown-humor",
+        "--windows",
+        "2",
+        "--window-len",
+        "64",
+        "--spon-dir",
+        str(spon.parent),
+        "--calibration",
+        str(calibration),
+    ]
     run = sponlib(*generalize, "--json", str(tmp_path / "general.json"))
     assert run.returncode == 0, run.stderr
     record = json.loads((tmp_path / "general.json").read_text())
-    assert record["kind"] == "spon_generalization" and [t["source"] for t in record["texts"]] == ["persuasion",
-                                                                                                  "brown-humor"]
+    assert record["kind"] == "spon_generalization" and [t["source"] for t in record["texts"]] == [
+        "persuasion",
+        "brown-humor",
+    ]
     own, other = record["rows"]
     assert (own["text"], own["level"]) == ("persuasion", 0.5) and own["ppl_spon"] == pytest.approx(row["ppl"])
     for r in record["rows"]:
         gap = r["ppl_masked"] - r["ppl_dense"]
-        assert r["recovery"] is None if gap <= 0 else r["recovery"] == pytest.approx((r["ppl_masked"] - r["ppl_spon"]) / gap)
+        assert (
+            r["recovery"] is None
+            if gap <= 0
+            else r["recovery"] == pytest.approx((r["ppl_masked"] - r["ppl_spon"]) / gap)
+        )
     assert record["summary"]["0.5"]["others"] == (other["recovery"] is not None)
     run = sponlib(*generalize, "--levels", "0.7", "--json", str(tmp_path / "x.json"))
     assert run.returncode == 2 and "no SPON vectors for teal at 0.7" in run.stderr
@@ -166,8 +293,9 @@ def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     run = sponlib("train", "--model", model, "--sparsity", "1.5", "--out", str(tmp_path / "s.safetensors"))
     assert run.returncode == 2 and "target sparsity must be in [0, 1)" in run.stderr
-    run = sponlib("train", "--model", model, "--sparsity", "0.5", "--roles", "q,ffn",
-                  "--out", str(tmp_path / "s.safetensors"))
+    run = sponlib(
+        "train", "--model", model, "--sparsity", "0.5", "--roles", "q,ffn", "--out", str(tmp_path / "s.safetensors")
+    )
     assert run.returncode == 2 and "subset of q, k, v, o, gate, up, down" in run.stderr
     run = sponlib("eval", "--model", model, "--corpus", "persuasion", "--spon", str(tmp_path / "missing.safetensors"))
     assert run.returncode == 2 and "does not exist" in run.stderr
@@ -177,10 +305,37 @@ def test_training_errors_on_the_command_line(tiny_model_dir, tmp_path):
 def test_recovery_runs_and_resumes_on_a_tiny_model(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     calibration = calibrate_tiny(model, tmp_path / "cal.safetensors", "0.5,0.7")
-    args = ["recovery", "--model", model, "--levels", "0.5,0.7", "--only", "levels", "--windows", "2",
-            "--window-len", "64", "--calibration", str(calibration), "--train-windows", "4", "--train-window-len", "64",
-            "--val-windows", "2", "--steps", "2", "--train-batch", "2", "--eval-every", "1",
-            "--artifacts", str(tmp_path / "art"), "--json", str(tmp_path / "rec.json")]
+    args = [
+        "recovery",
+        "--model",
+        model,
+        "--levels",
+        "0.5,0.7",
+        "--only",
+        "levels",
+        "--windows",
+        "2",
+        "--window-len",
+        "64",
+        "--calibration",
+        str(calibration),
+        "--train-windows",
+        "4",
+        "--train-window-len",
+        "64",
+        "--val-windows",
+        "2",
+        "--steps",
+        "2",
+        "--train-batch",
+        "2",
+        "--eval-every",
+        "1",
+        "--artifacts",
+        str(tmp_path / "art"),
+        "--json",
+        str(tmp_path / "rec.json"),
+    ]
     run = sponlib(*args)
     assert run.returncode == 0, run.stderr
     record = json.loads((tmp_path / "rec.json").read_text())
@@ -193,8 +348,11 @@ def test_recovery_runs_and_resumes_on_a_tiny_model(tiny_model_dir, tmp_path):
         if gap > 0:
             assert text["recovery"] == pytest.approx((text["ppl_masked"] - text["ppl_spon"]) / gap)
     assert sorted(os.listdir(tmp_path / "art")) == [
-        "spon-teal-0.5.safetensors", "spon-teal-0.5.thresholds.json", "spon-teal-0.7.safetensors",
-        "spon-teal-0.7.thresholds.json"]
+        "spon-teal-0.5.safetensors",
+        "spon-teal-0.5.thresholds.json",
+        "spon-teal-0.7.safetensors",
+        "spon-teal-0.7.thresholds.json",
+    ]
     run = sponlib(*args)  # everything done: nothing is trained again
     assert run.returncode == 0 and "SPON" not in run.stderr
     assert json.loads((tmp_path / "rec.json").read_text())["experiments"] == record["experiments"]

@@ -7,9 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from sponlib.data import AUSTEN_TEST_NOVEL, AUSTEN_TRAIN_NOVELS, BROWN_GENRES, TokenStream, corpus_names, hub_dataset, load_corpus, load_windows, text_file, token_windows, tokenize_source
-from sponlib.paths import data_dir
+from sponlib.data import (
+    AUSTEN_TEST_NOVEL,
+    AUSTEN_TRAIN_NOVELS,
+    BROWN_GENRES,
+    TokenStream,
+    corpus_names,
+    hub_dataset,
+    load_corpus,
+    load_windows,
+    text_file,
+    token_windows,
+    tokenize_source,
+)
 from sponlib.errors import DataError
+from sponlib.paths import data_dir
 
 
 def test_shipped_corpora_match_their_checksums():
@@ -47,7 +59,7 @@ def test_held_out_novel_never_in_training_windows_and_validation_is_disjoint(def
         assert last_train_end <= first_val
     # No training window's text appears in Persuasion: check by token content, not by name.
     persuasion = tokenize_source(load_corpus("persuasion"), default_tokenizer)[0].ids
-    persuasion_windows = {tuple(persuasion[i:i + 64]) for i in range(0, len(persuasion) - 64, 64)}
+    persuasion_windows = {tuple(persuasion[i : i + 64]) for i in range(0, len(persuasion) - 64, 64)}
     assert not any(tuple(w[:64].tolist()) in persuasion_windows for w in train.ids)
     assert len(train) > 1500 and len(val) > 60  # ~0.9 M training tokens, 5% held out
 
@@ -66,7 +78,7 @@ def test_windows_do_not_overlap_and_are_slices_of_their_documents(byte_tokenizer
     by_doc = {s.document: s.ids for s in streams}
     for row, (doc, offset) in zip(w.ids, w.origins):
         assert offset % 64 == 0
-        assert torch.equal(row, torch.from_numpy(by_doc[doc][offset:offset + 64]))
+        assert torch.equal(row, torch.from_numpy(by_doc[doc][offset : offset + 64]))
     assert len(set(w.origins)) == len(w)  # distinct offsets 64 apart: no overlap
 
 
@@ -102,11 +114,14 @@ def test_gzip_text_files_and_local_datasets_read_the_same_way(default_tokenizer,
         hub_dataset(str(tmp_path / "ds"), split="test", column="body").documents()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is empty"),
-    (b"   \n\n  ", "is empty"),
-    (b"\xff\xfe\x00bad", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"   \n\n  ", "is empty"),
+        (b"\xff\xfe\x00bad", "not UTF-8"),
+    ],
+)
 def test_bad_text_files_get_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)

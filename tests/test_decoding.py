@@ -8,13 +8,10 @@ import copy
 import pytest
 import torch
 
-from sponlib.kernels.decoding import StaticDecoder
 from sponlib.errors import InvalidArgumentError
-from sponlib.kernels import sparse_linears, swap_in
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.sparsity.thresholds import Thresholds
-from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.kernels import StaticDecoder, sparse_linears, swap_in
 from sponlib.models.tiny import tiny_model
+from sponlib.sparsity import Sparsifier, Thresholds, quantile_thresholds
 
 
 def _model(dtype=torch.float32):
@@ -33,7 +30,7 @@ def _hf_greedy(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False)
     assert out.shape[1] == ids.shape[1] + new_tokens, "stopped at an end-of-sequence token: pick another prompt"
-    return out[:, ids.shape[1]:]  # (1, new_tokens)
+    return out[:, ids.shape[1] :]  # (1, new_tokens)
 
 
 def _calibrated(model, score: str, quantile: float) -> Thresholds:

@@ -32,20 +32,40 @@ def free_port() -> int:
 def torchrun(*args, processes=2, timeout=600):
     """`torchrun --nproc_per_node N ...`, one thread per process (the test machine has few cores)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def single(*args, timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**env, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env={**env, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def worker_result(tmp_path, what: str, processes: int) -> dict:
     out = tmp_path / f"{what}-{processes}.pt"
-    run = torchrun(str(WORKER), what, str(out), processes=processes) if processes > 1 else single(str(WORKER), what, str(out))
+    run = (
+        torchrun(str(WORKER), what, str(out), processes=processes)
+        if processes > 1
+        else single(str(WORKER), what, str(out))
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return torch.load(out, weights_only=False)
 
@@ -104,8 +124,9 @@ def test_two_processes_train_the_vectors_one_process_trains(tmp_path):
     assert two["alphas"].keys() == one["alphas"].keys()
     for name, alpha in one["alphas"].items():
         torch.testing.assert_close(two["alphas"][name], alpha, rtol=0, atol=1e-5)
-    for (step2, kl2), (step1, kl1) in zip(two["training"]["history"]["val"], one["training"]["history"]["val"],
-                                          strict=True):
+    for (step2, kl2), (step1, kl1) in zip(
+        two["training"]["history"]["val"], one["training"]["history"]["val"], strict=True
+    ):
         assert step2 == step1 and kl2 == pytest.approx(kl1, rel=1e-6)
     history1, history2 = one["training"]["history"]["loss"], two["training"]["history"]["loss"]
     assert [s for s, _ in history2] == [s for s, _ in history1]
@@ -139,23 +160,64 @@ def sponlib_command(*args):
 @pytest.fixture(scope="module")
 def tiny_calibration(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dp-cal") / "cal.safetensors"
-    run = single(*sponlib_command("calibrate", "--model", str(tiny_model_dir), "--out", str(out), "--windows", "4",
-                                  "--window-len", "64", "--refine-windows", "2", "--refine-levels", "0.5"))
+    run = single(
+        *sponlib_command(
+            "calibrate",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--windows",
+            "4",
+            "--window-len",
+            "64",
+            "--refine-windows",
+            "2",
+            "--refine-levels",
+            "0.5",
+        )
+    )
     assert run.returncode == 0, run.stderr
     return out
 
 
 def test_train_under_torchrun_writes_the_vectors_of_one_process(tiny_model_dir, tiny_calibration, tmp_path):
-    train = ["train", "--model", str(tiny_model_dir), "--sparsity", "0.5", "--calibration", str(tiny_calibration),
-             "--train-windows", "8", "--train-window-len", "64", "--stride", "32", "--val-windows", "2",
-             "--steps", "6", "--train-batch", "4", "--eval-every", "3", "--lr", "0.01", "--no-track-sparsity"]
-    two = torchrun(*sponlib_command(*train, "--out", str(tmp_path / "two" / "spon.safetensors"),
-                                    "--json", str(tmp_path / "two.json")))
+    train = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--sparsity",
+        "0.5",
+        "--calibration",
+        str(tiny_calibration),
+        "--train-windows",
+        "8",
+        "--train-window-len",
+        "64",
+        "--stride",
+        "32",
+        "--val-windows",
+        "2",
+        "--steps",
+        "6",
+        "--train-batch",
+        "4",
+        "--eval-every",
+        "3",
+        "--lr",
+        "0.01",
+        "--no-track-sparsity",
+    ]
+    two = torchrun(
+        *sponlib_command(
+            *train, "--out", str(tmp_path / "two" / "spon.safetensors"), "--json", str(tmp_path / "two.json")
+        )
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote") == 2  # rank 0 alone reports (and writes) the vectors and the record
     one = single(*sponlib_command(*train, "--out", str(tmp_path / "one" / "spon.safetensors")))
     assert one.returncode == 0, one.stderr
-    from sponlib.spon.vectors import SponVectors
+    from sponlib.spon import SponVectors
 
     vectors = {n: SponVectors.load(tmp_path / n / "spon.safetensors") for n in ("one", "two")}
     assert vectors["two"].meta["training"]["processes"] == 2 and vectors["two"].meta["training"]["backend"] == "gloo"
@@ -167,13 +229,49 @@ def test_train_under_torchrun_writes_the_vectors_of_one_process(tiny_model_dir, 
 
 
 def test_eval_under_accelerate_launch_measures_what_one_process_does(tiny_model_dir, tiny_calibration, tmp_path):
-    evaluate = ["eval", "--model", str(tiny_model_dir), "--corpus", "persuasion", "--windows", "5",
-                "--window-len", "64", "--sparsity", "0.5", "--calibration", str(tiny_calibration)]
+    evaluate = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--corpus",
+        "persuasion",
+        "--windows",
+        "5",
+        "--window-len",
+        "64",
+        "--sparsity",
+        "0.5",
+        "--calibration",
+        str(tiny_calibration),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}  # no user accelerate config
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "--main_process_port", str(free_port()), "-m", "sponlib", *evaluate,
-                          "--json", str(tmp_path / "two.json")], capture_output=True, text=True, timeout=600, env=env)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "sponlib",
+            *evaluate,
+            "--json",
+            str(tmp_path / "two.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     one = single(*sponlib_command(*evaluate, "--json", str(tmp_path / "one.json")))
     assert one.returncode == 0, one.stderr
@@ -187,14 +285,39 @@ def test_eval_under_accelerate_launch_measures_what_one_process_does(tiny_model_
 
 def test_launched_commands_refuse_what_they_cannot_share(tiny_model_dir, tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2"}
-    run = subprocess.run([sys.executable, *sponlib_command("calibrate", "--model", str(tiny_model_dir), "--out",
-                                                           str(tmp_path / "c.safetensors"))],
-                         capture_output=True, text=True, timeout=300, env=env)
+    run = subprocess.run(
+        [
+            sys.executable,
+            *sponlib_command("calibrate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "c.safetensors")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert run.returncode == 2 and "`calibrate` runs in one process" in run.stderr
-    run = subprocess.run([sys.executable, *sponlib_command("train", "--model", str(tiny_model_dir), "--sparsity", "0.5",
-                                                           "--train-batch", "3", "--out", str(tmp_path / "s.safetensors"))],
-                         capture_output=True, text=True, timeout=300, env=env)
+    run = subprocess.run(
+        [
+            sys.executable,
+            *sponlib_command(
+                "train",
+                "--model",
+                str(tiny_model_dir),
+                "--sparsity",
+                "0.5",
+                "--train-batch",
+                "3",
+                "--out",
+                str(tmp_path / "s.safetensors"),
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert run.returncode == 2 and "does not split evenly over 2 processes" in run.stderr
-    run = torchrun(*sponlib_command("eval", "--model", str(tiny_model_dir), "--corpus", "persuasion",
-                                    "--device-map", "auto"))
+    run = torchrun(
+        *sponlib_command("eval", "--model", str(tiny_model_dir), "--corpus", "persuasion", "--device-map", "auto")
+    )
     assert run.returncode != 0 and "--device-map spreads one model over the devices of one process" in run.stderr

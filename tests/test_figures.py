@@ -40,8 +40,9 @@ def test_drift_figure_shows_the_records_drift_per_layer():
     levels = sorted(analysis["levels"])
     fig = figures.drift_figure()
     assert {levels[0], analysis["main_level"], levels[-1]} == set(figures.drift_levels(analysis))
-    assert [trace.name for trace in fig.data] == [f"{kind}@{level}" for level in figures.drift_levels(analysis)
-                                                  for kind in ("masked", "spon")]
+    assert [trace.name for trace in fig.data] == [
+        f"{kind}@{level}" for level in figures.drift_levels(analysis) for kind in ("masked", "spon")
+    ]
     for trace in fig.data:
         assert list(trace.y) == analysis["per_layer"][trace.name]["drift"], trace.name
         assert list(trace.x) == list(range(len(trace.y)))
@@ -72,8 +73,9 @@ def test_cka_figure_shows_the_records_heatmaps_on_one_scale():
     assert (left.zmin, left.zmax) == (right.zmin, right.zmax)
     assert left.zmin == min(np.min(analysis["cka_heatmap"][kind]) for kind in ("masked", "spon"))
     assert [left.showscale, right.showscale] == [False, True]
-    assert [a.text for a in fig.layout.annotations] == [f"dense vs {kind}@{analysis['main_level']}"
-                                                        for kind in ("masked", "spon")]
+    assert [a.text for a in fig.layout.annotations] == [
+        f"dense vs {kind}@{analysis['main_level']}" for kind in ("masked", "spon")
+    ]
 
 
 @pytest.mark.parametrize("name", figures.FIGURES)

@@ -14,13 +14,11 @@ import pytest
 import torch
 import yaml
 
-from sponlib.models.adapters import iter_projections
 from sponlib.errors import FingerprintError, InvalidArgumentError
-from sponlib.models.loading import load_model
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.spon.vectors import SponVectors, save_spon
+from sponlib.models import iter_projections, load_model
+from sponlib.sparsity import Sparsifier, quantile_thresholds
+from sponlib.spon import SponVectors, save_spon
 from sponlib.tasks import harness
-from sponlib.sparsity.thresholds import quantile_thresholds
 
 DATA = Path(__file__).parent / "data" / "harness"
 # Largest difference allowed between lm-eval's log-likelihood of a continuation and sponlib's own
@@ -64,8 +62,10 @@ def tasks_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("harness-tasks")
     for path in DATA.glob("*.yaml"):
         config = yaml.safe_load(path.read_text())
-        config["dataset_kwargs"] = {"data_files": {"test": str(DATA / "sponlib_tiny.jsonl")},
-                                    "cache_dir": str(folder / "datasets-cache")}
+        config["dataset_kwargs"] = {
+            "data_files": {"test": str(DATA / "sponlib_tiny.jsonl")},
+            "cache_dir": str(folder / "datasets-cache"),
+        }
         (folder / path.name).write_text(yaml.safe_dump(config))
     return folder
 
@@ -92,7 +92,7 @@ def own_loglikelihood(model, context: list[int], continuation: list[int], sparsi
     """Sum of log-softmax over the continuation tokens, one unpadded forward under `sparsifier`."""
     ids = torch.tensor([context + continuation])  # (1, L)
     with torch.no_grad(), sparsifier or contextlib.nullcontext():
-        logits = model(ids).logits[0, len(context) - 1:-1].float()  # (len(continuation), vocab)
+        logits = model(ids).logits[0, len(context) - 1 : -1].float()  # (len(continuation), vocab)
     return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(continuation)[:, None]).sum())
 
 
@@ -100,7 +100,7 @@ def own_generation(model, lm, context: str, sparsifier, until=("\n", "."), max_t
     ids = torch.tensor([lm.tok_encode(context)])
     with torch.no_grad(), sparsifier or contextlib.nullcontext():
         out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
-    text = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    text = lm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     for stop in until:
         text = text.split(stop)[0]
     return text
@@ -113,8 +113,10 @@ def loglikelihood_gaps(results, lm, model, sparsifier) -> dict[tuple, tuple[floa
         for sample in results["samples"].get(task, []):
             for i, ((context, continuation), resp) in enumerate(zip(sample["arguments"], sample["resps"])):
                 context_enc, continuation_enc = lm._encode_pair(context, continuation)
-                pairs[(task, sample["doc_id"], i)] = (resp[0][0], own_loglikelihood(model, context_enc,
-                                                                                    continuation_enc, sparsifier))
+                pairs[(task, sample["doc_id"], i)] = (
+                    resp[0][0],
+                    own_loglikelihood(model, context_enc, continuation_enc, sparsifier),
+                )
     return pairs
 
 
@@ -157,14 +159,14 @@ def test_batched_scores_and_an_interrupted_call_leave_no_hook(lm_eval, tiny, tas
     assert max(abs(a - b) for a, b in pairs.values()) < TOLERANCE
     assert 0.3 < results["config"]["sponlib"]["measured_sparsity"] < 0.7  # padding included: near 0.5
     with pytest.raises(IndexError):
-        lm._model_call(torch.tensor([[10 ** 6]]))  # a token id past the vocabulary raises inside the forward
+        lm._model_call(torch.tensor([[10**6]]))  # a token id past the vocabulary raises inside the forward
     assert hooks_left(model) == 0
 
 
 def test_registered_model_loads_what_model_args_name(lm_eval, tiny, tiny_model_dir, tasks_dir, tmp_path):
     from lm_eval.api.registry import get_model
 
-    from sponlib.sparsity.calibration import calibrate
+    from sponlib.sparsity import calibrate
 
     model, tokenizer, thresholds, spon = tiny
     harness.register()
@@ -180,14 +182,24 @@ def test_registered_model_loads_what_model_args_name(lm_eval, tiny, tiny_model_d
     folder = str(tiny_model_dir)
     cases = {  # model_args (string or dict) -> the mask sponlib applies for them
         f"model={folder},thresholds={tmp_path / 'thresholds.json'}": (thresholds, None),
-        f"pretrained={folder},sparsity=0.5,method=teal,calibration={tmp_path / 'calibration.safetensors'}":
-            (calibration.thresholds(0.5, "teal"), None),
-        f"model={folder},spon={tmp_path / 'spon.safetensors'},sparsity=0.5,dtype=float32,device=cpu":
-            (thresholds, spon),
+        f"pretrained={folder},sparsity=0.5,method=teal,calibration={tmp_path / 'calibration.safetensors'}": (
+            calibration.thresholds(0.5, "teal"),
+            None,
+        ),
+        f"model={folder},spon={tmp_path / 'spon.safetensors'},sparsity=0.5,dtype=float32,device=cpu": (
+            thresholds,
+            spon,
+        ),
     }
     for model_args, (taus, vectors) in cases.items():
-        results = harness.run_harness(model_args, ["sponlib_tiny_cloze"], include_path=tasks_dir,
-                                      include_defaults=False, log_samples=True, batch_size=4)
+        results = harness.run_harness(
+            model_args,
+            ["sponlib_tiny_cloze"],
+            include_path=tasks_dir,
+            include_defaults=False,
+            log_samples=True,
+            batch_size=4,
+        )
         assert results["config"]["model"] == "sponlib"
         assert results["config"]["sponlib"]["spon"] == (vectors is not None)
         own = Sparsifier(model, taus, alphas=vectors.alphas if vectors else None)
@@ -198,29 +210,36 @@ def test_registered_model_loads_what_model_args_name(lm_eval, tiny, tiny_model_d
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    results = simple_evaluate(model="sponlib", model_args={"model": folder}, tasks=["sponlib_tiny_cloze"],
-                              task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
-                              limit=2, batch_size=2)
+    results = simple_evaluate(
+        model="sponlib",
+        model_args={"model": folder},
+        tasks=["sponlib_tiny_cloze"],
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        limit=2,
+        batch_size=2,
+    )
     assert results["config"]["sponlib"] == {"method": "dense", "sparsity": 0.0, "spon": False}
     assert hooks_left(model) == 0
 
 
-@pytest.mark.parametrize("model_args, message", [
-    ("sparsity=1.5", "must be in [0, 1)"),
-    ("sparsity=half", "must be a number"),
-    ("sparsity=0.5,method=topk", "unknown mask rule"),
-    ("spon=shipped", "name the sparsity"),
-    ("spon=a.safetensors,thresholds=t.json", "one source of thresholds"),
-    ("sparsity=0.5,calibration=c.safetensors,thresholds=t.json", "one source of thresholds"),
-    ("calibration=c.safetensors", "without a sparsity"),
-    ("method=wina", "no mask rule"),
-    ("sparsty=0.5", "unknown model_args key(s) sparsty"),
-    ("model=a,pretrained=b", "twice"),
-    ("model=a,parallelize=True", "unknown model_args key(s) parallelize"),
-])
+@pytest.mark.parametrize(
+    "model_args, message",
+    [
+        ("sparsity=1.5", "must be in [0, 1)"),
+        ("sparsity=half", "must be a number"),
+        ("sparsity=0.5,method=topk", "unknown mask rule"),
+        ("spon=shipped", "name the sparsity"),
+        ("spon=a.safetensors,thresholds=t.json", "one source of thresholds"),
+        ("sparsity=0.5,calibration=c.safetensors,thresholds=t.json", "one source of thresholds"),
+        ("calibration=c.safetensors", "without a sparsity"),
+        ("method=wina", "no mask rule"),
+        ("sparsty=0.5", "unknown model_args key(s) sparsty"),
+        ("model=a,pretrained=b", "twice"),
+        ("model=a,parallelize=True", "unknown model_args key(s) parallelize"),
+    ],
+)
 def test_bad_model_args_fail_before_anything_loads(lm_eval, model_args, message):
-    with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(").replace("[", r"\[")
-                       .replace(")", r"\)")):
+    with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(").replace("[", r"\[").replace(")", r"\)")):
         harness.check_model_args(model_args)
 
 
@@ -262,9 +281,28 @@ def test_command_line(lm_eval, tiny, tiny_model_dir, tasks_dir, tmp_path, capsys
     _, _, thresholds, _ = tiny
     thresholds.save(tmp_path / "thresholds.json")
     out = tmp_path / "harness.json"
-    assert main(["harness", "--model", str(tiny_model_dir), "--thresholds", str(tmp_path / "thresholds.json"),
-                 "--tasks", "sponlib_tiny_cloze,sponlib_tiny_choice", "--include-path", str(tasks_dir),
-                 "--limit", "4", "--batch-size", "4", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "harness",
+                "--model",
+                str(tiny_model_dir),
+                "--thresholds",
+                str(tmp_path / "thresholds.json"),
+                "--tasks",
+                "sponlib_tiny_cloze,sponlib_tiny_choice",
+                "--include-path",
+                str(tasks_dir),
+                "--limit",
+                "4",
+                "--batch-size",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "sponlib_tiny_cloze" in printed and "perplexity" in printed
     record = json.loads(out.read_text())
@@ -277,16 +315,18 @@ def test_command_line(lm_eval, tiny, tiny_model_dir, tasks_dir, tmp_path, capsys
 
 
 def test_imports_without_lm_eval_and_says_how_to_install_it():
-    code = ("import sys; sys.modules['lm_eval'] = None\n"  # lm_eval and its submodules now fail to import
-            "import sponlib.tasks.harness as h\n"
-            "from sponlib.errors import MissingPackageError\n"
-            "for call in (lambda: h.harness_lm(None, None), lambda: h.run_harness('model=x', ['t']), h.register,\n"
-            "             lambda: h.lm_from_model_args('model=x')):\n"
-            "    try:\n"
-            "        call()\n"
-            "    except MissingPackageError as e:\n"
-            "        assert 'pip install \"lm-eval>=0.4.13,<0.5\"' in str(e), e\n"
-            "    else:\n"
-            "        raise SystemExit('no MissingPackageError')\n")
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"  # lm_eval and its submodules now fail to import
+        "import sponlib.tasks.harness as h\n"
+        "from sponlib.errors import MissingPackageError\n"
+        "for call in (lambda: h.harness_lm(None, None), lambda: h.run_harness('model=x', ['t']), h.register,\n"
+        "             lambda: h.lm_from_model_args('model=x')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except MissingPackageError as e:\n"
+        "        assert 'pip install \"lm-eval>=0.4.13,<0.5\"' in str(e), e\n"
+        "    else:\n"
+        "        raise SystemExit('no MissingPackageError')\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sponlib.models.hooks import HookSet
+from sponlib.models import HookSet
 
 
 def test_hooks_removed_on_exit_and_on_error():

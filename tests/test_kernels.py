@@ -15,15 +15,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sponlib.models.adapters import iter_projections
 from sponlib.errors import InvalidArgumentError, UnsupportedArchitectureError
-from sponlib.kernels import FusedSparseLinear, SegmentOf, SparseLinear, input_major, new_workspace, ops, set_thresholds, sparse_gemv, sparse_gemv_reference, sparse_gemv_rows, sparse_linears, swap_in, swap_out
+from sponlib.kernels import (
+    FusedSparseLinear,
+    SegmentOf,
+    SparseLinear,
+    input_major,
+    new_workspace,
+    ops,
+    set_thresholds,
+    sparse_gemv,
+    sparse_gemv_reference,
+    sparse_gemv_rows,
+    sparse_linears,
+    swap_in,
+    swap_out,
+)
 from sponlib.kernels.ops import check_gemv_arguments
-from sponlib.models.fingerprint import model_fingerprint
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.sparsity.thresholds import Thresholds
-from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.models import iter_projections, model_fingerprint
 from sponlib.models.tiny import tiny_model
+from sponlib.sparsity import Sparsifier, Thresholds, quantile_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,8 +111,9 @@ def test_bad_input_is_refused_clearly():
 # --- the op `sponlib::sparse_gemv` on the CPU -------------------------------------------------
 
 
-def _op_case(seed: int, shape: tuple, n_out: int = 40, dtype=torch.float64, bias: bool = True, wina: bool = False,
-             n_in: int = 96):
+def _op_case(
+    seed: int, shape: tuple, n_out: int = 40, dtype=torch.float64, bias: bool = True, wina: bool = False, n_in: int = 96
+):
     """Arguments of the op: x (*shape, in), weight_t (in, out), bias (out,) or None, col_norm
     (1, in) for wina or None, and τ (1,) at the median score, so that about half the inputs drop."""
     g = torch.Generator().manual_seed(seed)
@@ -130,8 +142,9 @@ def _spy_on_rows(monkeypatch) -> list:
 @pytest.mark.parametrize("score", ["teal", "wina"])
 @pytest.mark.parametrize("shape", [(), (1, 1), (5,), (2, 3)], ids=["x(in)", "x(1,1,in)", "x(5,in)", "x(2,3,in)"])
 def test_op_equals_the_reference_for_one_token_and_several(shape, score, bias, dtype, monkeypatch):
-    x, weight_t, b, col_norm, tau = _op_case(len(shape) * 7 + sum(shape), shape, dtype=dtype, bias=bias,
-                                             wina=score == "wina")
+    x, weight_t, b, col_norm, tau = _op_case(
+        len(shape) * 7 + sum(shape), shape, dtype=dtype, bias=bias, wina=score == "wina"
+    )
     rows = _spy_on_rows(monkeypatch)
     y = sparse_gemv(x, weight_t, tau, b, col_norm)
     assert y.shape == (*shape, weight_t.shape[1]) and y.dtype == dtype
@@ -153,20 +166,28 @@ def test_fused_segments_each_use_their_own_threshold(segments, tokens, score):
     x = torch.randn(tokens, n_in, generator=g, dtype=torch.float64)
     weight_t = torch.randn(n_in, n_out, generator=g, dtype=torch.float64)
     bias = torch.randn(n_out, generator=g, dtype=torch.float64)
-    tau = torch.tensor([0.3, 0.9, 1.5][:len(segments)], dtype=torch.float64)
+    tau = torch.tensor([0.3, 0.9, 1.5][: len(segments)], dtype=torch.float64)
     col_norm = torch.rand(len(segments), n_in, generator=g, dtype=torch.float64) + 0.5 if score == "wina" else None
     y = sparse_gemv(x, weight_t, tau, bias, col_norm, segments)
     # each segment as the separate projection it stands for: its own slice of Wᵀ, τ and norms
     parts, start = [], 0
     for i, size in enumerate(segments):
         stop = start + size
-        parts.append(sparse_gemv_reference(x, weight_t[:, start:stop].contiguous(), bias[start:stop], float(tau[i]),
-                                           None if col_norm is None else col_norm[i]))
+        parts.append(
+            sparse_gemv_reference(
+                x,
+                weight_t[:, start:stop].contiguous(),
+                bias[start:stop],
+                float(tau[i]),
+                None if col_norm is None else col_norm[i],
+            )
+        )
         start = stop
     torch.testing.assert_close(y, torch.cat(parts, dim=-1))
     # the thresholds differ enough that the first one applied everywhere gives another result
-    first_everywhere = sparse_gemv_reference(x, weight_t, bias, float(tau[0]),
-                                             None if col_norm is None else col_norm[0])
+    first_everywhere = sparse_gemv_reference(
+        x, weight_t, bias, float(tau[0]), None if col_norm is None else col_norm[0]
+    )
     assert not torch.allclose(y, first_everywhere)
 
 
@@ -224,8 +245,15 @@ def test_new_thresholds_need_no_recompilation():
 def _valid_arguments() -> dict:
     """Arguments the op accepts: x (2, 32), weight_t (32, 24), τ (1,), bias (24,), one segment."""
     g = torch.Generator().manual_seed(3)
-    return dict(x=torch.randn(2, 32, generator=g), weight_t=torch.randn(32, 24, generator=g), tau=torch.tensor([0.5]),
-                bias=torch.randn(24, generator=g), col_norm=None, segments=[24], workspace=None)
+    return dict(
+        x=torch.randn(2, 32, generator=g),
+        weight_t=torch.randn(32, 24, generator=g),
+        tau=torch.tensor([0.5]),
+        bias=torch.randn(24, generator=g),
+        col_norm=None,
+        segments=[24],
+        workspace=None,
+    )
 
 
 BAD_ARGUMENTS = {  # what is wrong -> (the arguments it changes, given the valid ones; a word of the message)
@@ -286,8 +314,9 @@ def _calibrated(model, score: str, quantile: float, ids=None) -> Thresholds:
 def _alphas(model, seed: int, scale: float = 0.05) -> dict:
     """Random SPON vectors, projection name -> (in,) float64."""
     g = torch.Generator().manual_seed(seed)
-    return {p.name: torch.randn(p.in_features, generator=g, dtype=torch.float64) * scale
-            for p in iter_projections(model)}
+    return {
+        p.name: torch.randn(p.in_features, generator=g, dtype=torch.float64) * scale for p in iter_projections(model)
+    }
 
 
 @pytest.mark.parametrize("tokens", [1, 7])
@@ -358,8 +387,9 @@ def test_swapping_refuses_incomplete_thresholds_unknown_vectors_and_other_rules(
     model = _tiny64()
     thresholds = _calibrated(model, "teal", 0.5)
     first = min(thresholds.taus)
-    partial = Thresholds("teal", 0.5, thresholds.levels, {n: t for n, t in thresholds.taus.items() if n != first},
-                         thresholds.fingerprint)
+    partial = Thresholds(
+        "teal", 0.5, thresholds.levels, {n: t for n, t in thresholds.taus.items() if n != first}, thresholds.fingerprint
+    )
     with pytest.raises(InvalidArgumentError, match="thresholds lack"):
         swap_in(model, partial)
     with pytest.raises(InvalidArgumentError, match="SPON vectors"):
@@ -402,8 +432,9 @@ def test_fused_groups_equal_the_hooked_model_and_swap_back(model_type, score):
     torch.testing.assert_close(_logits(model, ids), hooked, rtol=0, atol=1e-9)
     assert all(m.fused.pending is None for m in modules.values() if isinstance(m, SegmentOf))
     tau = model.model.layers[0].self_attn.q_proj.fused.tau
-    moved = Thresholds(score, 0.6, thresholds.levels, {n: t * 1.3 for n, t in thresholds.taus.items()},
-                       thresholds.fingerprint)
+    moved = Thresholds(
+        score, 0.6, thresholds.levels, {n: t * 1.3 for n, t in thresholds.taus.items()}, thresholds.fingerprint
+    )
     set_thresholds(model, moved)  # no vectors: every bias back to the original
     assert model.model.layers[0].self_attn.q_proj.fused.tau.data_ptr() == tau.data_ptr()  # written in place
     with_new = _logits(model, ids)
@@ -464,8 +495,10 @@ def test_float32_single_token_matches_the_hooked_linear(score, monkeypatch):
     ids = _ids(1, seed=5)
     thresholds, alphas = _calibrated(model, score, 0.5, ids), _alphas(model, 3)
     seen = {}
-    hooks = [p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
-             for p in iter_projections(model)]
+    hooks = [
+        p.module.register_forward_pre_hook(lambda m, args, n=p.name: seen.__setitem__(n, args[0]))
+        for p in iter_projections(model)
+    ]
     _logits(model, ids)
     for h in hooks:
         h.remove()
@@ -492,8 +525,17 @@ def test_triton_kernel_tests_pass_under_the_cpu_interpreter():
     variable when the kernel module is imported; CUDA hidden, so it interprets even on a GPU host."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "pytest", "tests/test_kernels_gpu.py", "-q", "-o", "addopts=",
-               "-p", "no:cacheprovider"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_kernels_gpu.py",
+        "-q",
+        "-o",
+        "addopts=",
+        "-p",
+        "no:cacheprovider",
+    ]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     report = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, report

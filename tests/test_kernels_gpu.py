@@ -17,14 +17,14 @@ import os
 import pytest
 import torch
 
-from sponlib.kernels import SparseLinear, keep_mask, sparse_gemv, swap_in
-from sponlib.kernels.reference import sparse_gemv_reference
+from sponlib.kernels import SparseLinear, keep_mask, sparse_gemv, sparse_gemv_reference, swap_in
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if INTERPRET else None
-pytestmark = pytest.mark.skipif(DEVICE is None or not HAS_TRITON,
-                                reason="needs CUDA and triton (or TRITON_INTERPRET=1 with triton installed)")
+pytestmark = pytest.mark.skipif(
+    DEVICE is None or not HAS_TRITON, reason="needs CUDA and triton (or TRITON_INTERPRET=1 with triton installed)"
+)
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a real GPU")
 
 DTYPES = (torch.float16, torch.bfloat16)
@@ -34,14 +34,15 @@ SIZES = (64, 96, 200, 320) if INTERPRET or DEVICE is None else (64, 200, 576, 15
 
 
 def _gemv():
-    from sponlib.kernels.triton_gemv import GemvConfig, triton_sparse_gemv
+    from sponlib.kernels.tiles import GemvConfig
+    from sponlib.kernels.triton_gemv import triton_sparse_gemv
 
     return GemvConfig, triton_sparse_gemv
 
 
 def _random_case(gen: torch.Generator, n_in: int, n_out: int, dtype, sparsity: float, wina: bool):
     x = torch.randn(n_in, generator=gen).mul_(torch.rand(n_in, generator=gen) * 3).to(DEVICE, dtype)  # (K,)
-    weight_t = torch.randn(n_in, n_out, generator=gen).div_(n_in ** 0.5).to(DEVICE, dtype)  # (K, N)
+    weight_t = torch.randn(n_in, n_out, generator=gen).div_(n_in**0.5).to(DEVICE, dtype)  # (K, N)
     bias = torch.randn(n_out, generator=gen).to(DEVICE, dtype)  # (N,)
     col_norm = (torch.rand(n_in, generator=gen) + 0.5).to(DEVICE) if wina else None  # (K,)
     score = x.float().abs() * (1 if col_norm is None else col_norm)
@@ -75,9 +76,16 @@ def test_triton_matches_the_reference_on_random_cases(dtype, wina):
         workspace = torch.zeros(2 * n_out, device=DEVICE)
         for config in CONFIGS:
             out = torch.full((n_out,), float("nan"), device=DEVICE, dtype=dtype)  # poisoned
-            y = triton_sparse_gemv(x, weight_t, tau, bias if with_bias else None,
-                                   None if col_norm is None else col_norm.reshape(1, -1), config=config, out=out,
-                                   workspace=workspace)
+            y = triton_sparse_gemv(
+                x,
+                weight_t,
+                tau,
+                bias if with_bias else None,
+                None if col_norm is None else col_norm.reshape(1, -1),
+                config=config,
+                out=out,
+                workspace=workspace,
+            )
             assert y.data_ptr() == out.data_ptr() and torch.isfinite(y).all(), "every output must be written"
             assert not workspace.any(), "the atomic split must leave its workspace zero"
             ref = _reference64(x, weight_t, bias if with_bias else None, col_norm, tau)
@@ -89,13 +97,15 @@ def test_triton_matches_the_reference_on_random_cases(dtype, wina):
 
 def _configs():
     GemvConfig, _ = _gemv()
-    return (None,  # the shipped choice for the shape (tuned table or heuristic)
-            GemvConfig(64, 32, 32),  # split-K, partial sums + second kernel
-            GemvConfig(64, 32, 64, atomic=True),  # split-K by atomics
-            GemvConfig(64, 16, 48, prefetch=True, atomic=True),  # two blocks in flight
-            GemvConfig(128, 16, 10 ** 6, prefetch=True),  # one slice per tile, one launch
-            GemvConfig(64, 16, 96, atomic=True, compact=True),  # kept rows listed first
-            GemvConfig(128, 32, 10 ** 6, compact=True))
+    return (
+        None,  # the shipped choice for the shape (tuned table or heuristic)
+        GemvConfig(64, 32, 32),  # split-K, partial sums + second kernel
+        GemvConfig(64, 32, 64, atomic=True),  # split-K by atomics
+        GemvConfig(64, 16, 48, prefetch=True, atomic=True),  # two blocks in flight
+        GemvConfig(128, 16, 10**6, prefetch=True),  # one slice per tile, one launch
+        GemvConfig(64, 16, 96, atomic=True, compact=True),  # kept rows listed first
+        GemvConfig(128, 32, 10**6, compact=True),
+    )
 
 
 CONFIGS = _configs() if HAS_TRITON else ()
@@ -124,8 +134,13 @@ def test_mask_equals_the_reference_mask_at_the_threshold(dtype):
     gen = torch.Generator().manual_seed(7)
     n = 256
     tau_value = torch.tensor(0.37, dtype=dtype)  # a value representable in the input dtype
-    near = torch.stack([tau_value, torch.nextafter(tau_value, torch.tensor(1.0, dtype=dtype)),
-                        torch.nextafter(tau_value, torch.tensor(0.0, dtype=dtype))])
+    near = torch.stack(
+        [
+            tau_value,
+            torch.nextafter(tau_value, torch.tensor(1.0, dtype=dtype)),
+            torch.nextafter(tau_value, torch.tensor(0.0, dtype=dtype)),
+        ]
+    )
     x = torch.randn(n, generator=gen).to(dtype)
     x[:96] = near.repeat(32) * torch.tensor([1.0, -1.0]).repeat(48).to(dtype)  # (n,)
     weight_t = torch.eye(n, dtype=dtype, device=DEVICE)
@@ -133,8 +148,9 @@ def test_mask_equals_the_reference_mask_at_the_threshold(dtype):
         tau = tau.reshape(1).to(DEVICE)
         norm = None if col_norm is None else col_norm.to(DEVICE)
         y = triton_sparse_gemv(x.to(DEVICE), weight_t, tau, None, None if norm is None else norm.reshape(1, -1))
-        expected = torch.where(keep_mask(x.to(DEVICE), tau[0], norm), x.to(DEVICE), torch.zeros((), dtype=dtype,
-                                                                                             device=DEVICE))
+        expected = torch.where(
+            keep_mask(x.to(DEVICE), tau[0], norm), x.to(DEVICE), torch.zeros((), dtype=dtype, device=DEVICE)
+        )
         assert torch.equal(y, expected)
         assert (y[:96] == 0).sum() >= 32  # the entries exactly at τ were dropped, the ones above kept
 
@@ -151,7 +167,9 @@ def test_fused_segments_use_each_segments_threshold():
     y = triton_sparse_gemv(x, weight_t, tau, bias, col_norm, segments)
     start, parts = 0, []
     for g, size in enumerate(segments):
-        parts.append(_reference64(x, weight_t[:, start:start + size], bias[start:start + size], col_norm[g], tau[g:g + 1]))
+        parts.append(
+            _reference64(x, weight_t[:, start : start + size], bias[start : start + size], col_norm[g], tau[g : g + 1])
+        )
         start += size
     assert _relative_error(y, torch.cat(parts)) < TOLERANCE[torch.bfloat16]
     separate = sparse_gemv(x, weight_t.contiguous(), tau, bias, col_norm, segments)  # through the op
@@ -196,19 +214,18 @@ def test_sparse_linear_under_torch_compile_and_cuda_graphs_follows_new_threshold
 @needs_gpu
 def test_swapped_tiny_model_matches_the_hooked_projections_on_the_gpu():
     """Each SparseLinear, fed the input its hooked projection saw, gives the hooked output."""
-    from sponlib.models.adapters import iter_projections
-    from sponlib.models.fingerprint import model_fingerprint
-    from sponlib.sparsity.sparsifier import Sparsifier
-    from sponlib.sparsity.thresholds import Thresholds
+    from sponlib.models import iter_projections, model_fingerprint
     from sponlib.models.tiny import tiny_model
+    from sponlib.sparsity import Sparsifier, Thresholds
 
     model = tiny_model("llama").to("cuda", torch.bfloat16)
     names = [p.name for p in iter_projections(model)]
-    thresholds = Thresholds("teal", 0.5, dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.4),
-                            model_fingerprint(model))
+    thresholds = Thresholds("teal", 0.5, dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.4), model_fingerprint(model))
     seen = {}
-    hooks = [p.module.register_forward_hook(lambda m, a, out, n=p.name: seen.__setitem__(n, (a[0], out)))
-             for p in iter_projections(model)]
+    hooks = [
+        p.module.register_forward_hook(lambda m, a, out, n=p.name: seen.__setitem__(n, (a[0], out)))
+        for p in iter_projections(model)
+    ]
     ids = torch.randint(0, model.config.vocab_size, (1, 1), device="cuda")
     with torch.no_grad(), Sparsifier(model, thresholds):
         model(ids)

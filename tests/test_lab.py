@@ -25,8 +25,15 @@ def _free_port() -> int:
 def test_make_lab_serves_the_notebooks():
     port, token = _free_port(), "sponlib-test-token"
     env = {**os.environ, "JUPYTER_TOKEN": token}
-    lab = subprocess.Popen(["make", "lab", f"LAB_PORT={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lab = subprocess.Popen(
+        ["make", "lab", f"LAB_PORT={port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         listing, deadline = None, time.monotonic() + 240
         while listing is None and time.monotonic() < deadline:

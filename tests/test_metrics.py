@@ -4,27 +4,30 @@ import numpy as np
 import pytest
 import torch
 
+from sponlib.analysis import cka_matrix, cosine, debiased_cka, kl_divergence, linear_cka, minibatch_cka, relative_drift
+from sponlib.analysis.metrics import pca_fit, pca_project
 from sponlib.errors import InvalidArgumentError, NumericalError
-from sponlib.analysis.metrics import cka_matrix, cosine, debiased_cka, kl_divergence, linear_cka, minibatch_cka, pca_fit, pca_project, relative_drift
 
 
 def reference_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA through centred Gram matrices, float64 (Kornblith et al., eq. for HSIC)."""
     n = x.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    k, l = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
-    return float((k * l).sum() / np.sqrt((k * k).sum() * (l * l).sum()))
+    gram_x, gram_y = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float((gram_x * gram_y).sum() / np.sqrt((gram_x * gram_x).sum() * (gram_y * gram_y).sum()))
 
 
-def reference_unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
+def reference_unbiased_hsic(gram_k: np.ndarray, gram_l: np.ndarray) -> float:
     """Song et al. (2012), eq. 5, written out literally."""
-    n = k.shape[0]
-    k, l = k.copy(), l.copy()
+    n = gram_k.shape[0]
+    k, l_ = gram_k.copy(), gram_l.copy()
     np.fill_diagonal(k, 0)
-    np.fill_diagonal(l, 0)
+    np.fill_diagonal(l_, 0)
     one = np.ones(n)
-    return float((np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-                  - 2 / (n - 2) * one @ k @ l @ one) / (n * (n - 3)))
+    return float(
+        (np.trace(k @ l_) + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ k @ l_ @ one)
+        / (n * (n - 3))
+    )
 
 
 @pytest.fixture
@@ -57,13 +60,17 @@ def test_cka_invariant_to_orthogonal_transform_and_isotropic_scaling(states):
 
 def test_cka_matches_float64_reference_on_random_data(states):
     x, y = states
-    assert linear_cka(x.float(), y.float()) == pytest.approx(reference_cka(x.double().numpy(), y.double().numpy()),
-                                                             abs=1e-6)
+    assert linear_cka(x.float(), y.float()) == pytest.approx(
+        reference_cka(x.double().numpy(), y.double().numpy()), abs=1e-6
+    )
     few = slice(0, 10)  # fewer tokens than features: the Gram-matrix path
-    assert linear_cka(x[few], y[few]) == pytest.approx(reference_cka(x[few].double().numpy(), y[few].double().numpy()),
-                                                       abs=1e-9)
+    assert linear_cka(x[few], y[few]) == pytest.approx(
+        reference_cka(x[few].double().numpy(), y[few].double().numpy()), abs=1e-9
+    )
     kx, ky = (x.double() @ x.double().T).numpy(), (y.double() @ y.double().T).numpy()
-    expected = reference_unbiased_hsic(kx, ky) / np.sqrt(reference_unbiased_hsic(kx, kx) * reference_unbiased_hsic(ky, ky))
+    expected = reference_unbiased_hsic(kx, ky) / np.sqrt(
+        reference_unbiased_hsic(kx, kx) * reference_unbiased_hsic(ky, ky)
+    )
     assert debiased_cka(x, y) == pytest.approx(expected, rel=1e-9)
     assert 0.0 < debiased_cka(x, y) < linear_cka(x, y)  # the plain estimator is biased upwards
 

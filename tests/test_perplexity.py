@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from sponlib.data import load_corpus, load_windows
 from sponlib.errors import InvalidArgumentError, NumericalError
-from sponlib.perplexity import perplexity
 from sponlib.models.tiny import tiny_model
+from sponlib.perplexity import perplexity
 
 
 def _hand_computed_ppl(model, ids):

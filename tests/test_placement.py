@@ -7,21 +7,30 @@ import json
 import pytest
 import torch
 
-from sponlib.sparsity.calibration import calibrate
 from sponlib.errors import InvalidArgumentError
-from sponlib.models.loading import load_model
-from sponlib.models.fingerprint import model_fingerprint
-from sponlib.models.gguf import prepare_model
-from sponlib.perplexity import perplexity
-from sponlib.models.placement import execution_device, input_device, is_offloaded, is_sharded, onloaded, placement_record
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.spon.vectors import SponVectors
-from sponlib.sparsity.thresholds import quantile_thresholds
+from sponlib.models import (
+    execution_device,
+    input_device,
+    load_model,
+    model_fingerprint,
+    onloaded,
+    placement_record,
+    prepare_model,
+)
+from sponlib.models.placement import is_offloaded, is_sharded
 from sponlib.models.tiny import tiny_model
-from sponlib.spon.training import TrainConfig, train_spon
+from sponlib.perplexity import perplexity
+from sponlib.sparsity import Sparsifier, calibrate, quantile_thresholds
+from sponlib.spon import SponVectors, TrainConfig, train_spon
 
-OFFLOADED = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
-             "model.rotary_emb": "cpu", "lm_head": "cpu"}
+OFFLOADED = {
+    "model.embed_tokens": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,8 @@ def test_offloaded_model_has_the_fingerprint_and_perplexity_of_the_whole(whole_a
     whole, offloaded = whole_and_offloaded
     assert model_fingerprint(offloaded) == model_fingerprint(whole)
     assert perplexity(offloaded, ids, batch_size=4, progress=False).nll == pytest.approx(
-        perplexity(whole, ids, batch_size=4, progress=False).nll, rel=1e-6)
+        perplexity(whole, ids, batch_size=4, progress=False).nll, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("score", ["teal", "wina"])
@@ -90,7 +100,9 @@ def test_masks_and_vectors_act_alike_on_offloaded_weights(whole_and_offloaded, i
 
 def test_calibration_and_spon_training_on_offloaded_weights(whole_and_offloaded, ids):
     whole, offloaded = whole_and_offloaded
-    calibrations = [calibrate(m, ids, refine_windows=2, refine_levels=[0.5], progress=False) for m in (whole, offloaded)]
+    calibrations = [
+        calibrate(m, ids, refine_windows=2, refine_levels=[0.5], progress=False) for m in (whole, offloaded)
+    ]
     assert calibrations[1].refined == calibrations[0].refined
     thresholds = calibrations[0].thresholds(0.5, "teal")
     config = TrainConfig(steps=6, batch_size=2, lr=3e-2, eval_every=3, checkpoint_every=0)
@@ -113,18 +125,22 @@ def test_a_strategy_bounded_by_memory_offloads_the_rest(tiny_dir, tmp_path, ids)
     budget = int(0.8 * sum(p.numel() * p.element_size() for p in whole.parameters()))  # bytes
     model = load_model(tiny_dir, device_map="sequential", max_memory={"cpu": budget}, offload_folder=tmp_path)[0]
     assert "disk" in model.hf_device_map.values() and "cpu" in model.hf_device_map.values()
-    assert perplexity(model, ids, progress=False).nll == pytest.approx(perplexity(whole, ids, progress=False).nll,
-                                                                       rel=1e-6)
+    assert perplexity(model, ids, progress=False).nll == pytest.approx(
+        perplexity(whole, ids, progress=False).nll, rel=1e-6
+    )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(device_map="everywhere"), "unknown device map 'everywhere'"),
-    (dict(device_map={}), "non-empty dict"),
-    (dict(device_map="auto", device="cuda:0"), "not both"),
-    (dict(max_memory={"cpu": "1GiB"}), "only apply with a device_map"),
-    (dict(device_map={"": "nonsense"}), "could not place .* nonsense"),
-    (dict(device_map={"": 3}), "could not place"),  # a GPU this machine lacks
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(device_map="everywhere"), "unknown device map 'everywhere'"),
+        (dict(device_map={}), "non-empty dict"),
+        (dict(device_map="auto", device="cuda:0"), "not both"),
+        (dict(max_memory={"cpu": "1GiB"}), "only apply with a device_map"),
+        (dict(device_map={"": "nonsense"}), "could not place .* nonsense"),
+        (dict(device_map={"": 3}), "could not place"),  # a GPU this machine lacks
+    ],
+)
 def test_bad_placements_are_refused_with_what_to_do(tiny_dir, kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         load_model(tiny_dir, **kwargs)
@@ -140,8 +156,15 @@ def test_eval_on_the_command_line_with_a_device_map_file(tiny_model_dir, tmp_pat
 
     (tmp_path / "map.json").write_text(json.dumps(OFFLOADED))
     base = ["eval", "--model", str(tiny_model_dir), "--corpus", "persuasion", "--windows", "2", "--window-len", "32"]
-    placed = sponlib(*base, "--device-map", str(tmp_path / "map.json"), "--offload-folder", str(tmp_path / "off"),
-                     "--json", str(tmp_path / "placed.json"))
+    placed = sponlib(
+        *base,
+        "--device-map",
+        str(tmp_path / "map.json"),
+        "--offload-folder",
+        str(tmp_path / "off"),
+        "--json",
+        str(tmp_path / "placed.json"),
+    )
     assert placed.returncode == 0, placed.stderr
     whole = sponlib(*base, "--json", str(tmp_path / "whole.json"))
     assert whole.returncode == 0, whole.stderr
@@ -150,9 +173,11 @@ def test_eval_on_the_command_line_with_a_device_map_file(tiny_model_dir, tmp_pat
     assert records[0]["results"][0]["ppl"] == pytest.approx(records[1]["results"][0]["ppl"], rel=1e-6)
 
     (tmp_path / "bad.json").write_text("[1, 2]")
-    for args, message in ((["--device-map", "everywhere"], "neither a strategy"),
-                          (["--device-map", str(tmp_path / "bad.json")], "must hold one object"),
-                          (["--device-map", "auto", "--max-memory", "cpu:1GiB"], "is not DEVICE=SIZE"),
-                          (["--max-memory", "cpu=1GiB"], "go with --device-map")):
+    for args, message in (
+        (["--device-map", "everywhere"], "neither a strategy"),
+        (["--device-map", str(tmp_path / "bad.json")], "must hold one object"),
+        (["--device-map", "auto", "--max-memory", "cpu:1GiB"], "is not DEVICE=SIZE"),
+        (["--max-memory", "cpu=1GiB"], "go with --device-map"),
+    ):
         run = sponlib(*base, *args)
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -10,8 +10,8 @@ import plotly.io as pio
 import pytest
 import torch
 
-from sponlib.viz import plots
 from sponlib.errors import InvalidArgumentError
+from sponlib.viz import plots
 
 CURVES = {"dense": [0.0, 0.0, 0.0, 0.0], "masked": [0.1, 0.2, math.nan, 0.4], "spon": [0.05, 0.1, 0.12, 0.2]}
 RNG = np.random.default_rng(0)
@@ -23,12 +23,15 @@ BUILDERS = {
     "cosine": lambda: plots.cosine_per_layer(CURVES),
     "cka_diagonal": lambda: plots.cka_diagonal(CURVES),
     "cka_heatmap": lambda: plots.cka_heatmap(np.eye(4)),
-    "pca_scatter": lambda: plots.pca_scatter({"dense": RNG.normal(size=(50, 2)), "masked": RNG.normal(size=(50, 2))},
-                                             explained=[0.4, 0.2]),
-    "pca_trajectories": lambda: plots.pca_trajectories({"dense": RNG.normal(size=(30, 2)),
-                                                        "spon": RNG.normal(size=(30, 2))}),
-    "recovery": lambda: plots.recovery_bars([{"run": "teal@0.5", "persuasion": 0.68, "brown": 0.47}],
-                                            targets={"persuasion": 0.7, "brown": 0.7}),
+    "pca_scatter": lambda: plots.pca_scatter(
+        {"dense": RNG.normal(size=(50, 2)), "masked": RNG.normal(size=(50, 2))}, explained=[0.4, 0.2]
+    ),
+    "pca_trajectories": lambda: plots.pca_trajectories(
+        {"dense": RNG.normal(size=(30, 2)), "spon": RNG.normal(size=(30, 2))}
+    ),
+    "recovery": lambda: plots.recovery_bars(
+        [{"run": "teal@0.5", "persuasion": 0.68, "brown": 0.47}], targets={"persuasion": 0.7, "brown": 0.7}
+    ),
     "speed": lambda: plots.speed_vs_sparsity([0, 0.25, 0.5], {"Triton sparse GEMV": [1.0, 1.2, 1.6]}),
     "perplexity": lambda: plots.perplexity_vs_sparsity([0.25, 0.5], {"teal": [35.0, 55.0]}, dense=34.6),
 }
@@ -217,17 +220,25 @@ def test_recovery_bars_group_texts_and_draw_references():
     assert "target 0.70" in {a.text for a in one_target.layout.annotations}
 
 
-@pytest.mark.parametrize("rows, targets", [([], None), ([{"persuasion": 0.5}], None), ([{"run": "a"}], None),
-                                           ([{"run": "a", "x": 1}, {"run": "a", "x": 2}], None),
-                                           ([{"run": "a", "x": 1}], {"y": 0.7})])
+@pytest.mark.parametrize(
+    "rows, targets",
+    [
+        ([], None),
+        ([{"persuasion": 0.5}], None),
+        ([{"run": "a"}], None),
+        ([{"run": "a", "x": 1}, {"run": "a", "x": 2}], None),
+        ([{"run": "a", "x": 1}], {"y": 0.7}),
+    ],
+)
 def test_recovery_bars_refuse_bad_rows(rows, targets):
     with pytest.raises(InvalidArgumentError):
         plots.recovery_bars(rows, targets=targets)
 
 
 def test_speed_vs_sparsity_draws_the_physical_bound():
-    fig = plots.speed_vs_sparsity(np.array([0.5, 0.0, 0.25]), {"Triton sparse GEMV": [1.6, 1.0, 1.2],
-                                                               "per layer": [1.4, 1.0, 1.1]})
+    fig = plots.speed_vs_sparsity(
+        np.array([0.5, 0.0, 0.25]), {"Triton sparse GEMV": [1.6, 1.0, 1.2], "per layer": [1.4, 1.0, 1.1]}
+    )
     gemv, _, bound = fig.data
     np.testing.assert_array_equal(gemv.x, [0.0, 0.25, 0.5])  # sorted by level, values follow
     np.testing.assert_array_equal(gemv.y, [1.0, 1.2, 1.6])
@@ -241,17 +252,25 @@ def test_speed_vs_sparsity_draws_the_physical_bound():
     assert given.layout.yaxis.title.text == "tokens/s"
 
 
-@pytest.mark.parametrize("sparsity, speedups, bound", [([], {"a": []}, None), ([0.5, 1.0], {"a": [1, 2]}, None),
-                                                       ([0.5], {"a": [1, 2]}, None), ([0.5], {}, None),
-                                                       ([0.0, 0.5], {"a": [1, 2]}, [1.0])])
+@pytest.mark.parametrize(
+    "sparsity, speedups, bound",
+    [
+        ([], {"a": []}, None),
+        ([0.5, 1.0], {"a": [1, 2]}, None),
+        ([0.5], {"a": [1, 2]}, None),
+        ([0.5], {}, None),
+        ([0.0, 0.5], {"a": [1, 2]}, [1.0]),
+    ],
+)
 def test_speed_vs_sparsity_refuses_mismatches(sparsity, speedups, bound):
     with pytest.raises(InvalidArgumentError):
         plots.speed_vs_sparsity(sparsity, speedups, bound=bound)
 
 
 def test_perplexity_vs_sparsity_sorts_levels_and_marks_dense():
-    fig = plots.perplexity_vs_sparsity([0.7, 0.25, 0.5], {"masked": [640.0, 35.2, 54.7], "spon": [79.8, 35.0, 41.1]},
-                                       dense=34.65)
+    fig = plots.perplexity_vs_sparsity(
+        [0.7, 0.25, 0.5], {"masked": [640.0, 35.2, 54.7], "spon": [79.8, 35.0, 41.1]}, dense=34.65
+    )
     masked, spon = fig.data
     np.testing.assert_array_equal(masked.x, [0.25, 0.5, 0.7])
     np.testing.assert_array_equal(masked.y, [35.2, 54.7, 640.0])
@@ -262,8 +281,9 @@ def test_perplexity_vs_sparsity_sorts_levels_and_marks_dense():
     assert plots.perplexity_vs_sparsity([0.5], {"a": [2.0]}, log_y=False).layout.yaxis.type != "log"
 
 
-@pytest.mark.parametrize("sparsity, curves", [([], {"a": []}), ([0.5, 1.0], {"a": [1, 2]}), ([0.5], {"a": [1, 2]}),
-                                              ([0.5], {})])
+@pytest.mark.parametrize(
+    "sparsity, curves", [([], {"a": []}), ([0.5, 1.0], {"a": [1, 2]}), ([0.5], {"a": [1, 2]}), ([0.5], {})]
+)
 def test_perplexity_vs_sparsity_refuses_mismatches(sparsity, curves):
     with pytest.raises(InvalidArgumentError):
         plots.perplexity_vs_sparsity(sparsity, curves)

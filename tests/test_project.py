@@ -72,15 +72,30 @@ def test_spon_recovery_covers_the_protocol():
     record = json.loads((results_dir() / "spon_recovery.json").read_text())
     assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"
     assert [(t["source"], t["windows"], t["window_len"], t["seed"]) for t in record["settings"]["test"]] == [
-        ("persuasion", 64, 512, 0), ("brown", 64, 512, 0)]
+        ("persuasion", 64, 512, 0),
+        ("brown", 64, 512, 0),
+    ]
     assert record["settings"]["validation"]["source"] == "austen-val"
     names = [r["name"] for r in record["experiments"]]
-    assert names == ["teal@0.25", "teal@0.4", "teal@0.5", "teal@0.6", "teal@0.7", "wina@0.5", "greedy@0.5",
-                     "teal@0.5 roles=attention", "teal@0.5 roles=mlp", "teal@0.5 roles=down",
-                     "teal@0.5 windows=256", "teal@0.5 windows=4096"]
+    assert names == [
+        "teal@0.25",
+        "teal@0.4",
+        "teal@0.5",
+        "teal@0.6",
+        "teal@0.7",
+        "wina@0.5",
+        "greedy@0.5",
+        "teal@0.5 roles=attention",
+        "teal@0.5 roles=mlp",
+        "teal@0.5 roles=down",
+        "teal@0.5 windows=256",
+        "teal@0.5 windows=4096",
+    ]
     dense = {r["corpus"]: r["ppl"] for r in json.loads((results_dir() / "dense_baseline.json").read_text())["results"]}
-    sweep = {(r["method"], r["target"], r["corpus"]): r["ppl"]
-             for r in json.loads((results_dir() / "sparsity_sweep.json").read_text())["results"]}
+    sweep = {
+        (r["method"], r["target"], r["corpus"]): r["ppl"]
+        for r in json.loads((results_dir() / "sparsity_sweep.json").read_text())["results"]
+    }
     for row in record["experiments"]:
         for corpus, text in row["texts"].items():
             assert abs(text["ppl_dense"] - dense[corpus]) < 0.01  # GPU dense rows reproduce the CPU baseline
@@ -108,7 +123,9 @@ def test_spon_throughput_records_compare_against_a_plain_loop():
 def test_folded_export_matches_spon_at_run_time_on_the_protocol_windows():
     folded = json.loads((results_dir() / "spon_folded_cpu.json").read_text())
     runtime = json.loads((results_dir() / "spon_runtime_cpu.json").read_text())
-    assert folded["thresholds"].endswith("sparsity_thresholds.json") and runtime["spon"].endswith("spon-teal-0.5.safetensors")
+    assert folded["thresholds"].endswith("sparsity_thresholds.json") and runtime["spon"].endswith(
+        "spon-teal-0.5.safetensors"
+    )
     for a, b in zip(folded["results"], runtime["results"]):
         assert a["corpus"] == b["corpus"] and a["windows"] == b["windows"] == 64
         assert abs(a["ppl"] / b["ppl"] - 1) < 0.01 and abs(a["measured"] - b["measured"]) < 0.002
@@ -119,7 +136,7 @@ def test_analysis_record_compares_dense_masked_and_spon_layer_by_layer():
 
     import numpy as np
 
-    from sponlib.analysis.separation import separation
+    from sponlib.analysis import separation
 
     record = json.loads((results_dir() / "analysis_smollm2.json").read_text())
     assert record["model"]["name"] == "smollm2-135m" and record["dtype"] == "float32"
@@ -132,7 +149,9 @@ def test_analysis_record_compares_dense_masked_and_spon_layer_by_layer():
         assert abs(record["measured_sparsity"][f"{kind}@0.5"] - 0.5) <= 0.02
     # SPON brings the output distribution closer to dense at every level (output KL = last lens layer)
     for level in record["levels"]:
-        assert record["per_layer"][f"spon@{level}"]["lens_kl"][-1] < record["per_layer"][f"masked@{level}"]["lens_kl"][-1]
+        assert (
+            record["per_layer"][f"spon@{level}"]["lens_kl"][-1] < record["per_layer"][f"masked@{level}"]["lens_kl"][-1]
+        )
     # the separation table is what the per-window values give
     main = record["per_window_main"]
     recomputed = separation(main, [0.5], 0.5)

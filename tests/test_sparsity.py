@@ -7,14 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sponlib.models.adapters import block_projections, decoder_layers, iter_projections
-from sponlib.sparsity.calibration import Calibration, REFINE_LEVELS as PROTOCOL_LEVELS, calibrate
 from sponlib.errors import CorruptFileError, FingerprintError, InvalidArgumentError
-from sponlib.sparsity.allocation import GRID, _BlockProbe, capture_blocks
-from sponlib.sparsity.rules import METHODS, check_sparsity
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.sparsity.thresholds import Thresholds
+from sponlib.experiments.protocol import SWEEP_LEVELS
+from sponlib.models import block_projections, decoder_layers, iter_projections
 from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_model
+from sponlib.sparsity import METHODS, Calibration, Sparsifier, Thresholds, calibrate, check_sparsity
+from sponlib.sparsity.allocation import GRID, _BlockProbe, capture_blocks
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +191,7 @@ def test_measured_sparsity_on_held_out_text_is_within_two_points(default_model, 
 
     model, tokenizer = default_model
     held_out = load_windows(load_corpus("persuasion"), tokenizer, 256, 4, 0)
-    for target in PROTOCOL_LEVELS:
+    for target in SWEEP_LEVELS:
         with Sparsifier(model, real_calibration.thresholds(target, method)) as sparsifier, torch.inference_mode():
             model(held_out.ids, logits_to_keep=1)
         measured = sparsifier.summary()["weighted"]

@@ -9,17 +9,21 @@ import sys
 import pytest
 import torch
 
-from sponlib.models.adapters import iter_projections
-from sponlib.sparsity.calibration import calibrate
 from sponlib.errors import CorruptFileError, FingerprintError, InvalidArgumentError, UnsupportedArchitectureError
-from sponlib.spon.export import THRESHOLDS_FILE, fold_and_export
-from sponlib.sparsity.sparsifier import Sparsifier
-from sponlib.sparsity.thresholds import Thresholds
-from sponlib.spon.vectors import SponVectors, load_spon, save_spon, thresholds_path
+from sponlib.models import final_hidden, head_logits, iter_projections
 from sponlib.models.tiny import TINY_ARCHITECTURES, tiny_model
-from sponlib.spon.training import TrainConfig, train_spon
-from sponlib.models.head import final_hidden, head_logits
-from sponlib.spon.distillation import kl_to_teacher
+from sponlib.sparsity import Sparsifier, Thresholds, calibrate
+from sponlib.spon import (
+    SponVectors,
+    TrainConfig,
+    fold_and_export,
+    kl_to_teacher,
+    load_spon,
+    save_spon,
+    thresholds_path,
+    train_spon,
+)
+from sponlib.spon.export import THRESHOLDS_FILE
 
 
 def _ids(n, length=32, seed=1):
@@ -148,8 +152,16 @@ def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
 
 
 def test_train_config_refuses_bad_settings():
-    for bad in ({"steps": 0}, {"lr": -1.0}, {"lr": float("nan")}, {"warmup": 1.5}, {"precision": "fp8"},
-                {"roles": ("x",)}, {"checkpoint_every": -1}, {"micro_batch": -2}):
+    for bad in (
+        {"steps": 0},
+        {"lr": -1.0},
+        {"lr": float("nan")},
+        {"warmup": 1.5},
+        {"precision": "fp8"},
+        {"roles": ("x",)},
+        {"checkpoint_every": -1},
+        {"micro_batch": -2},
+    ):
         with pytest.raises(InvalidArgumentError):
             TrainConfig(**bad)
     config = TrainConfig(steps=100, lr=1.0, warmup=0.1)
@@ -222,8 +234,15 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, trained):
         train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
     assert checkpoint.exists()
     with pytest.raises(InvalidArgumentError, match="belongs to another run"):
-        train_spon(model, thresholds, _ids(12), _ids(4, seed=9), TrainConfig(**{**config.as_dict(), "lr": 0.01}),
-                   checkpoint=checkpoint, progress=False)
+        train_spon(
+            model,
+            thresholds,
+            _ids(12),
+            _ids(4, seed=9),
+            TrainConfig(**{**config.as_dict(), "lr": 0.01}),
+            checkpoint=checkpoint,
+            progress=False,
+        )
     resumed, _ = train_spon(model, thresholds, _ids(12), _ids(4, seed=9), config, checkpoint=checkpoint, progress=False)
     assert not checkpoint.exists()  # a finished run cleans up
     for name, alpha in straight.alphas.items():
@@ -244,10 +263,12 @@ def test_export_loads_in_plain_transformers_and_reproduces_spon(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["attention_bias"] is True and config["mlp_bias"] is True
     # A fresh interpreter with transformers alone, no sponlib imported.
-    script = ("import sys, torch; from transformers import AutoModelForCausalLM\n"
-              f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
-              "assert 'sponlib' not in sys.modules\n"
-              f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'dense.pt')!r})\n")
+    script = (
+        "import sys, torch; from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+        "assert 'sponlib' not in sys.modules\n"
+        f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'dense.pt')!r})\n"
+    )
     torch.save(ids, tmp_path / "ids.pt")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -257,8 +278,9 @@ def test_export_loads_in_plain_transformers_and_reproduces_spon(tmp_path):
     from transformers import AutoModelForCausalLM
 
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
-    torch.testing.assert_close(_logits(exported, Thresholds.load(out / THRESHOLDS_FILE, exported), ids), spon,
-                               atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _logits(exported, Thresholds.load(out / THRESHOLDS_FILE, exported), ids), spon, atol=2e-5, rtol=1e-5
+    )
 
 
 def test_export_refuses_configs_without_bias_switches(tmp_path):
@@ -286,7 +308,7 @@ def test_thresholds_are_refitted_to_their_levels_under_the_vectors():
     with torch.no_grad(), Sparsifier(model, thresholds, alphas=vectors.alphas) as stale:
         model(ids)
     assert max(abs(v - 0.6) for v in stale.measured().values()) > 0.03  # vectors moved the inputs
-    from sponlib.sparsity.calibration import refine_thresholds
+    from sponlib.sparsity import refine_thresholds
 
     taus = refine_thresholds(model, ids, "teal", thresholds.levels, vectors.alphas)
     refitted = Thresholds(thresholds.method, 0.6, thresholds.levels, taus, thresholds.fingerprint)
@@ -319,8 +341,8 @@ def test_shipped_vectors_load_on_the_default_model(default_model, level):
 
 @pytest.mark.slow
 def test_shipped_vectors_repair_the_default_model_on_held_out_text(default_model):
-    from sponlib.paths import data_dir
     from sponlib.data import load_corpus, load_windows
+    from sponlib.paths import data_dir
     from sponlib.perplexity import perplexity
 
     model, tokenizer = default_model
@@ -337,8 +359,10 @@ def test_shipped_vectors_repair_the_default_model_on_held_out_text(default_model
 def _replaying_masks(model, masks: dict):
     """Pre-hooks that zero exactly the entries `masks` (projection name -> keep) say, so two runs
     can be compared with identical mask decisions."""
-    return [p.module.register_forward_pre_hook(lambda m, a, keep=masks[p.name]: (a[0] * keep,) + a[1:])
-            for p in iter_projections(model)]
+    return [
+        p.module.register_forward_pre_hook(lambda m, a, keep=masks[p.name]: (a[0] * keep,) + a[1:])
+        for p in iter_projections(model)
+    ]
 
 
 @pytest.mark.slow
@@ -350,8 +374,8 @@ def test_default_model_export_reproduces_its_spon_logits(default_model, tmp_path
     positions), and what must agree is the perplexity."""
     from transformers import AutoModelForCausalLM
 
-    from sponlib.paths import data_dir
     from sponlib.data import load_corpus, load_windows
+    from sponlib.paths import data_dir
 
     model, tokenizer = default_model
     vectors, thresholds = load_spon(data_dir() / "artifacts" / "smollm2-135m" / "spon-teal-0.5.safetensors", model)
@@ -361,8 +385,11 @@ def test_default_model_export_reproduces_its_spon_logits(default_model, tmp_path
 
     masks, handles = {}, []
     for p in iter_projections(model):  # registered before the sparsifier: sees the raw input
-        handles.append(p.module.register_forward_pre_hook(
-            lambda m, a, n=p.name: masks.__setitem__(n, a[0].abs() > thresholds.taus[n])))
+        handles.append(
+            p.module.register_forward_pre_hook(
+                lambda m, a, n=p.name: masks.__setitem__(n, a[0].abs() > thresholds.taus[n])
+            )
+        )
     spon = _logits(model, thresholds, ids, vectors.alphas)  # (1, 128, V)
     for h in handles:
         h.remove()

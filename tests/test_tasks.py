@@ -8,24 +8,27 @@ import re
 import pytest
 import torch
 
-from sponlib.sparsity.calibration import calibrate
 from sponlib.data import load_corpus
 from sponlib.errors import CorruptFileError, DataError, InvalidArgumentError
-from sponlib.spon.vectors import SponVectors
+from sponlib.models.tiny import tiny_model
+from sponlib.sparsity import calibrate
+from sponlib.spon import SponVectors
 from sponlib.tasks import choice, cloze, drift, knowledge
 from sponlib.tasks.intervals import bootstrap_mean, paired_difference, wilson
 from sponlib.tasks.passages import blocks, check_held_out, passages, split_sentences, word_count
 from sponlib.tasks.scoring import ContinuationScore, score_requests
-from sponlib.models.tiny import tiny_model
-
 
 # ------------------------------------------------------------------ passages and builders
 
 
 def test_sentences_split_at_ends_not_at_titles():
     text = 'Mr. Elliot came in. "Is it you?" she asked.\nHe smiled; J. Smith left. The end'
-    assert split_sentences(text) == ["Mr. Elliot came in.", '"Is it you?" she asked.', "He smiled; J. Smith left.",
-                                     "The end"]
+    assert split_sentences(text) == [
+        "Mr. Elliot came in.",
+        '"Is it you?" she asked.',
+        "He smiled; J. Smith left.",
+        "The end",
+    ]
 
 
 def test_only_held_out_text_is_accepted():
@@ -57,12 +60,16 @@ def training_text():
 def _leaks(text: str, training: str) -> bool:
     # a 60-character piece from the middle of a passage would only be found if it were copied
     middle = len(text) // 2
-    return text[middle - 30:middle + 30] in training
+    return text[middle - 30 : middle + 30] in training
 
 
 @pytest.mark.parametrize("source", ["persuasion", "brown"])
 def test_builders_are_deterministic_and_never_use_training_text(source, training_text, default_tokenizer):
-    first, again, other = cloze.build(source, 60, seed=0), cloze.build(source, 60, seed=0), cloze.build(source, 60, seed=1)
+    first, again, other = (
+        cloze.build(source, 60, seed=0),
+        cloze.build(source, 60, seed=0),
+        cloze.build(source, 60, seed=1),
+    )
     assert first == again and first != other
     for example in first:
         assert re.search(rf"\b{example.word}\b", example.context)  # the clue is in the passage
@@ -75,7 +82,9 @@ def test_builders_are_deterministic_and_never_use_training_text(source, training
         assert not _leaks(example.context, training_text)
         assert not any(_leaks(ending, training_text) for ending in example.endings if len(ending) > 70)
     prompts = drift.build(source, 20, default_tokenizer, seed=0)
-    assert prompts.shape == (20, drift.PROMPT_TOKENS) and torch.equal(prompts, drift.build(source, 20, default_tokenizer))
+    assert prompts.shape == (20, drift.PROMPT_TOKENS) and torch.equal(
+        prompts, drift.build(source, 20, default_tokenizer)
+    )
     for row in prompts:
         assert not _leaks(default_tokenizer.decode(row), training_text)
 
@@ -96,7 +105,9 @@ def test_asking_for_more_examples_than_the_text_holds_is_refused():
 
 def test_cloze_needs_a_clue_and_a_content_word():
     assert cloze.last_word_example("The cat sat by the fire. Then the dog saw the cat.") == (
-        "The cat sat by the fire. Then the dog saw the", "cat")
+        "The cat sat by the fire. Then the dog saw the",
+        "cat",
+    )
     assert cloze.last_word_example("The cat sat. Then it was the dog.") is None  # "dog" gives no clue
     assert cloze.last_word_example("Give it to them. They said it was for them.") is None  # function word
 
@@ -111,15 +122,19 @@ def tiny(default_tokenizer):
 
 def test_scores_equal_a_direct_computation(tiny):
     model, tokenizer = tiny
-    requests = [("The capital of France is", " Paris"), ("A much longer context, so that the batch is padded", " x y z"),
-                ("2 + 2 =", " 4"), ("One", " two three four five")]
+    requests = [
+        ("The capital of France is", " Paris"),
+        ("A much longer context, so that the batch is padded", " x y z"),
+        ("2 + 2 =", " 4"),
+        ("One", " two three four five"),
+    ]
     scores = score_requests(model, tokenizer, requests, batch_size=3, progress=False)
     for (context, continuation), got in zip(requests, scores):
         ctx = tokenizer(context)["input_ids"]
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].double(), -1)  # (L, V)
-        rows = logprobs[len(ctx) - 1:len(ctx) + len(cont) - 1]  # (T, V): the rows predicting cont
+        rows = logprobs[len(ctx) - 1 : len(ctx) + len(cont) - 1]  # (T, V): the rows predicting cont
         target = rows[torch.arange(len(cont)), cont]  # (T,)
         assert got.tokens == len(cont)
         assert got.logprob == pytest.approx(float(target.sum()), abs=1e-4)
@@ -157,8 +172,14 @@ def test_choice_normalises_by_characters(monkeypatch, tiny):
 
 
 def test_cloze_scores_the_whole_word(monkeypatch):
-    examples = [cloze.ClozeExample("ctx", "Wentworth", "persuasion", ""), cloze.ClozeExample("ctx", "Anne", "persuasion", "")]
-    fake = lambda model, tok, requests, *a, **k: [ContinuationScore(-1.0, 3, True, 0), ContinuationScore(-1.0, 1, False, 0)]  # noqa: E731
+    examples = [
+        cloze.ClozeExample("ctx", "Wentworth", "persuasion", ""),
+        cloze.ClozeExample("ctx", "Anne", "persuasion", ""),
+    ]
+
+    def fake(model, tok, requests, *a, **k):
+        return [ContinuationScore(-1.0, 3, True, 0), ContinuationScore(-1.0, 1, False, 0)]
+
     monkeypatch.setattr(cloze, "score_requests", fake)
     assert cloze.score(None, None, examples) == [1, 0]
 
@@ -183,13 +204,16 @@ def test_knowledge_file_loads_and_answers_are_single_strings(default_tokenizer):
     assert context.endswith(probe.items[0].prompt) and context.count("\n") == len(probe.shots[probe.items[0].category])
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.pop("items"), "not a knowledge file"),
-    (lambda d: d["items"].append(dict(d["items"][0])), "repeats an id or a prompt"),
-    (lambda d: d["items"][0].update(answer="Paris/Lyon"), "one plain string"),
-    (lambda d: d["items"][0].update(answer=" Paris"), "without outer spaces"),
-    (lambda d: d["items"][0].update(category="gossip"), "unknown category"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("items"), "not a knowledge file"),
+        (lambda d: d["items"].append(dict(d["items"][0])), "repeats an id or a prompt"),
+        (lambda d: d["items"][0].update(answer="Paris/Lyon"), "one plain string"),
+        (lambda d: d["items"][0].update(answer=" Paris"), "without outer spaces"),
+        (lambda d: d["items"][0].update(category="gossip"), "unknown category"),
+    ],
+)
 def test_bad_knowledge_files_are_refused(tmp_path, change, message):
     data = json.loads(knowledge.default_path().read_text())
     change(data)
@@ -292,7 +316,8 @@ def test_record_runs_every_cell_resumes_and_summarises(tmp_path, tiny_family, mo
     assert row["dense"]["n"] == n and row["dense"]["ci"][0] <= row["dense"]["value"] <= row["dense"]["ci"][1]
     outcomes = lambda cell: entry["cells"][cell]["outcomes"]["knowledge/all/top1"]  # noqa: E731
     assert row["spon_minus_masked"]["difference"] == pytest.approx(
-        (sum(outcomes("spon@0.5")) - sum(outcomes("masked@0.5"))) / n)
+        (sum(outcomes("spon@0.5")) - sum(outcomes("masked@0.5"))) / n
+    )
 
     # a rerun with the same settings computes nothing again
     monkeypatch.setattr(record, "run_cell", lambda *a, **k: pytest.fail("a finished cell ran again"))
@@ -318,9 +343,9 @@ def test_record_refuses_a_file_that_is_not_a_tasks_record(tmp_path, tiny_family)
 
 
 def test_tasks_record_covers_both_families_and_agrees_with_its_outcomes():
+    from sponlib.experiments.tasks import task_verdicts
     from sponlib.records import load_result
     from sponlib.reports.quality import render_tasks
-    from sponlib.experiments.tasks import task_verdicts
 
     record = load_result("tasks.json")
     assert set(record["families"]) == {"smollm2-135m", "gemma3-270m"}
@@ -348,10 +373,14 @@ def test_task_verdicts_follow_the_direction_of_each_metric():
     def row(task, source, metric, ci):
         return {"task": task, "source": source, "metric": metric, "level": 0.5, "spon_minus_masked": {"ci": ci}}
 
-    entry = {"summary": [row("cloze", "brown", "accuracy", [0.01, 0.05]),  # more accuracy: better
-                         row("drift", "brown", "repetition", [0.01, 0.05]),  # more repetition: worse
-                         row("drift", "persuasion", "repetition", [-0.2, -0.1]),  # less: better
-                         row("choice", "brown", "accuracy", [-0.01, 0.02])]}
+    entry = {
+        "summary": [
+            row("cloze", "brown", "accuracy", [0.01, 0.05]),  # more accuracy: better
+            row("drift", "brown", "repetition", [0.01, 0.05]),  # more repetition: worse
+            row("drift", "persuasion", "repetition", [-0.2, -0.1]),  # less: better
+            row("choice", "brown", "accuracy", [-0.01, 0.02]),
+        ]
+    }
     verdicts = task_verdicts(entry)
     assert verdicts["better"] == ["last-word cloze, Brown at 0.5", "generation, repeated 4-grams, Persuasion at 0.5"]
     assert verdicts["worse"] == ["generation, repeated 4-grams, Brown at 0.5"]

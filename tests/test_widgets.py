@@ -4,19 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from sponlib.analysis.layers import LayerAnalysis
-from sponlib.sparsity.calibration import calibrate
+from sponlib.analysis import LayerAnalysis
 from sponlib.errors import InvalidArgumentError
-from sponlib.spon.vectors import SponVectors
 from sponlib.models.tiny import tiny_model
-from sponlib.viz.widgets import DriftExplorer, ThresholdExplorer
+from sponlib.sparsity import calibrate
+from sponlib.spon import SponVectors
+from sponlib.viz import DriftExplorer, ThresholdExplorer
 
 
 @pytest.fixture(scope="module")
 def analysis():
     model = tiny_model("llama")
-    calibration = calibrate(model, torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(1)),
-                            refine_levels=(0.5,), progress=False)
+    calibration = calibrate(
+        model,
+        torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(1)),
+        refine_levels=(0.5,),
+        progress=False,
+    )
     thresholds = calibration.thresholds(0.5, "teal")
     vectors = SponVectors.zeros(model)
     for alpha in vectors.alphas.values():

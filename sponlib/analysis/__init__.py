@@ -1,11 +1,11 @@
 """Representation analysis: what sparsity does to the model's hidden states, and what SPON undoes.
 
-    capture      the residual stream and projection inputs of chosen tokens, under any hooks
-    metrics      drift, cosine, CKA (plain, debiased, minibatch), PCA, KL: pure tensor maths
-    compare      dense vs masked vs SPON per layer (`Variant`, `compare`), CKA between layers, PCA paths
-    alignment    does SPON learn the mean residual the mask removes (W α against W E[x − S(x)])
-    separation   which metrics tell masked from SPON apart beyond window-to-window noise
-    layers       `LayerAnalysis`: per-setting results cached for the dashboards
+capture      the residual stream and projection inputs of chosen tokens, under any hooks
+metrics      drift, cosine, CKA (plain, debiased, minibatch), PCA, KL: pure tensor maths
+compare      dense vs masked vs SPON per layer (`Variant`, `compare`), CKA between layers, PCA paths
+alignment    does SPON learn the mean residual the mask removes (W α against W E[x − S(x)])
+separation   which metrics tell masked from SPON apart beyond window-to-window noise
+layers       `LayerAnalysis`: per-setting results cached for the dashboards
 """
 
 from .alignment import mean_residuals, spon_alignment

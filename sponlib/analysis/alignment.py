@@ -15,8 +15,9 @@ from ..sparsity.thresholds import Thresholds
 
 
 @torch.inference_mode()
-def mean_residuals(model, ids: torch.Tensor, sparsifier: Sparsifier, skip_first: int = 1,
-                   batch_size: int = 8) -> dict[str, torch.Tensor]:
+def mean_residuals(
+    model, ids: torch.Tensor, sparsifier: Sparsifier, skip_first: int = 1, batch_size: int = 8
+) -> dict[str, torch.Tensor]:
     """E[x − S(x)] of every projection's input under `sparsifier` (its masks, and its vectors if it
     has any, shape the states): what the mask removes on average. name -> (in,) float64.
     The first `skip_first` positions of each window are left out (their huge activations would
@@ -29,6 +30,7 @@ def mean_residuals(model, ids: torch.Tensor, sparsifier: Sparsifier, skip_first:
             x = args[0][:, skip_first:]  # (b, L', in): the input before the mask
             removed = x * ~(input_scores(x, hook.col_norm) > hook.tau)  # what S(x) drops
             sums[name] = sums.get(name, 0) + removed.double().sum(dim=(0, 1))
+
         return pre
 
     device = input_device(model)
@@ -36,7 +38,7 @@ def mean_residuals(model, ids: torch.Tensor, sparsifier: Sparsifier, skip_first:
         for name, hook in sparsifier.hooks.items():
             hooks.pre(sparsifier.projections[name].module, accumulate(name, hook), prepend=True)
         for start in range(0, ids.shape[0], batch_size):
-            batch = ids[start:start + batch_size]
+            batch = ids[start : start + batch_size]
             model(input_ids=batch.to(device), use_cache=False, logits_to_keep=1)
             count += batch.shape[0] * (batch.shape[1] - skip_first)
     return {name: (total / count).cpu() for name, total in sums.items()}
@@ -46,8 +48,10 @@ def spon_alignment(model, ids: torch.Tensor, thresholds: Thresholds, alphas: dic
     """Per projection, the cosine between the output SPON adds, W α, and the mean output the mask
     removes, W E[x − S(x)], with the residual measured on the masked model's states ("mask") and
     on the SPON model's own states ("spon"); and the norm ratio ‖W α‖ / ‖W E[x − S(x)]‖ (spon)."""
-    residuals = {"mask": mean_residuals(model, ids, Sparsifier(model, thresholds)),
-                 "spon": mean_residuals(model, ids, Sparsifier(model, thresholds, alphas=alphas))}
+    residuals = {
+        "mask": mean_residuals(model, ids, Sparsifier(model, thresholds)),
+        "spon": mean_residuals(model, ids, Sparsifier(model, thresholds, alphas=alphas)),
+    }
     rows = []
     for p in iter_projections(model):
         if p.name not in alphas:

@@ -40,13 +40,15 @@ def input_name(model, block: int, role: str) -> str:
     return f"blocks.{block}.{get_adapter(model).roles[role]}.in"
 
 
-def select_tokens(batch: int, length: int, max_tokens: int | None = None, skip_first: int = 0,
-                  seed: int = 0) -> torch.Tensor:
+def select_tokens(
+    batch: int, length: int, max_tokens: int | None = None, skip_first: int = 0, seed: int = 0
+) -> torch.Tensor:
     """Which (window, position) pairs to keep: every position from `skip_first` on, or a seeded
     random subset of `max_tokens` of them, in reading order. -> (N, 2) long."""
     if not 0 <= skip_first < length:
-        raise InvalidArgumentError(f"skip_first must be in [0, {length}) for windows of {length} tokens; "
-                                   f"got {skip_first}")
+        raise InvalidArgumentError(
+            f"skip_first must be in [0, {length}) for windows of {length} tokens; got {skip_first}"
+        )
     windows, positions = torch.meshgrid(torch.arange(batch), torch.arange(skip_first, length), indexing="ij")
     pairs = torch.stack([windows.reshape(-1), positions.reshape(-1)], dim=1)  # (B * (L - skip), 2)
     if max_tokens is not None and max_tokens < len(pairs):
@@ -71,8 +73,9 @@ class Capture:
         try:
             return self.states[name]
         except KeyError:
-            raise InvalidArgumentError(f"nothing captured under {name!r}; captured e.g. "
-                                       f"{', '.join(list(self.states)[:3])}") from None
+            raise InvalidArgumentError(
+                f"nothing captured under {name!r}; captured e.g. {', '.join(list(self.states)[:3])}"
+            ) from None
 
     def names(self) -> list[str]:
         return list(self.states)
@@ -84,8 +87,9 @@ class Capture:
     def subset(self, rows: torch.Tensor) -> "Capture":
         """The same capture on some of its rows (a boolean (N,) mask or indices)."""
         shared = {id(t): t[rows] for t in self.states.values()}  # aliases stay shared
-        return Capture({name: shared[id(t)] for name, t in self.states.items()}, self.tokens[rows],
-                       self.n_blocks, self.measured)
+        return Capture(
+            {name: shared[id(t)] for name, t in self.states.items()}, self.tokens[rows], self.n_blocks, self.measured
+        )
 
     def nbytes(self) -> int:
         """Memory held (shared tensors counted once)."""
@@ -93,9 +97,16 @@ class Capture:
 
 
 @torch.inference_mode()
-def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, resid: bool = True,
-            inputs: bool | tuple[str, ...] = True, blocks: tuple[int, ...] | None = None,
-            batch_size: int = 8) -> Capture:
+def capture(
+    model,
+    ids: torch.Tensor,
+    *,
+    tokens: torch.Tensor | None = None,
+    resid: bool = True,
+    inputs: bool | tuple[str, ...] = True,
+    blocks: tuple[int, ...] | None = None,
+    batch_size: int = 8,
+) -> Capture:
     """Run `model` on `ids` (B, L) under whatever hooks are attached (a Sparsifier, SPON) and keep
     the chosen states of the `tokens` pairs (default: all; see `select_tokens`). `inputs` is True
     (every projection), False, or a tuple of roles; `blocks` limits the inputs to some blocks."""
@@ -118,6 +129,7 @@ def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, res
     def keep(name: str):
         def hook(x: torch.Tensor) -> None:  # x: (b, L, d)
             parts.setdefault(name, []).append(x[rows[:, 0], rows[:, 1]].detach().to("cpu", torch.float32))
+
         return hook
 
     def on_input(fn):
@@ -149,7 +161,7 @@ def capture(model, ids: torch.Tensor, *, tokens: torch.Tensor | None = None, res
             if not in_batch.any():
                 continue
             rows = tokens[in_batch] - torch.tensor([start, 0])
-            model(input_ids=ids[start:start + batch_size].to(device), use_cache=False, logits_to_keep=1)
+            model(input_ids=ids[start : start + batch_size].to(device), use_cache=False, logits_to_keep=1)
     states = {name: torch.cat(chunks) for name, chunks in parts.items()}
     states.update({alias: states[first] for alias, first in aliases.items()})
     return Capture(states, tokens.clone(), len(layers))

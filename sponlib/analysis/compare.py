@@ -60,8 +60,14 @@ class Variant:
             yield sparsifier
 
 
-def capture_variants(model, ids: torch.Tensor, variants: list[Variant], tokens: torch.Tensor | None = None,
-                     progress: bool = True, **capture_options) -> dict[str, Capture]:
+def capture_variants(
+    model,
+    ids: torch.Tensor,
+    variants: list[Variant],
+    tokens: torch.Tensor | None = None,
+    progress: bool = True,
+    **capture_options,
+) -> dict[str, Capture]:
     """One capture per variant on the same ids and token pairs. Each capture's `measured` holds
     the variant's measured sparsity (weighted by weights skipped; absent for dense)."""
     tokens = select_tokens(*ids.shape) if tokens is None else tokens
@@ -75,8 +81,14 @@ def capture_variants(model, ids: torch.Tensor, variants: list[Variant], tokens: 
 
 
 @torch.inference_mode()
-def lens_kl_rows(model, dense: Capture, other: Capture, rows: torch.Tensor, reference: torch.Tensor | None = None,
-                 rows_per_pass: int = 1024) -> torch.Tensor:
+def lens_kl_rows(
+    model,
+    dense: Capture,
+    other: Capture,
+    rows: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    rows_per_pass: int = 1024,
+) -> torch.Tensor:
     """KL(p_dense ‖ p_other) of the logit-lens next-token distributions of every block on the
     captured `rows` (n,): (L, n). Several layers go through the head in one matrix product.
     `reference`: the dense log-probabilities of those rows from `dense_lens`, when cached."""
@@ -85,15 +97,24 @@ def lens_kl_rows(model, dense: Capture, other: Capture, rows: torch.Tensor, refe
     out = []
     for first in range(0, dense.n_blocks, per_pass):
         layers = slice(first, min(first + per_pass, dense.n_blocks))
-        p_ref = (lens_logprobs(model, torch.cat([h[rows] for h in dense.resid()[layers]])) if reference is None
-                 else reference[layers].reshape(-1, reference.shape[-1]))  # (k * n, V), layer-major
+        p_ref = (
+            lens_logprobs(model, torch.cat([h[rows] for h in dense.resid()[layers]]))
+            if reference is None
+            else reference[layers].reshape(-1, reference.shape[-1])
+        )  # (k * n, V), layer-major
         p_other = lens_logprobs(model, torch.cat([h[rows] for h in other.resid()[layers]]))  # (k * n, V)
         out.append(kl_divergence(p_ref, p_other).view(-1, n))  # (k, n)
     return torch.cat(out)
 
 
-def lens_kl(model, dense: Capture, other: Capture, max_tokens: int | None = 256,
-            reference: torch.Tensor | None = None, rows_per_pass: int = 1024) -> list[float]:
+def lens_kl(
+    model,
+    dense: Capture,
+    other: Capture,
+    max_tokens: int | None = 256,
+    reference: torch.Tensor | None = None,
+    rows_per_pass: int = 1024,
+) -> list[float]:
     """Per block: mean KL(p_dense ‖ p_other) through the logit lens on the first `max_tokens`
     captured tokens (the last block's is the true output KL)."""
     rows = torch.arange(min(max_tokens or len(dense.tokens), len(dense.tokens)))
@@ -108,8 +129,15 @@ def dense_lens(model, dense: Capture, max_tokens: int | None = 256) -> torch.Ten
     return lens_logprobs(model, torch.cat([h[rows] for h in dense.resid()])).view(dense.n_blocks, n, -1)
 
 
-def compare(model, dense: Capture, other: Capture, lens_tokens: int | None = 256, cka_batch: int = 256,
-            reference_lens: torch.Tensor | None = None, metrics=tuple(METRICS)) -> dict[str, list[float]]:
+def compare(
+    model,
+    dense: Capture,
+    other: Capture,
+    lens_tokens: int | None = 256,
+    cka_batch: int = 256,
+    reference_lens: torch.Tensor | None = None,
+    metrics=tuple(METRICS),
+) -> dict[str, list[float]]:
     """The `metrics` (default: all of METRICS), one value per block, on its output residual
     stream; with `model=None` or lens_tokens=0 the logit lens is left out. `reference_lens`:
     `dense_lens` of the same tokens, when cached."""
@@ -117,8 +145,12 @@ def compare(model, dense: Capture, other: Capture, lens_tokens: int | None = 256
     if unknown:
         raise InvalidArgumentError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
     pairs = list(zip(dense.resid(), other.resid()))
-    per_pair = {"drift": lambda d, o: relative_drift(o, d), "cosine": lambda d, o: cosine(o, d),
-                "cka": linear_cka, "cka_debiased": lambda d, o: minibatch_cka(d, o, batch_size=cka_batch)}
+    per_pair = {
+        "drift": lambda d, o: relative_drift(o, d),
+        "cosine": lambda d, o: cosine(o, d),
+        "cka": linear_cka,
+        "cka_debiased": lambda d, o: minibatch_cka(d, o, batch_size=cka_batch),
+    }
     result = {name: [per_pair[name](d, o) for d, o in pairs] for name in metrics if name in per_pair}
     if "lens_kl" in metrics and model is not None and lens_tokens != 0:
         result["lens_kl"] = lens_kl(model, dense, other, lens_tokens, reference=reference_lens)
@@ -135,11 +167,13 @@ def pca_paths(captures: dict[str, Capture], reference: str = "dense", n_componen
     reference variant's states of all layers. States are scaled to unit RMS per token first (what
     the next norm sees), else the deep layers' large norms would own the plane.
     -> {"paths": name -> (L, n_components), "explained": ratios of the components}"""
+
     def unit(states: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, d)
         return states / states.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
 
     pooled = torch.cat([unit(h) for h in captures[reference].resid()])  # (L * N, d)
     pca = pca_fit(pooled, n_components)
-    paths = {name: np.stack([pca_project(pca, unit(h)).mean(axis=0) for h in cap.resid()])
-             for name, cap in captures.items()}
+    paths = {
+        name: np.stack([pca_project(pca, unit(h)).mean(axis=0) for h in cap.resid()]) for name, cap in captures.items()
+    }
     return {"paths": paths, "explained": pca.explained_variance_ratio_.tolist()}

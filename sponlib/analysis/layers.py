@@ -32,8 +32,16 @@ class LayerAnalysis:
     width floats, 18 MB for SmolLM2 on 256 tokens); beyond `max_cached` settings the least
     recently used one is dropped and recomputed if visited again."""
 
-    def __init__(self, model, ids: torch.Tensor, calibration, spon: dict | None = None, lens_tokens: int = 12,
-                 metrics=("drift", "cosine", "cka", "lens_kl"), max_cached: int = 24):
+    def __init__(
+        self,
+        model,
+        ids: torch.Tensor,
+        calibration,
+        spon: dict | None = None,
+        lens_tokens: int = 12,
+        metrics=("drift", "cosine", "cka", "lens_kl"),
+        max_cached: int = 24,
+    ):
         self.model, self.ids, self.calibration = model, ids, calibration  # ids: (B, L)
         self.spon = {(rule, round(float(level), 4)): pair for (rule, level), pair in (spon or {}).items()}
         self.lens_tokens, self.metrics = lens_tokens, tuple(metrics)
@@ -65,7 +73,9 @@ class LayerAnalysis:
         if with_spon:
             thresholds, alphas = self.spon[(rule, level)]
             return Variant(f"spon@{level}", thresholds, alphas)
-        return Variant(f"masked@{level}", resolve_mask(self.model, level, rule, calibration=self.calibration).thresholds)
+        return Variant(
+            f"masked@{level}", resolve_mask(self.model, level, rule, calibration=self.calibration).thresholds
+        )
 
     def projection(self, block: int, role: str):
         """The Projection (sponlib.models.adapters) of one block and role."""
@@ -101,10 +111,20 @@ class LayerAnalysis:
             variant = self.variant(rule, level, with_spon)
             with variant.active(self.model) as sparsifier:
                 states = capture(self.model, self.ids, tokens=self.tokens, inputs=False)
-            metrics = compare(self.model, dense.subset(self.later), states.subset(self.later),
-                              lens_tokens=self.lens_tokens, reference_lens=self._dense_lens, metrics=self.metrics)
-            result = {"capture": states, "measured": sparsifier.summary()["weighted"],
-                      "perplexity": self.perplexity(states), "metrics": metrics}
+            metrics = compare(
+                self.model,
+                dense.subset(self.later),
+                states.subset(self.later),
+                lens_tokens=self.lens_tokens,
+                reference_lens=self._dense_lens,
+                metrics=self.metrics,
+            )
+            result = {
+                "capture": states,
+                "measured": sparsifier.summary()["weighted"],
+                "perplexity": self.perplexity(states),
+                "metrics": metrics,
+            }
             self.timings[key] = time.perf_counter() - started
             return result
 
@@ -120,8 +140,10 @@ class LayerAnalysis:
             variant = Variant("dense") if rule is None else self.variant(rule, level)
             with variant.active(self.model) as sparsifier:
                 states = capture(self.model, self.ids, tokens=self.tokens, inputs=(role,), blocks=(block,))
-            return {"values": states[input_name(self.model, block, role)],
-                    "measured": sparsifier.summary()["weighted"] if sparsifier else 0.0,
-                    "perplexity": self.perplexity(states)}
+            return {
+                "values": states[input_name(self.model, block, role)],
+                "measured": sparsifier.summary()["weighted"] if sparsifier else 0.0,
+                "perplexity": self.perplexity(states),
+            }
 
         return self._cached(key, compute)

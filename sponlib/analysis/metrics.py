@@ -25,8 +25,9 @@ from ..errors import InvalidArgumentError, NumericalError
 def _paired(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape or a.dim() != 2 or a.shape[0] == 0:
-        raise InvalidArgumentError(f"expected two (N, d) tensors of one shape with N >= 1; got "
-                                   f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise InvalidArgumentError(
+            f"expected two (N, d) tensors of one shape with N >= 1; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise NumericalError("NaN or infinite states: the sparse model diverged or the dtype overflowed")
     return a.double(), b.double()
@@ -48,8 +49,9 @@ def cosine(states: torch.Tensor, reference: torch.Tensor) -> float:
 def _two_sets(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-        raise InvalidArgumentError(f"CKA needs (N, d1) and (N, d2) states of the same N tokens; got "
-                                   f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise InvalidArgumentError(
+            f"CKA needs (N, d1) and (N, d2) states of the same N tokens; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.shape[0] < 4:
         raise InvalidArgumentError(f"CKA needs at least 4 tokens; got {x.shape[0]}")
     return x, y
@@ -62,24 +64,24 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     xc = x.double() - x.double().mean(0)  # (N, d1)
     yc = y.double() - y.double().mean(0)  # (N, d2)
     if x.shape[0] < max(x.shape[1], y.shape[1]):
-        k, l = xc @ xc.T, yc @ yc.T  # (N, N) each
-        cross, norms = (k * l).sum(), k.norm() * l.norm()
+        gram_x, gram_y = xc @ xc.T, yc @ yc.T  # (N, N) each
+        cross, norms = (gram_x * gram_y).sum(), gram_x.norm() * gram_y.norm()
     else:
         cross = (yc.T @ xc).square().sum()  # ‖Ycᵀ Xc‖²_F
         norms = (xc.T @ xc).norm() * (yc.T @ yc).norm()
     return float(cross / norms) if norms > 0 else float("nan")
 
 
-def _unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-    """Unbiased HSIC estimator of two (n, n) Gram matrices (Song et al., 2012), up to a constant
-    factor that cancels in CKA. Needs n >= 4."""
-    n = k.shape[0]
-    k = k - torch.diag(torch.diag(k))  # zero diagonals
-    l = l - torch.diag(torch.diag(l))
+def _unbiased_hsic(gram_x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator of two (n, n) Gram matrices, K and L in Song et al. (2012), up to a
+    constant factor that cancels in CKA. Needs n >= 4."""
+    n = gram_x.shape[0]
+    k = gram_x - torch.diag(torch.diag(gram_x))  # zero diagonals
+    m = gram_y - torch.diag(torch.diag(gram_y))
     ones = torch.ones(n, dtype=k.dtype, device=k.device)
-    trace = (k * l).sum()
-    middle = (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
-    last = 2.0 * (ones @ k) @ (l @ ones) / (n - 2)
+    trace = (k * m).sum()
+    middle = (ones @ k @ ones) * (ones @ m @ ones) / ((n - 1) * (n - 2))
+    last = 2.0 * (ones @ k) @ (m @ ones) / (n - 2)
     return (trace + middle - last) / (n * (n - 3))
 
 
@@ -92,9 +94,9 @@ def debiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA with the unbiased HSIC estimator on all N tokens ((N, N) Gram matrices: keep N
     to a few thousand, or use `minibatch_cka`)."""
     x, y = _two_sets(x, y)
-    k, l = _gram(x), _gram(y)
-    denominator = torch.sqrt(_unbiased_hsic(k, k) * _unbiased_hsic(l, l))
-    return float(_unbiased_hsic(k, l) / denominator) if denominator > 0 else float("nan")
+    gram_x, gram_y = _gram(x), _gram(y)
+    denominator = torch.sqrt(_unbiased_hsic(gram_x, gram_x) * _unbiased_hsic(gram_y, gram_y))
+    return float(_unbiased_hsic(gram_x, gram_y) / denominator) if denominator > 0 else float("nan")
 
 
 def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256, seed: int = 0) -> float:
@@ -106,9 +108,10 @@ def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256, seed:
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     xy = xx = yy = torch.zeros((), dtype=torch.float64)
     for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches only
-        rows = order[start:start + batch_size]
-        k, l = _gram(x[rows]), _gram(y[rows])
-        xy, xx, yy = xy + _unbiased_hsic(k, l), xx + _unbiased_hsic(k, k), yy + _unbiased_hsic(l, l)
+        rows = order[start : start + batch_size]
+        gram_x, gram_y = _gram(x[rows]), _gram(y[rows])
+        xy = xy + _unbiased_hsic(gram_x, gram_y)
+        xx, yy = xx + _unbiased_hsic(gram_x, gram_x), yy + _unbiased_hsic(gram_y, gram_y)
     if xx == 0:  # fewer tokens than one batch
         return debiased_cka(x, y)
     return float(xy / torch.sqrt(xx * yy))

@@ -33,8 +33,11 @@ def separation(per_window: dict[str, dict[str, np.ndarray]], levels: list[float]
 
     summary = {}
     for metric in (*METRICS, *WITH_FIRST_POSITION):
-        runs = {run: distance(metric, np.asarray(values[metric], dtype=float))
-                for run, values in per_window.items() if metric in values}  # run -> (W, L) distances
+        runs = {
+            run: distance(metric, np.asarray(values[metric], dtype=float))
+            for run, values in per_window.items()
+            if metric in values
+        }  # run -> (W, L) distances
         pairs = [level for level in levels if f"masked@{level}" in runs and f"spon@{level}" in runs]
         if main_level not in pairs:
             continue

@@ -98,13 +98,30 @@ def cmd_calibrate(args) -> None:
 
 def print_rows(rows: list[dict]) -> None:
     """Perplexity rows of `evaluate`, one line each."""
-    columns = [("text", 24), ("rule", 12), ("target", -6), ("measured", -8), ("windows", -7), ("tokens", -7),
-               ("ppl", -10)]
-    print_table(columns, [
-        [row["corpus"], row["method"] + ("+spon" if row.get("spon") else ""), f"{row['target']:6.2f}",
-         f"{row['measured']:8.3f}" if "measured" in row else "-", str(row["windows"]), str(row["tokens"]),
-         f"{row['ppl']:10.3f}"]
-        for row in rows])
+    columns = [
+        ("text", 24),
+        ("rule", 12),
+        ("target", -6),
+        ("measured", -8),
+        ("windows", -7),
+        ("tokens", -7),
+        ("ppl", -10),
+    ]
+    print_table(
+        columns,
+        [
+            [
+                row["corpus"],
+                row["method"] + ("+spon" if row.get("spon") else ""),
+                f"{row['target']:6.2f}",
+                f"{row['measured']:8.3f}" if "measured" in row else "-",
+                str(row["windows"]),
+                str(row["tokens"]),
+                f"{row['ppl']:10.3f}",
+            ]
+            for row in rows
+        ],
+    )
 
 
 def cmd_eval(args) -> None:
@@ -150,4 +167,3 @@ def cmd_eval(args) -> None:
                 dtype=resolve_dtype(args.dtype),
             )
             print(f"wrote {args.json}")
-

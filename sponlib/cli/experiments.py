@@ -116,9 +116,14 @@ def _add_tasks(sub) -> None:
     options.add_model(p)
     options.add_trained(p)
     sizes = TaskSizes()
-    p.add_argument("--cloze", type=int, default=sizes.cloze, help=f"cloze passages per held-out text (default {sizes.cloze})")
     p.add_argument(
-        "--choice", type=int, default=sizes.choice, help=f"next-sentence choices per held-out text (default {sizes.choice})"
+        "--cloze", type=int, default=sizes.cloze, help=f"cloze passages per held-out text (default {sizes.cloze})"
+    )
+    p.add_argument(
+        "--choice",
+        type=int,
+        default=sizes.choice,
+        help=f"next-sentence choices per held-out text (default {sizes.choice})",
     )
     p.add_argument(
         "--drift", type=int, default=sizes.drift, help=f"generation prompts per held-out text (default {sizes.drift})"
@@ -168,8 +173,10 @@ def cmd_recovery(args) -> None:
         texts = "  ".join(
             f"{c}: {t['ppl_dense']:.2f}/{t['ppl_masked']:.2f}/{t['ppl_spon']:.2f}" for c, t in row["texts"].items()
         )
-        print(f"{row['name']:28s} recovery in {_fmt(row['recovery_in'])} out {_fmt(row['recovery_out'])}  {texts}",
-              flush=True)
+        print(
+            f"{row['name']:28s} recovery in {_fmt(row['recovery_in'])} out {_fmt(row['recovery_out'])}  {texts}",
+            flush=True,
+        )
     print(f"wrote {args.json}")
 
 
@@ -185,7 +192,9 @@ def cmd_sweep(args) -> None:
         split_method(method)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = calibration_for(args, model, tokenizer, args.methods)
-    payload = sweep(model, calibration, windows_of(args, tokenizer, sources), args.levels, args.methods, args.batch_size)
+    payload = sweep(
+        model, calibration, windows_of(args, tokenizer, sources), args.levels, args.methods, args.batch_size
+    )
     print_rows(payload["results"])
     record = {
         "windows": args.windows,
@@ -200,7 +209,9 @@ def cmd_sweep(args) -> None:
 
 
 def _write(args, kind: str, payload: dict, model) -> None:
-    write_result(args.json, kind, payload, model=model, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
+    write_result(
+        args.json, kind, payload, model=model, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype)
+    )
 
 
 def cmd_analyse(args) -> None:
@@ -239,10 +250,20 @@ def cmd_generalize(args) -> None:
     payload = {**provenance, "elapsed_s": round(time.perf_counter() - started, 1), **payload}
     _write(args, "spon_generalization", payload, model)
     columns = [("text", 26), ("level", -5), ("dense", -8), ("masked", -9), ("SPON", -9), ("recovery", -9)]
-    print_table(columns, [
-        [r["text"], f"{r['level']:g}", f"{r['ppl_dense']:.2f}", f"{r['ppl_masked']:.2f}", f"{r['ppl_spon']:.2f}",
-         "-" if r["recovery"] is None else f"{r['recovery']:.3f}"]
-        for r in payload["rows"]])
+    print_table(
+        columns,
+        [
+            [
+                r["text"],
+                f"{r['level']:g}",
+                f"{r['ppl_dense']:.2f}",
+                f"{r['ppl_masked']:.2f}",
+                f"{r['ppl_spon']:.2f}",
+                "-" if r["recovery"] is None else f"{r['recovery']:.3f}",
+            ]
+            for r in payload["rows"]
+        ],
+    )
     print(f"wrote {args.json}")
 
 
@@ -255,9 +276,18 @@ def cmd_tasks(args) -> None:
         args.json, model, tokenizer, calibration, spon, sorted(spon), args.method, sizes, args.batch_size, provenance
     )
     columns = [("task", 30), ("level", -5), ("dense", -7), ("masked", -7), ("SPON", -7), ("recovery", -9)]
-    print_table(columns, [
-        [f"{r['task']}/{r['source']}/{r['metric']}", f"{r['level']:g}", f"{r['dense']['value']:.3f}",
-         f"{r['masked']['value']:.3f}", f"{r['spon']['value']:.3f}",
-         "-" if r["recovery"] is None else f"{r['recovery']:.2f}"]
-        for r in entry["summary"]])
+    print_table(
+        columns,
+        [
+            [
+                f"{r['task']}/{r['source']}/{r['metric']}",
+                f"{r['level']:g}",
+                f"{r['dense']['value']:.3f}",
+                f"{r['masked']['value']:.3f}",
+                f"{r['spon']['value']:.3f}",
+                "-" if r["recovery"] is None else f"{r['recovery']:.2f}",
+            ]
+            for r in entry["summary"]
+        ],
+    )
     print(f"wrote {args.json}")

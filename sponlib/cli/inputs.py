@@ -129,7 +129,9 @@ def train_config(args) -> TrainConfig:
 def calibrate_from(args, model, tokenizer, greedy_windows: int, greedy_scores=None, prefix: str = "") -> Calibration:
     """Calibrate on the text the calibration options name (--corpus, ... or --calib-corpus, ...)."""
     attr = prefix.replace("-", "_")
-    corpus, windows, window_len, seed = (getattr(args, attr + key) for key in ("corpus", "windows", "window_len", "seed"))
+    corpus, windows, window_len, seed = (
+        getattr(args, attr + key) for key in ("corpus", "windows", "window_len", "seed")
+    )
     text = load_windows(load_corpus(corpus), tokenizer, window_len, windows, seed)
     return calibrate(
         model,
@@ -161,8 +163,9 @@ def calibration_for(args, model, tokenizer, methods) -> Calibration:
 def mask_request(args) -> MaskRequest:
     """The mask --sparsity, --method, --calibration, --thresholds and --spon name, checked before
     the model loads (a command without some of these options leaves them out)."""
-    return MaskRequest(args.sparsity, args.method, args.calibration, getattr(args, "thresholds", None),
-                       getattr(args, "spon", None))
+    return MaskRequest(
+        args.sparsity, args.method, args.calibration, getattr(args, "thresholds", None), getattr(args, "spon", None)
+    )
 
 
 def resolve(args, request: MaskRequest, model, tokenizer, replicas: Replicas) -> Mask:

@@ -100,7 +100,10 @@ def add_trained(p: argparse.ArgumentParser) -> None:
     """The SPON vectors and calibration of commands that evaluate trained vectors."""
     p.add_argument("--method", default="teal", help="mask rule (default teal)")
     p.add_argument(
-        "--levels", type=floats, default=None, help="comma-separated levels (default: every level with vectors in --spon-dir)"
+        "--levels",
+        type=floats,
+        default=None,
+        help="comma-separated levels (default: every level with vectors in --spon-dir)",
     )
     p.add_argument(
         "--spon-dir", default=None, help="folder of spon-<rule>-<level>.safetensors (default data/artifacts/<model>)"
@@ -183,9 +186,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     g.add_argument("--train-seed", type=int, default=d.seed, help="seed of the training windows and their order")
-    g.add_argument(
-        "--precision", default=d.precision, help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16"
-    )
+    g.add_argument("--precision", default=d.precision, help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
     g.add_argument(
         "--no-track-sparsity",
         dest="track_sparsity",

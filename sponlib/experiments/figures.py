@@ -36,6 +36,8 @@ TASK_PANELS = (
     ("drift", "persuasion", "first_divergence", "generation: first divergent token (dense: never)"),
     ("drift", "persuasion", "repetition", "generation: repeated 4-grams"),
 )
+
+
 def _model_and_text(record: dict) -> str:
     """The model and the text a record analysed, for a title."""
     return f"{record['model']['name']}, {record['windows']['source']}"
@@ -51,17 +53,25 @@ def drift_figure(record: dict | None = None) -> go.Figure:
     """Relative L2 drift of the residual stream from dense, per layer, for the teal mask and SPON at
     the lowest, main and highest level of the analysis record."""
     record = load_result(ANALYSIS_RECORD) if record is None else record
-    curves = {f"{kind}@{level}": record["per_layer"][f"{kind}@{level}"]["drift"]
-              for level in drift_levels(record) for kind in ("masked", "spon")}
-    return plots.drift_per_layer(curves, title=f"Drift of the residual stream from dense: {record['rule']} mask "
-                                               f"vs SPON ({_model_and_text(record)})")
+    curves = {
+        f"{kind}@{level}": record["per_layer"][f"{kind}@{level}"]["drift"]
+        for level in drift_levels(record)
+        for kind in ("masked", "spon")
+    }
+    return plots.drift_per_layer(
+        curves,
+        title=f"Drift of the residual stream from dense: {record['rule']} mask vs SPON ({_model_and_text(record)})",
+    )
 
 
 def recovery_rows(record: dict) -> list[dict]:
     """One row per level of the teal runs: {"run": name, text: recovery, ...}, texts in record order."""
     texts = [test["source"] for test in record["settings"]["test"]]
-    return [{"run": row["name"], **{text: row["texts"][text]["recovery"] for text in texts}}
-            for row in record["experiments"] if row["group"] == "levels"]
+    return [
+        {"run": row["name"], **{text: row["texts"][text]["recovery"] for text in texts}}
+        for row in record["experiments"]
+        if row["group"] == "levels"
+    ]
 
 
 def recovery_targets(record: dict) -> list[tuple[str, str, float]]:
@@ -75,16 +85,26 @@ def recovery_figure(record: dict | None = None) -> go.Figure:
     """Recovery of the perplexity lost to the teal mask, per level and test text, each target a
     short black bar over the bar it is set for (targets hold for one level, so no line across)."""
     record = load_result(RECOVERY_RECORD) if record is None else record
-    fig = plots.recovery_bars(recovery_rows(record), title=f"Perplexity lost to the teal mask that SPON wins "
-                                                           f"back ({record['model']['name']})")
+    fig = plots.recovery_bars(
+        recovery_rows(record), title=f"Perplexity lost to the teal mask that SPON wins back ({record['model']['name']})"
+    )
     # Bars and target marks share an offset group per text, so each mark sits over its own bar.
     fig.for_each_trace(lambda bar: bar.update(offsetgroup=bar.name, alignmentgroup="recovery"))
     for number, (run, text, least) in enumerate(recovery_targets(record)):
-        fig.add_trace(go.Scatter(
-            x=[run], y=[least], name="target", legendgroup="target", showlegend=number == 0,
-            offsetgroup=text, alignmentgroup="recovery", mode="markers",
-            marker=dict(symbol="line-ew", size=34, line=dict(width=3, color="#000000")),
-            hovertemplate=f"target for {text}<br>%{{x}}<br>recovery ≥ %{{y:.2f}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[run],
+                y=[least],
+                name="target",
+                legendgroup="target",
+                showlegend=number == 0,
+                offsetgroup=text,
+                alignmentgroup="recovery",
+                mode="markers",
+                marker=dict(symbol="line-ew", size=34, line=dict(width=3, color="#000000")),
+                hovertemplate=f"target for {text}<br>%{{x}}<br>recovery ≥ %{{y:.2f}}<extra></extra>",
+            )
+        )
     fig.update_layout(scattermode="group", xaxis_title="teal level (run)")
     return fig
 
@@ -96,23 +116,30 @@ def cka_figure(record: dict | None = None) -> go.Figure:
     level, matrices = record["main_level"], record["cka_heatmap"]
     low = float(np.nanmin([matrices["masked"], matrices["spon"]]))  # one colour scale for both panels
     panels = [plots.cka_heatmap(matrices[kind], zmin=low, x_label=f"layer ({kind})") for kind in ("masked", "spon")]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=[f"dense vs masked@{level}", f"dense vs spon@{level}"])
+    fig = make_subplots(
+        rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[f"dense vs masked@{level}", f"dense vs spon@{level}"]
+    )
     for column, panel in enumerate(panels, start=1):
         fig.add_trace(panel.data[0].update(showscale=column == 2), row=1, col=column)  # one colour bar
         fig.update_xaxes(panel.layout.xaxis, row=1, col=column)
         fig.update_yaxes(panel.layout.yaxis, scaleanchor="x" if column == 1 else f"x{column}", row=1, col=column)
     # the builder's look, with room at the top for the panel titles under the figure's title
-    fig.update_layout(template=panels[0].layout.template, height=panels[0].layout.height,
-                      margin=panels[0].layout.margin, margin_t=95,
-                      title_text=f"CKA between layers at {record['rule']} {level} ({_model_and_text(record)})")
+    fig.update_layout(
+        template=panels[0].layout.template,
+        height=panels[0].layout.height,
+        margin=panels[0].layout.margin,
+        margin_t=95,
+        title_text=f"CKA between layers at {record['rule']} {level} ({_model_and_text(record)})",
+    )
     return fig
 
 
 def task_rows(entry: dict, task: str, source: str, metric: str) -> list[dict]:
     """The summary rows of one family's task metric, by level."""
-    return sorted((r for r in entry["summary"] if (r["task"], r["source"], r["metric"]) == (task, source, metric)),
-                  key=lambda r: r["level"])
+    return sorted(
+        (r for r in entry["summary"] if (r["task"], r["source"], r["metric"]) == (task, source, metric)),
+        key=lambda r: r["level"],
+    )
 
 
 def tasks_figure(record: dict | None = None) -> go.Figure:
@@ -120,30 +147,58 @@ def tasks_figure(record: dict | None = None) -> go.Figure:
     the level with their 95% intervals, the dense value as a dotted line."""
     record = load_result(TASKS_RECORD) if record is None else record
     families = list(record["families"])
-    fig = make_subplots(rows=len(TASK_PANELS), cols=len(families), horizontal_spacing=0.1, vertical_spacing=0.1,
-                        subplot_titles=[f"{family}: {title}" for _, _, _, title in TASK_PANELS for family in families])
+    fig = make_subplots(
+        rows=len(TASK_PANELS),
+        cols=len(families),
+        horizontal_spacing=0.1,
+        vertical_spacing=0.1,
+        subplot_titles=[f"{family}: {title}" for _, _, _, title in TASK_PANELS for family in families],
+    )
     for row, (task, source, metric, _) in enumerate(TASK_PANELS, start=1):
         for column, family in enumerate(families, start=1):
             rows = task_rows(record["families"][family], task, source, metric)
             levels = [r["level"] for r in rows]
             for variant in ("masked", "spon"):
                 values = [r[variant]["value"] for r in rows]
-                fig.add_trace(go.Scatter(
-                    x=levels, y=values, name=variant, legendgroup=variant, showlegend=row == 1 and column == 1,
-                    mode="lines+markers", line=dict(color=plots.VARIANT_COLOURS[variant],
-                                                    dash="dash" if variant == "spon" else "solid"),
-                    error_y=dict(type="data", symmetric=False, width=3, thickness=1.2,
-                                 array=[r[variant]["ci"][1] - v for r, v in zip(rows, values)],
-                                 arrayminus=[v - r[variant]["ci"][0] for r, v in zip(rows, values)]),
-                    hovertemplate=f"{family} {variant}<br>level %{{x}}<br>%{{y:.3f}}<extra></extra>"), row=row, col=column)
+                fig.add_trace(
+                    go.Scatter(
+                        x=levels,
+                        y=values,
+                        name=variant,
+                        legendgroup=variant,
+                        showlegend=row == 1 and column == 1,
+                        mode="lines+markers",
+                        line=dict(color=plots.VARIANT_COLOURS[variant], dash="dash" if variant == "spon" else "solid"),
+                        error_y=dict(
+                            type="data",
+                            symmetric=False,
+                            width=3,
+                            thickness=1.2,
+                            array=[r[variant]["ci"][1] - v for r, v in zip(rows, values)],
+                            arrayminus=[v - r[variant]["ci"][0] for r, v in zip(rows, values)],
+                        ),
+                        hovertemplate=f"{family} {variant}<br>level %{{x}}<br>%{{y:.3f}}<extra></extra>",
+                    ),
+                    row=row,
+                    col=column,
+                )
             if metric != "first_divergence":  # the dense model never diverges from itself: off the scale
                 # after the traces: plotly draws no line on a subplot that has no data yet
-                fig.add_hline(y=rows[0]["dense"]["value"], line=dict(color=plots.VARIANT_COLOURS["dense"], dash="dot"),
-                              row=row, col=column)
+                fig.add_hline(
+                    y=rows[0]["dense"]["value"],
+                    line=dict(color=plots.VARIANT_COLOURS["dense"], dash="dot"),
+                    row=row,
+                    col=column,
+                )
             fig.update_xaxes(title_text="teal level", title_standoff=2, tickvals=levels, row=row, col=column)
-    fig.update_layout(template=plots.TEMPLATE, height=230 * len(TASK_PANELS), margin=dict(l=60, r=20, t=90, b=55),
-                      title_text="Beyond perplexity: dense (dotted), the teal mask and SPON, with 95% intervals",
-                      yaxis_title="value", font_size=11)
+    fig.update_layout(
+        template=plots.TEMPLATE,
+        height=230 * len(TASK_PANELS),
+        margin=dict(l=60, r=20, t=90, b=55),
+        title_text="Beyond perplexity: dense (dotted), the teal mask and SPON, with 95% intervals",
+        yaxis_title="value",
+        font_size=11,
+    )
     fig.update_annotations(font_size=12)
     return fig
 

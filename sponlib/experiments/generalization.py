@@ -17,8 +17,9 @@ from ..perplexity import evaluate
 from .recovery import recovery
 
 
-def generalization(model, calibration, texts: list, spon: dict, rule: str = "teal", batch_size: int = 8,
-                   progress: bool = True) -> dict:
+def generalization(
+    model, calibration, texts: list, spon: dict, rule: str = "teal", batch_size: int = 8, progress: bool = True
+) -> dict:
     """Rows per (text, level) and a summary per level. `texts` is a list of Windows, `spon` maps
     level -> (SponVectors, Thresholds) as `load_spon` returns them."""
     dense = {row["corpus"]: row for row in evaluate(model, texts, None, batch_size, progress)}
@@ -28,10 +29,25 @@ def generalization(model, calibration, texts: list, spon: dict, rule: str = "tea
         repaired = evaluate(model, texts, spon_thresholds, batch_size, progress, spon=vectors)
         for m, s in zip(masked, repaired):
             d = dense[m["corpus"]]
-            rows.append({"text": m["corpus"], "level": level, "ppl_dense": d["ppl"], "ppl_masked": m["ppl"],
-                         "ppl_spon": s["ppl"], "measured_masked": m["measured"], "measured_spon": s["measured"],
-                         "tokens": d["tokens"], "recovery": recovery(d["ppl"], m["ppl"], s["ppl"])})
-    return {"rule": rule, "texts": [w.describe() for w in texts], "rows": rows, "summary": generalization_summary(rows, texts[0].source)}
+            rows.append(
+                {
+                    "text": m["corpus"],
+                    "level": level,
+                    "ppl_dense": d["ppl"],
+                    "ppl_masked": m["ppl"],
+                    "ppl_spon": s["ppl"],
+                    "measured_masked": m["measured"],
+                    "measured_spon": s["measured"],
+                    "tokens": d["tokens"],
+                    "recovery": recovery(d["ppl"], m["ppl"], s["ppl"]),
+                }
+            )
+    return {
+        "rule": rule,
+        "texts": [w.describe() for w in texts],
+        "rows": rows,
+        "summary": generalization_summary(rows, texts[0].source),
+    }
 
 
 def generalization_summary(rows: list[dict], in_domain: str) -> dict:
@@ -40,8 +56,9 @@ def generalization_summary(rows: list[dict], in_domain: str) -> dict:
     for level in sorted({row["level"] for row in rows}):
         at = [row for row in rows if row["level"] == level]
         own = next((row["recovery"] for row in at if row["text"] == in_domain), None)
-        others = sorted((row["recovery"], row["text"]) for row in at
-                        if row["text"] != in_domain and row["recovery"] is not None)
+        others = sorted(
+            (row["recovery"], row["text"]) for row in at if row["text"] != in_domain and row["recovery"] is not None
+        )
         summary[f"{level:g}"] = {
             "in_domain": own,
             "median_other": statistics.median(r for r, _ in others) if others else None,

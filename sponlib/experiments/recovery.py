@@ -56,8 +56,9 @@ class Experiment:
         return name
 
 
-def protocol_experiments(levels=LEVELS, ablation_level: float = ABLATION_LEVEL,
-                         rules=("wina", "greedy"), window_counts=(256, 4096)) -> list[Experiment]:
+def protocol_experiments(
+    levels=LEVELS, ablation_level: float = ABLATION_LEVEL, rules=("wina", "greedy"), window_counts=(256, 4096)
+) -> list[Experiment]:
     """Teal at every level (kept as artifacts); the other mask rules, SPON on attention / MLP /
     down_proj only, and other amounts of training data, at `ablation_level`."""
     experiments = [Experiment("teal", level, artifact=True) for level in levels]
@@ -97,10 +98,14 @@ class RecoveryRun:
     # ------------------------------------------------------------ bookkeeping
 
     def _settings(self) -> dict:
-        return {"test": [w.describe() for w in self.test_windows], "validation": self.val_windows.describe(),
-                "train_text": self.train_windows(None).describe(),
-                "calibration": self.calibration.meta.get("corpus"),
-                "training": self.config.as_dict(), "lr_search": {"lrs": list(self.tune_lrs), "steps": self.tune_steps}}
+        return {
+            "test": [w.describe() for w in self.test_windows],
+            "validation": self.val_windows.describe(),
+            "train_text": self.train_windows(None).describe(),
+            "calibration": self.calibration.meta.get("corpus"),
+            "training": self.config.as_dict(),
+            "lr_search": {"lrs": list(self.tune_lrs), "steps": self.tune_steps},
+        }
 
     def _resume(self) -> dict:
         """The record so far, if `json_path` holds one made with the same settings."""
@@ -115,8 +120,14 @@ class RecoveryRun:
     def _write(self) -> None:
         self.record["summary"] = recovery_summary(self.record["experiments"])
         device = input_device(self.model)
-        write_result(self.json_path, "spon_recovery", self.record, model=self.model, device=device,
-                     dtype=next(self.model.parameters()).dtype)
+        write_result(
+            self.json_path,
+            "spon_recovery",
+            self.record,
+            model=self.model,
+            device=device,
+            dtype=next(self.model.parameters()).dtype,
+        )
 
     def done(self, name: str) -> bool:
         return any(row["name"] == name for row in self.record["experiments"])
@@ -141,14 +152,27 @@ class RecoveryRun:
             steps = self.tune_steps
             for lr in self.tune_lrs:
                 config = dataclasses.replace(self.config, steps=steps, lr=lr, eval_every=max(1, steps // 4))
-                vectors, _ = train_spon(self.model, thresholds, train.ids, self.val_windows.ids, config,
-                                     progress=self.progress)
+                vectors, _ = train_spon(
+                    self.model, thresholds, train.ids, self.val_windows.ids, config, progress=self.progress
+                )
                 training = vectors.meta["training"]
-                rows.append({"lr": lr, "val_kl_base": training["val_kl_base"], "val_kl_best": training["val_kl_best"],
-                             "best_step": training["best_step"]})
+                rows.append(
+                    {
+                        "lr": lr,
+                        "val_kl_base": training["val_kl_base"],
+                        "val_kl_best": training["val_kl_best"],
+                        "best_step": training["best_step"],
+                    }
+                )
             best = min(rows, key=lambda r: r["val_kl_best"])["lr"]
-            self.record["tuning"] = {"method": "teal", "target": 0.5, "steps": steps, "lrs": list(self.tune_lrs),
-                                     "results": rows, "chosen_lr": best}
+            self.record["tuning"] = {
+                "method": "teal",
+                "target": 0.5,
+                "steps": steps,
+                "lrs": list(self.tune_lrs),
+                "results": rows,
+                "chosen_lr": best,
+            }
             self._write()
         return self.record["tuning"]["chosen_lr"]
 
@@ -167,8 +191,15 @@ class RecoveryRun:
         train = self.train_windows(experiment.train_windows)
         config = dataclasses.replace(self.config, roles=ROLE_SETS[experiment.roles], lr=self.learning_rate())
         checkpoint = f"{self.json_path}.{experiment.name.replace(' ', '_')}.ckpt"
-        vectors, spon_thresholds = train_spon(self.model, thresholds, train.ids, self.val_windows.ids, config,
-                                              checkpoint=checkpoint, progress=self.progress)
+        vectors, spon_thresholds = train_spon(
+            self.model,
+            thresholds,
+            train.ids,
+            self.val_windows.ids,
+            config,
+            checkpoint=checkpoint,
+            progress=self.progress,
+        )
         spon = evaluate(self.model, self.test_windows, spon_thresholds, self.batch_size, self.progress, spon=vectors)
         if experiment.artifact and self.artifacts:
             Path(self.artifacts).mkdir(parents=True, exist_ok=True)
@@ -177,15 +208,30 @@ class RecoveryRun:
         training = {k: v for k, v in vectors.meta["training"].items() if k != "history"}
         texts = {}
         for d, m, s in zip(dense, masked, spon):
-            texts[d["corpus"]] = {"ppl_dense": d["ppl"], "ppl_masked": m["ppl"], "ppl_spon": s["ppl"],
-                                  "measured_masked": m["measured"], "measured_spon": s["measured"],
-                                  "tokens": d["tokens"], "recovery": recovery(d["ppl"], m["ppl"], s["ppl"])}
+            texts[d["corpus"]] = {
+                "ppl_dense": d["ppl"],
+                "ppl_masked": m["ppl"],
+                "ppl_spon": s["ppl"],
+                "measured_masked": m["measured"],
+                "measured_spon": s["measured"],
+                "tokens": d["tokens"],
+                "recovery": recovery(d["ppl"], m["ppl"], s["ppl"]),
+            }
         in_domain, out_of_domain = (w.source for w in self.test_windows[:2])
-        row = {"name": experiment.name, **dataclasses.asdict(experiment), "roles": list(ROLE_SETS[experiment.roles]),
-               "role_set": experiment.roles, "train_windows": len(train), "parameters": vectors.parameter_count(),
-               "parameter_share": vectors.share_of(self.model), "texts": texts,
-               "recovery_in": texts[in_domain]["recovery"], "recovery_out": texts[out_of_domain]["recovery"],
-               "training": training, "val_history": vectors.meta["training"]["history"]["val"]}
+        row = {
+            "name": experiment.name,
+            **dataclasses.asdict(experiment),
+            "roles": list(ROLE_SETS[experiment.roles]),
+            "role_set": experiment.roles,
+            "train_windows": len(train),
+            "parameters": vectors.parameter_count(),
+            "parameter_share": vectors.share_of(self.model),
+            "texts": texts,
+            "recovery_in": texts[in_domain]["recovery"],
+            "recovery_out": texts[out_of_domain]["recovery"],
+            "training": training,
+            "val_history": vectors.meta["training"]["history"]["val"],
+        }
         self.record["experiments"].append(row)
         self._write()
         return row
@@ -197,9 +243,11 @@ def recovery_summary(rows: list[dict]) -> dict:
     for row in rows:
         if row["group"] == "levels":
             summary[f"{row['level']:g}"] = {
-                "recovery_in": row["recovery_in"], "recovery_out": row["recovery_out"],
+                "recovery_in": row["recovery_in"],
+                "recovery_out": row["recovery_out"],
                 "train_tokens_per_s": row["training"]["tokens_per_s"],
-                "device": row["training"]["device"]["name"]}
+                "device": row["training"]["device"]["name"],
+            }
     return summary
 
 
@@ -226,12 +274,17 @@ def recovery_verdicts(record: dict) -> list[str]:
         if level in levels:
             value = levels[level]["texts"][texts[index]]["recovery"]
             outcome = "met" if value is not None and value >= least else f"missed by {least - (value or 0):.2f}"
-            verdicts.append(f"teal {level:g} on {texts[index]}: {format_recovery(value)} against ≥ {least:.2f}, "
-                            f"{outcome}")
-    negative = [f"{r['name']} on {t} ({x['recovery']:.2f}: {x['ppl_spon']:.2f} with SPON, {x['ppl_masked']:.2f} masked)"
-                for r in record["experiments"] for t, x in r["texts"].items()
-                if x["recovery"] is not None and x["recovery"] < 0]
+            verdicts.append(
+                f"teal {level:g} on {texts[index]}: {format_recovery(value)} against ≥ {least:.2f}, {outcome}"
+            )
+    negative = [
+        f"{r['name']} on {t} ({x['recovery']:.2f}: {x['ppl_spon']:.2f} with SPON, {x['ppl_masked']:.2f} masked)"
+        for r in record["experiments"]
+        for t, x in r["texts"].items()
+        if x["recovery"] is not None and x["recovery"] < 0
+    ]
     total = sum(len(r["texts"]) for r in record["experiments"])
-    verdicts.append(f"negative recoveries: {len(negative)} of {total}"
-                    + (f", {'; '.join(negative)}" if negative else ""))
+    verdicts.append(
+        f"negative recoveries: {len(negative)} of {total}" + (f", {'; '.join(negative)}" if negative else "")
+    )
     return verdicts

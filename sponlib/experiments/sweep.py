@@ -16,8 +16,7 @@ from ..perplexity import evaluate
 from ..sparsity.sparsifier import Sparsifier
 
 
-def sweep(model, calibration, windows_list: list, levels, methods, batch_size: int = 4,
-          progress: bool = True) -> dict:
+def sweep(model, calibration, windows_list: list, levels, methods, batch_size: int = 4, progress: bool = True) -> dict:
     """Dense once, then every method at every level, on every text. Returns the payload of a result
     record (rows plus elapsed time)."""
     started = time.perf_counter()
@@ -25,8 +24,12 @@ def sweep(model, calibration, windows_list: list, levels, methods, batch_size: i
     settings = [(m, level) for m in methods for level in levels]
     for method, level in tqdm(settings, desc="sweep", unit="setting", disable=not progress, leave=False):
         rows += evaluate(model, windows_list, calibration.thresholds(level, method), batch_size, progress)
-    return {"levels": list(levels), "methods": list(methods), "results": rows,
-            "elapsed_s": round(time.perf_counter() - started, 1)}
+    return {
+        "levels": list(levels),
+        "methods": list(methods),
+        "results": rows,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
 
 
 @torch.inference_mode()
@@ -46,7 +49,10 @@ def calibration_check(model, calibration, windows, levels, methods=None, toleran
                     model(input_ids=ids, use_cache=False, logits_to_keep=1)
                 measured = sparsifier.measured()  # each projection against its own level (greedy: not uniform)
                 off = sum(abs(v - thresholds.levels[name]) > tolerance for name, v in measured.items())
-                row[label] = {"measured": sparsifier.summary()["weighted"], "projections_off": off,
-                              "projections": len(measured)}
+                row[label] = {
+                    "measured": sparsifier.summary()["weighted"],
+                    "projections_off": off,
+                    "projections": len(measured),
+                }
             rows.append(row)
     return rows

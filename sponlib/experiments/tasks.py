@@ -58,24 +58,34 @@ class TaskSet:
     probe_file: str  # where the knowledge probe was read from
 
     def describe(self) -> dict:
-        return {"cloze": {s: len(v) for s, v in self.cloze.items()},
-                "choice": {s: len(v) for s, v in self.choice.items()},
-                "knowledge": {"file": self.probe_file, "name": self.probe.name,
-                              "version": self.probe.version, "items": len(self.probe.items)},
-                "drift": {s: list(v.shape) for s, v in self.drift.items()},
-                "drift_new_tokens": drift.NEW_TOKENS, "repetition_ngram": drift.NGRAM}
+        return {
+            "cloze": {s: len(v) for s, v in self.cloze.items()},
+            "choice": {s: len(v) for s, v in self.choice.items()},
+            "knowledge": {
+                "file": self.probe_file,
+                "name": self.probe.name,
+                "version": self.probe.version,
+                "items": len(self.probe.items),
+            },
+            "drift": {s: list(v.shape) for s, v in self.drift.items()},
+            "drift_new_tokens": drift.NEW_TOKENS,
+            "repetition_ngram": drift.NGRAM,
+        }
 
 
 def build_tasks(tokenizer, sizes: TaskSizes, probe_path=None) -> TaskSet:
-    return TaskSet(cloze={s: cloze.build(s, sizes.cloze, sizes.seed) for s in HELD_OUT_SOURCES},
-                   choice={s: choice.build(s, sizes.choice, sizes.seed) for s in HELD_OUT_SOURCES},
-                   probe=knowledge.load_probe(probe_path),
-                   drift={s: drift.build(s, sizes.drift, tokenizer, sizes.seed) for s in HELD_OUT_SOURCES},
-                   probe_file=display_path(Path(probe_path) if probe_path else knowledge.default_path()))
+    return TaskSet(
+        cloze={s: cloze.build(s, sizes.cloze, sizes.seed) for s in HELD_OUT_SOURCES},
+        choice={s: choice.build(s, sizes.choice, sizes.seed) for s in HELD_OUT_SOURCES},
+        probe=knowledge.load_probe(probe_path),
+        drift={s: drift.build(s, sizes.drift, tokenizer, sizes.seed) for s in HELD_OUT_SOURCES},
+        probe_file=display_path(Path(probe_path) if probe_path else knowledge.default_path()),
+    )
 
 
-def run_cell(model, tokenizer, tasks: TaskSet, dense_generations: dict | None, batch_size: int = 16,
-             progress: bool = True) -> dict:
+def run_cell(
+    model, tokenizer, tasks: TaskSet, dense_generations: dict | None, batch_size: int = 16, progress: bool = True
+) -> dict:
     """Outcomes of every task for the model as it is now (hooks attached or not): name -> per-example
     lists, plus the drift continuations. `dense_generations` (source -> (n, T) ids) is the reference
     for agreement; None means this is the dense cell, whose continuations become the reference."""
@@ -126,18 +136,32 @@ def task_summary(cells: dict, levels) -> list[dict]:
             gap = base["value"] - m["value"]
             # Only a loss well outside the noise can be "recovered"; otherwise the ratio is noise.
             lost = abs(gap) > 1e-12 and not (m["ci"][0] <= base["value"] <= m["ci"][1])
-            rows.append({"task": task, "source": source, "metric": metric, "level": level,
-                         "dense": base, "masked": m, "spon": s,
-                         "recovery": (s["value"] - m["value"]) / gap if lost else None,
-                         "spon_minus_masked": paired_difference(spon, masked),
-                         "retention_masked": m["value"] / base["value"] if base["value"] else None,
-                         "retention_spon": s["value"] / base["value"] if base["value"] else None})
+            rows.append(
+                {
+                    "task": task,
+                    "source": source,
+                    "metric": metric,
+                    "level": level,
+                    "dense": base,
+                    "masked": m,
+                    "spon": s,
+                    "recovery": (s["value"] - m["value"]) / gap if lost else None,
+                    "spon_minus_masked": paired_difference(spon, masked),
+                    "retention_masked": m["value"] / base["value"] if base["value"] else None,
+                    "retention_spon": s["value"] / base["value"] if base["value"] else None,
+                }
+            )
     return rows
 
 
 def _settings(sizes: TaskSizes, levels, method: str, tasks: TaskSet, dtype) -> dict:
-    return {"sizes": asdict(sizes), "levels": [float(x) for x in levels], "method": method,
-            "tasks": tasks.describe(), "dtype": str(dtype).removeprefix("torch.")}
+    return {
+        "sizes": asdict(sizes),
+        "levels": [float(x) for x in levels],
+        "method": method,
+        "tasks": tasks.describe(),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def _load_record(path: Path) -> dict:
@@ -152,9 +176,20 @@ def _load_record(path: Path) -> dict:
     return record
 
 
-def run_family(path: str | os.PathLike, model, tokenizer, calibration, spon: dict, levels, method: str = "teal",
-               sizes: TaskSizes = TaskSizes(), batch_size: int = 16, provenance: dict | None = None,
-               progress: bool = True, probe_path=None) -> dict:
+def run_family(
+    path: str | os.PathLike,
+    model,
+    tokenizer,
+    calibration,
+    spon: dict,
+    levels,
+    method: str = "teal",
+    sizes: TaskSizes = TaskSizes(),
+    batch_size: int = 16,
+    provenance: dict | None = None,
+    progress: bool = True,
+    probe_path=None,
+) -> dict:
     """Run (or resume) every cell for one model family and merge it into the record at `path`.
     `spon` maps level -> (SponVectors, Thresholds). Returns the family's entry."""
     path = Path(path)
@@ -165,8 +200,15 @@ def run_family(path: str | os.PathLike, model, tokenizer, calibration, spon: dic
     family = model_record(model)["name"]
     entry = record.get("families", {}).get(family, {})
     cells = entry.get("cells", {}) if entry.get("settings") == settings else {}
-    entry = {"model": model_record(model), "device": device_record(device), "versions": library_versions(),
-             "command": command_line(), "settings": settings, **(provenance or {}), "cells": cells}
+    entry = {
+        "model": model_record(model),
+        "device": device_record(device),
+        "versions": library_versions(),
+        "command": command_line(),
+        "settings": settings,
+        **(provenance or {}),
+        "cells": cells,
+    }
 
     def save() -> None:
         entry["summary"] = task_summary(cells, levels) if "dense" in cells else []

@@ -2,6 +2,7 @@
 
     reference     the torch reference of the sparse GEMV, on any device (the ground truth)
     triton_gemv   the Triton kernel for one token on the GPU (needs triton)
+    tiles         its tile shapes: the tables tuned per GPU model, and a heuristic
     ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
     module        `SparseLinear`, and swapping it into a Hugging Face model and back
     decoding      `StaticDecoder`: batch-1 greedy decoding with a static KV cache, captured whole
@@ -15,5 +16,19 @@ from .module import FusedSparseLinear, SegmentOf, SparseLinear, set_thresholds, 
 from .ops import new_workspace, sparse_gemv
 from .reference import input_major, keep_mask, sparse_gemv_reference, sparse_gemv_rows
 
-__all__ = ["FusedSparseLinear", "StaticDecoder", "SegmentOf", "SparseLinear", "input_major", "keep_mask", "new_workspace", "set_thresholds", "sparse_gemv", "sparse_gemv_reference",
-           "sparse_gemv_rows", "sparse_linears", "swap_in", "swap_out"]
+__all__ = [
+    "FusedSparseLinear",
+    "StaticDecoder",
+    "SegmentOf",
+    "SparseLinear",
+    "input_major",
+    "keep_mask",
+    "new_workspace",
+    "set_thresholds",
+    "sparse_gemv",
+    "sparse_gemv_reference",
+    "sparse_gemv_rows",
+    "sparse_linears",
+    "swap_in",
+    "swap_out",
+]

@@ -37,20 +37,27 @@ class StaticDecoder:
             raise InvalidArgumentError(f"unknown decoding mode {mode!r}; choose from {', '.join(MODES)}")
         self.device = next(model.parameters()).device
         if mode != "eager" and self.device.type != "cuda":
-            raise InvalidArgumentError(f"mode {mode!r} captures CUDA graphs; the model is on {self.device} "
-                                       "(use mode='eager')")
+            raise InvalidArgumentError(
+                f"mode {mode!r} captures CUDA graphs; the model is on {self.device} (use mode='eager')"
+            )
         self.model, self.max_len, self.mode = model, int(max_len), mode
         self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
         # newer transformers name the argument `cache`, older ones `past_key_values`
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._graph = None
-        self._compiled = torch.compile(self._forward, mode="reduce-overhead", fullgraph=True) \
-            if mode == "compile" else None
+        self._compiled = (
+            torch.compile(self._forward, mode="reduce-overhead", fullgraph=True) if mode == "compile" else None
+        )
 
     def _forward(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """token (1, T) at positions (T,) -> greedy next token (1, 1)."""
-        logits = self.model(input_ids=token, cache_position=position, position_ids=position[None], use_cache=True,
-                            **{self._cache_arg: self.cache}).logits  # (1, T, V)
+        logits = self.model(
+            input_ids=token,
+            cache_position=position,
+            position_ids=position[None],
+            use_cache=True,
+            **{self._cache_arg: self.cache},
+        ).logits  # (1, T, V)
         return logits[:, -1].argmax(-1, keepdim=True)
 
     def _capture(self, token: torch.Tensor, position: torch.Tensor) -> None:
@@ -95,8 +102,10 @@ class StaticDecoder:
         if new_tokens < 1:
             raise InvalidArgumentError(f"asked for {new_tokens} new tokens; ask for at least 1")
         if ids.shape[-1] + new_tokens > self.max_len:
-            raise InvalidArgumentError(f"{ids.shape[-1]} prompt + {new_tokens} new tokens exceed the cache of "
-                                       f"{self.max_len}; build the decoder with a larger max_len")
+            raise InvalidArgumentError(
+                f"{ids.shape[-1]} prompt + {new_tokens} new tokens exceed the cache of "
+                f"{self.max_len}; build the decoder with a larger max_len"
+            )
 
     @torch.inference_mode()
     def generate(self, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:

@@ -39,14 +39,21 @@ def _check_tau(tau: float, what: str) -> float:
 class SparseLinear(nn.Module):
     """y = W S(x) + b' for inputs x (..., in): S zeroes inputs whose score is <= τ."""
 
-    def __init__(self, weight_t: torch.Tensor, tau: float, bias: torch.Tensor | None = None,
-                 col_norm: torch.Tensor | None = None, dense_bias: torch.Tensor | None = None):
+    def __init__(
+        self,
+        weight_t: torch.Tensor,
+        tau: float,
+        bias: torch.Tensor | None = None,
+        col_norm: torch.Tensor | None = None,
+        dense_bias: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.in_features, self.out_features = weight_t.shape
         compare = comparison_dtype(weight_t.dtype)
         self.register_buffer("weight_t", weight_t.contiguous())  # (in, out)
-        self.register_buffer("tau", torch.tensor([_check_tau(tau, "a SparseLinear")], dtype=compare,
-                                                 device=weight_t.device))  # (1,)
+        self.register_buffer(
+            "tau", torch.tensor([_check_tau(tau, "a SparseLinear")], dtype=compare, device=weight_t.device)
+        )  # (1,)
         self.register_buffer("bias", bias)  # (out,) with SPON folded in, or None
         self.register_buffer("col_norm", None if col_norm is None else col_norm.to(compare).reshape(1, -1))  # (1, in)
         self.register_buffer("dense_bias", dense_bias, persistent=False)  # (out,): the bias before folding
@@ -54,8 +61,9 @@ class SparseLinear(nn.Module):
         self.register_buffer("workspace", new_workspace(self.out_features, weight_t.device), persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, tau: float, score: str = "teal",
-                    alpha: torch.Tensor | None = None) -> "SparseLinear":
+    def from_linear(
+        cls, linear: nn.Linear, tau: float, score: str = "teal", alpha: torch.Tensor | None = None
+    ) -> "SparseLinear":
         """From an nn.Linear, its threshold, the score rule ("teal" or "wina") and optionally
         its SPON vector α (in,), folded into the bias."""
         weight = linear.weight.detach()  # (out, in)
@@ -90,8 +98,10 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         rule = "teal" if self.col_norm is None else "wina"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, rule={rule}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rule={rule}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class FusedSparseLinear(nn.Module):
@@ -108,15 +118,24 @@ class FusedSparseLinear(nn.Module):
         compare = comparison_dtype(weight.dtype)
         self.in_features = linears[0].in_features
         self.segments = [linear.out_features for linear in linears]
-        self.register_buffer("weight_t", torch.cat([input_major(linear.weight) for linear in linears], dim=1))  # (in, Σout)
-        self.register_buffer("tau", torch.tensor([_check_tau(t, "a fused projection") for t in taus],
-                                                 dtype=compare, device=weight.device))  # (G,)
+        self.register_buffer(
+            "weight_t", torch.cat([input_major(linear.weight) for linear in linears], dim=1)
+        )  # (in, Σout)
+        self.register_buffer(
+            "tau",
+            torch.tensor([_check_tau(t, "a fused projection") for t in taus], dtype=compare, device=weight.device),
+        )  # (G,)
         norms = [score_weights(linear, score) for linear in linears]
         self.register_buffer("col_norm", None if norms[0] is None else torch.stack(norms).to(compare))  # (G, in)
         self.has_dense_bias = [linear.bias is not None for linear in linears]
-        dense_bias = torch.cat([linear.bias.detach() if linear.bias is not None else
-                                torch.zeros(linear.out_features, device=weight.device, dtype=weight.dtype)
-                                for linear in linears])  # (Σout,)
+        dense_bias = torch.cat(
+            [
+                linear.bias.detach()
+                if linear.bias is not None
+                else torch.zeros(linear.out_features, device=weight.device, dtype=weight.dtype)
+                for linear in linears
+            ]
+        )  # (Σout,)
         self.register_buffer("dense_bias", dense_bias, persistent=False)
         self.register_buffer("bias", dense_bias.clone() if any(self.has_dense_bias) else None)  # (Σout,)
         self.register_buffer("workspace", new_workspace(sum(self.segments), weight.device), persistent=False)
@@ -134,8 +153,13 @@ class FusedSparseLinear(nn.Module):
     def segment_alone(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """One segment's output when it is called without the group (the torch reference)."""
         cols = self.columns(index)
-        return sparse_gemv_reference(x, self.weight_t[:, cols], None if self.bias is None else self.bias[cols],
-                                     self.tau[index], None if self.col_norm is None else self.col_norm[index])
+        return sparse_gemv_reference(
+            x,
+            self.weight_t[:, cols],
+            None if self.bias is None else self.bias[cols],
+            self.tau[index],
+            None if self.col_norm is None else self.col_norm[index],
+        )
 
     def set_tau(self, index: int, tau: float) -> None:
         self.tau[index] = _check_tau(tau, "a fused projection")
@@ -231,8 +255,13 @@ FUSED_GROUPS = (("q", "k", "v"), ("gate", "up"))  # projections of one input, in
 
 
 @torch.no_grad()
-def swap_in(model: nn.Module, thresholds: Thresholds, alphas: dict[str, torch.Tensor] | None = None,
-            check: bool = True, fuse: bool = False) -> nn.Module:
+def swap_in(
+    model: nn.Module,
+    thresholds: Thresholds,
+    alphas: dict[str, torch.Tensor] | None = None,
+    check: bool = True,
+    fuse: bool = False,
+) -> nn.Module:
     """In place: replace every projection of `model` by a SparseLinear with its threshold (and its
     SPON vector folded into the bias, when `alphas` has one). With `fuse`, q/k/v and gate/up of
     each block become one FusedSparseLinear launch each (SegmentOf modules in their places).
@@ -245,10 +274,11 @@ def swap_in(model: nn.Module, thresholds: Thresholds, alphas: dict[str, torch.Te
     alphas = alphas or {}
     for block in blocks:
         grouped = set()
-        for roles in (FUSED_GROUPS if fuse else ()):
+        for roles in FUSED_GROUPS if fuse else ():
             members = [block[role] for role in roles]
-            fused = FusedSparseLinear([p.module for p in members], [thresholds.taus[p.name] for p in members],
-                                      thresholds.score)
+            fused = FusedSparseLinear(
+                [p.module for p in members], [thresholds.taus[p.name] for p in members], thresholds.score
+            )
             for index, p in enumerate(members):
                 if p.name in alphas:
                     fused.set_alpha(index, alphas[p.name])
@@ -256,8 +286,11 @@ def swap_in(model: nn.Module, thresholds: Thresholds, alphas: dict[str, torch.Te
                 grouped.add(p.role)
         for role, p in block.items():
             if role not in grouped:
-                _replace(model, p.name, SparseLinear.from_linear(p.module, thresholds.taus[p.name], thresholds.score,
-                                                                 alphas.get(p.name)))
+                _replace(
+                    model,
+                    p.name,
+                    SparseLinear.from_linear(p.module, thresholds.taus[p.name], thresholds.score, alphas.get(p.name)),
+                )
     return model
 
 
@@ -280,8 +313,10 @@ def set_thresholds(model: nn.Module, thresholds: Thresholds, alphas: dict[str, t
     first = next(iter(modules.values()))
     rule = "teal" if (first.fused if isinstance(first, SegmentOf) else first).col_norm is None else "wina"
     if thresholds.score != rule:
-        raise InvalidArgumentError(f"the model was swapped in with the {rule} rule; these thresholds are for "
-                                   f"{thresholds.score}: swap_out and swap_in again")
+        raise InvalidArgumentError(
+            f"the model was swapped in with the {rule} rule; these thresholds are for "
+            f"{thresholds.score}: swap_out and swap_in again"
+        )
     for name, module in modules.items():
         alpha = (alphas or {}).get(name)
         if isinstance(module, SegmentOf):
@@ -299,6 +334,7 @@ def set_thresholds(model: nn.Module, thresholds: Thresholds, alphas: dict[str, t
 def swap_out(model: nn.Module) -> nn.Module:
     """In place: every SparseLinear back to its dense nn.Linear. Returns `model`."""
     for name, module in sparse_linears(model).items():
-        _replace(model, name, module.fused.to_linear(module.index) if isinstance(module, SegmentOf)
-                 else module.to_linear())
+        _replace(
+            model, name, module.fused.to_linear(module.index) if isinstance(module, SegmentOf) else module.to_linear()
+        )
     return model

@@ -26,17 +26,24 @@ import torch
 
 from ..errors import InvalidArgumentError
 from .reference import keep_mask, sparse_gemv_rows
+from .tiles import MAX_SEGMENTS
 
 try:  # Triton is optional: without it every device takes the torch paths
-    from .triton_gemv import MAX_SEGMENTS, triton_sparse_gemv
+    from .triton_gemv import triton_sparse_gemv
 except ImportError:  # pragma: no cover - depends on the installation
-    triton_sparse_gemv, MAX_SEGMENTS = None, 3
+    triton_sparse_gemv = None
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _torch_path(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor, bias: Optional[torch.Tensor],
-                col_norm: Optional[torch.Tensor], segments: Sequence[int]) -> torch.Tensor:
+def _torch_path(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    tau: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    col_norm: Optional[torch.Tensor],
+    segments: Sequence[int],
+) -> torch.Tensor:
     """The reference on any device: per segment, mask the input and multiply. On the CPU a single
     token reads only its kept rows (faster than dense there: data/results/gemv_cpu.json)."""
     tokens = x.reshape(-1, x.shape[-1])  # (T, K)
@@ -46,7 +53,7 @@ def _torch_path(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor, bias
     start = 0
     for g, size in enumerate(segments):
         keep = keep_mask(tokens, tau[g], None if col_norm is None else col_norm[g])  # (T, K)
-        outputs.append((tokens * keep) @ weight_t[:, start:start + size])  # (T, size)
+        outputs.append((tokens * keep) @ weight_t[:, start : start + size])  # (T, size)
         start += size
     y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]  # (T, N)
     if bias is not None:
@@ -57,20 +64,36 @@ def _torch_path(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor, bias
 # `workspace` is scratch that the kernel returns to zero before it ends: not a mutation as far as
 # the result and torch.compile are concerned.
 @torch.library.custom_op("sponlib::sparse_gemv", mutates_args=())
-def _sparse_gemv_op(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor, bias: Optional[torch.Tensor],
-                    col_norm: Optional[torch.Tensor], segments: list[int],
-                    workspace: Optional[torch.Tensor]) -> torch.Tensor:
+def _sparse_gemv_op(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    tau: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    col_norm: Optional[torch.Tensor],
+    segments: list[int],
+    workspace: Optional[torch.Tensor],
+) -> torch.Tensor:
     return _torch_path(x, weight_t, tau, bias, col_norm, segments)
 
 
 @_sparse_gemv_op.register_kernel("cuda")
 def _sparse_gemv_cuda(x, weight_t, tau, bias, col_norm, segments, workspace):
-    if (triton_sparse_gemv is None or x.numel() != x.shape[-1] or x.dtype not in TRITON_DTYPES
-            or weight_t.numel() >= 2 ** 31):  # the kernel's offsets are 32-bit
+    if (
+        triton_sparse_gemv is None
+        or x.numel() != x.shape[-1]
+        or x.dtype not in TRITON_DTYPES
+        or weight_t.numel() >= 2**31
+    ):  # the kernel's offsets are 32-bit
         return _torch_path(x, weight_t, tau, bias, col_norm, segments)
-    y = triton_sparse_gemv(x.reshape(-1).contiguous(), weight_t, tau.float(), bias,
-                           None if col_norm is None else col_norm.float(), tuple(segments),
-                           workspace=workspace)  # (N,)
+    y = triton_sparse_gemv(
+        x.reshape(-1).contiguous(),
+        weight_t,
+        tau.float(),
+        bias,
+        None if col_norm is None else col_norm.float(),
+        tuple(segments),
+        workspace=workspace,
+    )  # (N,)
     return y.reshape(*x.shape[:-1], weight_t.shape[1])
 
 
@@ -79,24 +102,36 @@ def _sparse_gemv_fake(x, weight_t, tau, bias, col_norm, segments, workspace):
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
-def check_gemv_arguments(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor | None,
-                         col_norm: torch.Tensor | None, segments: Sequence[int],
-                         workspace: torch.Tensor | None = None) -> None:
+def check_gemv_arguments(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    tau: torch.Tensor,
+    bias: torch.Tensor | None,
+    col_norm: torch.Tensor | None,
+    segments: Sequence[int],
+    workspace: torch.Tensor | None = None,
+) -> None:
     """Shapes, dtypes and devices, with what to do when they are wrong (no device sync)."""
     n_in, n_out = weight_t.shape if weight_t.dim() == 2 else (None, None)
     if n_in is None or x.shape[-1] != n_in:
-        raise InvalidArgumentError(f"input has {x.shape[-1]} features but the input-major weight has shape "
-                                   f"{tuple(weight_t.shape)}; pass weight_t = input_major(linear.weight)")
+        raise InvalidArgumentError(
+            f"input has {x.shape[-1]} features but the input-major weight has shape "
+            f"{tuple(weight_t.shape)}; pass weight_t = input_major(linear.weight)"
+        )
     if not weight_t.is_contiguous():
         raise InvalidArgumentError("weight_t must be contiguous (in, out): make it with input_major(linear.weight)")
     if x.dtype != weight_t.dtype:
         raise InvalidArgumentError(f"input is {x.dtype} but the weight is {weight_t.dtype}; cast one to the other")
     if not 1 <= len(segments) <= MAX_SEGMENTS or sum(segments) != n_out or min(segments) < 1:
-        raise InvalidArgumentError(f"segments {list(segments)} must be 1 to {MAX_SEGMENTS} positive output sizes "
-                                   f"summing to the weight's {n_out} outputs")
+        raise InvalidArgumentError(
+            f"segments {list(segments)} must be 1 to {MAX_SEGMENTS} positive output sizes "
+            f"summing to the weight's {n_out} outputs"
+        )
     if tau.shape != (len(segments),) or not tau.is_floating_point():
-        raise InvalidArgumentError(f"tau must be a float tensor with one threshold per segment, shape "
-                                   f"({len(segments)},); got {tuple(tau.shape)} {tau.dtype}")
+        raise InvalidArgumentError(
+            f"tau must be a float tensor with one threshold per segment, shape "
+            f"({len(segments)},); got {tuple(tau.shape)} {tau.dtype}"
+        )
     # Threshold values are checked where they are set (SparseLinear, set_thresholds); here only
     # eagerly on the CPU, where reading them costs no device sync and no graph break.
     if tau.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((tau >= 0).all()):  # NaN too
@@ -104,20 +139,34 @@ def check_gemv_arguments(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Ten
     if bias is not None and bias.shape != (n_out,):
         raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; the projection has {n_out} outputs")
     if col_norm is not None and col_norm.shape != (len(segments), n_in):
-        raise InvalidArgumentError(f"col_norm must be (segments, in) = ({len(segments)}, {n_in}); "
-                                   f"got {tuple(col_norm.shape)}")
+        raise InvalidArgumentError(
+            f"col_norm must be (segments, in) = ({len(segments)}, {n_in}); got {tuple(col_norm.shape)}"
+        )
     if workspace is not None and (workspace.shape != (2 * n_out,) or workspace.dtype != torch.float32):
-        raise InvalidArgumentError(f"workspace must be float32 zeros of shape ({2 * n_out},), from "
-                                   "sponlib.kernels.new_workspace(out_features, device)")
-    for name, t in (("weight_t", weight_t), ("tau", tau), ("bias", bias), ("col_norm", col_norm),
-                    ("workspace", workspace)):
+        raise InvalidArgumentError(
+            f"workspace must be float32 zeros of shape ({2 * n_out},), from "
+            "sponlib.kernels.new_workspace(out_features, device)"
+        )
+    for name, t in (
+        ("weight_t", weight_t),
+        ("tau", tau),
+        ("bias", bias),
+        ("col_norm", col_norm),
+        ("workspace", workspace),
+    ):
         if t is not None and t.device != x.device:
             raise InvalidArgumentError(f"{name} is on {t.device} but the input is on {x.device}; move them together")
 
 
-def sparse_gemv(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor | None = None,
-                col_norm: torch.Tensor | None = None, segments: Sequence[int] | None = None,
-                workspace: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_gemv(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    tau: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    col_norm: torch.Tensor | None = None,
+    segments: Sequence[int] | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
     """y = S(x) Wᵀ + b on whatever path suits the device and the number of tokens (module
     docstring). x (..., in), weight_t (in, out) input-major, tau (G,) thresholds per output
     segment, bias (out,), col_norm (G, in) for the wina rule, segments: the G output sizes of

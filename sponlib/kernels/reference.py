@@ -39,16 +39,21 @@ def keep_mask(x: torch.Tensor, tau: float | torch.Tensor, col_norm: torch.Tensor
 
 def _check(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, tau: float) -> None:
     if x.shape[-1] != weight_t.shape[0]:
-        raise InvalidArgumentError(f"input has {x.shape[-1]} features but the input-major weight has "
-                                   f"{weight_t.shape[0]} rows; pass weight_t = input_major(linear.weight)")
+        raise InvalidArgumentError(
+            f"input has {x.shape[-1]} features but the input-major weight has "
+            f"{weight_t.shape[0]} rows; pass weight_t = input_major(linear.weight)"
+        )
     if bias is not None and bias.shape != (weight_t.shape[1],):
-        raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; the projection has {weight_t.shape[1]} outputs")
+        raise InvalidArgumentError(
+            f"bias has shape {tuple(bias.shape)}; the projection has {weight_t.shape[1]} outputs"
+        )
     if not tau >= 0:  # also refuses NaN
         raise InvalidArgumentError(f"threshold τ must be a number >= 0; got {tau}")
 
 
-def sparse_gemv_reference(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, tau: float,
-                          col_norm: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_gemv_reference(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, tau: float, col_norm: torch.Tensor | None = None
+) -> torch.Tensor:
     """y = S(x) Wᵀ + b as a dense product on the masked input. x (..., in), weight_t (in, out),
     bias (out,) or None, col_norm (in,) for wina -> (..., out)."""
     _check(x, weight_t, bias, tau)
@@ -57,8 +62,9 @@ def sparse_gemv_reference(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.T
     return y if bias is None else y + bias
 
 
-def sparse_gemv_rows(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, tau: float,
-                     col_norm: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_gemv_rows(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, tau: float, col_norm: torch.Tensor | None = None
+) -> torch.Tensor:
     """The same function, reading for each token only the rows of Wᵀ it keeps: a weighted sum of
     rows, Σ_i x_i Wᵀ[i] over kept i, done by `embedding_bag` without copying the rows.
     x (..., in) -> (..., out)."""

@@ -20,85 +20,19 @@ Projections that read the same input (q/k/v, gate/up) can run as one launch on t
 concatenated weight ("segments"): each output tile lies in one segment and uses that segment's
 threshold (and, for wina, its column norms).
 
-Tiles come from `gemv_config`: the table that the benchmark's sweep measured for this GPU model
-(configs/<gpu>.json; docs/kernel_notes.md), else a heuristic. Everything here runs on CPU
+Tiles come from `sponlib.kernels.tiles.gemv_config`: the table that the benchmark's sweep measured
+for this GPU model (configs/<gpu>.json; docs/kernel_notes.md), else a heuristic. Everything here runs on CPU
 tensors too under TRITON_INTERPRET=1, which the CPU tests use (it runs programs one after
 another, so it cannot find races: the GPU tests do that).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import re
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
 
-MAX_SEGMENTS = 3  # q/k/v
-
-
-@dataclass(frozen=True)
-class GemvConfig:
-    """Tile shape and launch settings of one sparse GEMV."""
-
-    block_n: int  # outputs per program
-    block_k: int  # inputs per loop step
-    k_per_program: int  # inputs per program, a multiple of block_k; fewer than K means split-K
-    num_warps: int = 4
-    num_stages: int = 1
-    prefetch: bool = False  # issue the next block's loads before consuming the current one
-    atomic: bool = False  # split-K sums by atomics in one launch (else partials + a second kernel)
-    compact: bool = False  # list the kept inputs first, then loop over kept rows only
-
-    def inputs_per_program(self, n_in: int) -> int:
-        """k_per_program, no more than the inputs there are (rounded up to whole steps)."""
-        return min(self.k_per_program, triton.cdiv(n_in, self.block_k) * self.block_k)
-
-    def split(self, n_in: int) -> int:
-        return triton.cdiv(n_in, self.inputs_per_program(n_in))
-
-
-CONFIG_DIR = Path(__file__).with_name("configs")  # tuned tiles per GPU, written by the benchmark's sweep
-
-
-def config_file(device_name: str) -> Path:
-    return CONFIG_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
-
-
-@functools.lru_cache(maxsize=None)
-def tuned_configs(device_name: str | None) -> dict[tuple[int, int], GemvConfig]:
-    """(in, out) -> the fastest tiles measured on this GPU model, if a table was shipped for it."""
-    if device_name is None or not config_file(device_name).is_file():
-        return {}
-    table = json.loads(config_file(device_name).read_text())
-    fields = {f for f in GemvConfig.__dataclass_fields__}
-    return {(row["in"], row["out"]): GemvConfig(**{k: v for k, v in row.items() if k in fields})
-            for row in table["configs"]}
-
-
-@functools.lru_cache(maxsize=None)
-def device_name(device: torch.device) -> str | None:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
-
-
-def gemv_config(n_in: int, n_out: int, device: str | None = None) -> GemvConfig:
-    """Tiles for a (n_in -> n_out) projection: the tuned ones for this GPU model and shape when
-    shipped (sponlib/kernels/configs/), otherwise wide output tiles and enough input slices that
-    a few programs run per multiprocessor, summed by atomics in one launch."""
-    tuned = tuned_configs(device).get((n_in, n_out))
-    if tuned is not None:
-        return tuned
-    block_n = 128 if n_out >= 2048 else 64
-    block_k = 64
-    programs_wanted = 1024
-    tiles = triton.cdiv(n_out, block_n)
-    slices = max(1, min(triton.cdiv(n_in, block_k), programs_wanted // tiles))
-    k_per_program = triton.cdiv(triton.cdiv(n_in, slices), block_k) * block_k
-    return GemvConfig(block_n, block_k, k_per_program, num_warps=4, prefetch=True, atomic=True)
+from .tiles import MAX_SEGMENTS, GemvConfig, device_name, gemv_config
 
 
 @triton.jit
@@ -112,8 +46,24 @@ def _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM: tl.constexpr):
 
 
 @triton.jit
-def _dot_compact(x_ptr, w_ptr, norm_ptr, rows_ptr, vals_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
-                 HAS_NORM: tl.constexpr, K_POW2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dot_compact(
+    x_ptr,
+    w_ptr,
+    norm_ptr,
+    rows_ptr,
+    vals_ptr,
+    tau,
+    offs_n,
+    n_ok,
+    k_begin,
+    k_stop,
+    k_per_program,
+    N,
+    HAS_NORM: tl.constexpr,
+    K_POW2: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """The slice's products, gathered first: the kept inputs of the whole slice are listed in order
     in scratch memory, then every loop step loads BLOCK_K kept rows. Steps scale with 1 − s, where
     masked loads of consecutive rows would wait as long for half-empty blocks as for full ones.
@@ -134,15 +84,29 @@ def _dot_compact(x_ptr, w_ptr, norm_ptr, rows_ptr, vals_ptr, tau, offs_n, n_ok, 
         ok_j = j < kept
         rows = tl.load(rows_ptr + slot + j, mask=ok_j, other=0)
         x = tl.load(vals_ptr + slot + j, mask=ok_j, other=0.0)
-        w = tl.load(w_ptr + rows[:, None] * N + offs_n[None, :],
-                    mask=ok_j[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        w = tl.load(
+            w_ptr + rows[:, None] * N + offs_n[None, :], mask=ok_j[:, None] & n_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_N)
         acc += w.to(tl.float32) * x[:, None]
     return acc
 
 
 @triton.jit
-def _dot_prefetch(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
-                  HAS_NORM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dot_prefetch(
+    x_ptr,
+    w_ptr,
+    norm_ptr,
+    tau,
+    offs_n,
+    n_ok,
+    k_begin,
+    k_stop,
+    k_per_program,
+    N,
+    HAS_NORM: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """The slice's products with two blocks in flight: the next block's mask and weight loads are
     issued before the current block is consumed, so their latency overlaps instead of adding up.
     -> (BLOCK_K, BLOCK_N) float32."""
@@ -156,16 +120,30 @@ def _dot_prefetch(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_
         ok_next = offs_next < k_stop
         x_next = tl.load(x_ptr + offs_next, mask=ok_next, other=0.0).to(tl.float32)
         keep_next = _keep(x_next, tau, norm_ptr, offs_next, ok_next, HAS_NORM)
-        w_next = tl.load(w_ptr + offs_next[:, None] * N + offs_n[None, :],
-                         mask=keep_next[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        w_next = tl.load(
+            w_ptr + offs_next[:, None] * N + offs_n[None, :], mask=keep_next[:, None] & n_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_N)
         acc += w.to(tl.float32) * x[:, None]
         x, w, offs_k = x_next, w_next, offs_next
     return acc
 
 
 @triton.jit
-def _dot_blocks(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
-                HAS_NORM: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dot_blocks(
+    x_ptr,
+    w_ptr,
+    norm_ptr,
+    tau,
+    offs_n,
+    n_ok,
+    k_begin,
+    k_stop,
+    k_per_program,
+    N,
+    HAS_NORM: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """The slice's products one block of inputs after the other, a dropped row issuing no load.
     -> (BLOCK_K, BLOCK_N) float32."""
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
@@ -174,15 +152,17 @@ def _dot_blocks(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_pe
         ok = offs_k < k_stop
         x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)  # (BLOCK_K,)
         keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
-        w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
-                    mask=keep[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+        w = tl.load(
+            w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=keep[:, None] & n_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_N)
         acc += w.to(tl.float32) * x[:, None]
     return acc
 
 
 @triton.jit
-def _finish(y, bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split,
-            HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr):
+def _finish(
+    y, bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr
+):
     """Where a slice's sums y (BLOCK_N,) go: its row of partial sums (SPLIT_MODE 1), the output
     with the bias (no split), or the float32 workspace by atomics (SPLIT_MODE 2)."""
     pid_n = tl.program_id(0)
@@ -220,10 +200,20 @@ def _sparse_gemv_kernel(
     count_ptr,  # SPLIT_MODE 2: (tiles,) int32 zeros, left zero
     rows_ptr,  # COMPACT: (split * tiles * K_POW2,) int32 scratch for the kept rows' indices
     vals_ptr,  # COMPACT: same shape, float32 scratch for their inputs
-    K, N, seg1, seg2,  # seg1, seg2: where the second and third segments start (N when absent)
-    k_per_program, split,
-    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, PREFETCH: tl.constexpr,
-    COMPACT: tl.constexpr, K_POW2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    K,
+    N,
+    seg1,
+    seg2,  # seg1, seg2: where the second and third segments start (N when absent)
+    k_per_program,
+    split,
+    HAS_NORM: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_MODE: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    COMPACT: tl.constexpr,
+    K_POW2: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_N outputs of one input slice (program id 1) of K_PER_PROGRAM inputs."""
     n_start = tl.program_id(0) * BLOCK_N
@@ -235,14 +225,32 @@ def _sparse_gemv_kernel(
     k_begin = tl.program_id(1) * k_per_program  # k_per_program is a multiple of BLOCK_K: slices never overlap
     k_stop = tl.minimum(k_begin + k_per_program, K)
     if COMPACT:
-        acc = _dot_compact(x_ptr, w_ptr, norm_ptr, rows_ptr, vals_ptr, tau, offs_n, n_ok, k_begin, k_stop,
-                           k_per_program, N, HAS_NORM, K_POW2, BLOCK_K, BLOCK_N)
+        acc = _dot_compact(
+            x_ptr,
+            w_ptr,
+            norm_ptr,
+            rows_ptr,
+            vals_ptr,
+            tau,
+            offs_n,
+            n_ok,
+            k_begin,
+            k_stop,
+            k_per_program,
+            N,
+            HAS_NORM,
+            K_POW2,
+            BLOCK_K,
+            BLOCK_N,
+        )
     elif PREFETCH:
-        acc = _dot_prefetch(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
-                            HAS_NORM, BLOCK_K, BLOCK_N)
+        acc = _dot_prefetch(
+            x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N, HAS_NORM, BLOCK_K, BLOCK_N
+        )
     else:
-        acc = _dot_blocks(x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N,
-                          HAS_NORM, BLOCK_K, BLOCK_N)
+        acc = _dot_blocks(
+            x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N, HAS_NORM, BLOCK_K, BLOCK_N
+        )
     # reduced over K once, at the end
     _finish(tl.sum(acc, axis=0), bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS, SPLIT_MODE)
 
@@ -252,24 +260,67 @@ def _sum_partials_kernel(
     part_ptr,  # (split, N) float32
     bias_ptr,  # (N,) or any pointer when HAS_BIAS is off
     out_ptr,  # (N,)
-    N, split,
-    HAS_BIAS: tl.constexpr, SPLIT_POW2: tl.constexpr, BLOCK_N: tl.constexpr,
+    N,
+    split,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_POW2: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     offs_s = tl.arange(0, SPLIT_POW2)  # (SPLIT_POW2,)
     n_ok = offs_n < N
-    parts = tl.load(part_ptr + offs_s[:, None] * N + offs_n[None, :],
-                    mask=(offs_s < split)[:, None] & n_ok[None, :], other=0.0)  # (SPLIT_POW2, BLOCK_N)
+    parts = tl.load(
+        part_ptr + offs_s[:, None] * N + offs_n[None, :], mask=(offs_s < split)[:, None] & n_ok[None, :], other=0.0
+    )  # (SPLIT_POW2, BLOCK_N)
     y = tl.sum(parts, axis=0)
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
-def triton_sparse_gemv(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tensor,
-                       bias: torch.Tensor | None = None, col_norm: torch.Tensor | None = None,
-                       segments: tuple[int, ...] | None = None, config: GemvConfig | None = None,
-                       out: torch.Tensor | None = None, workspace: torch.Tensor | None = None) -> torch.Tensor:
+def _sum_partials(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, split: int, dummy) -> None:
+    """SPLIT_MODE 1's second launch: out = the sum of the `split` rows of partial sums (+ bias)."""
+    n_out, reduce_block = out.shape[0], 128
+    _sum_partials_kernel[(triton.cdiv(n_out, reduce_block),)](
+        part,
+        dummy if bias is None else bias,
+        out,
+        n_out,
+        split,
+        HAS_BIAS=bias is not None,
+        SPLIT_POW2=triton.next_power_of_2(split),
+        BLOCK_N=reduce_block,
+        num_warps=4,
+    )
+
+
+def _split_buffers(mode: int, split: int, out: torch.Tensor, workspace: torch.Tensor | None):
+    """Where the slices of a split-K launch meet: (partial sums, per-tile arrival counters) for
+    SPLIT_MODE 1 (rows of partial sums, no counters) and 2 (the zeroed float32 workspace: sums,
+    then counters); the output itself, unread, without a split."""
+    n_out = out.shape[0]
+    if mode == 1:
+        part = torch.empty((split, n_out), device=out.device, dtype=torch.float32)
+        return part, part
+    if mode == 2:
+        if workspace is None:
+            workspace = torch.zeros(2 * n_out, device=out.device, dtype=torch.float32)
+        assert workspace.shape == (2 * n_out,) and workspace.dtype == torch.float32
+        return workspace[:n_out], workspace[n_out:].view(torch.int32)
+    return out, out
+
+
+def triton_sparse_gemv(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    tau: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    col_norm: torch.Tensor | None = None,
+    segments: tuple[int, ...] | None = None,
+    config: GemvConfig | None = None,
+    out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One token through the sparse GEMV. x (K,) float16/bfloat16, weight_t (K, N) contiguous in
     x's dtype, tau (G,) float32, bias (N,) or None, col_norm (G, K) float32 or None, segments:
     the G output sizes (default one segment of N), out (N,) to write into, workspace (2N,)
@@ -291,33 +342,43 @@ def triton_sparse_gemv(x: torch.Tensor, weight_t: torch.Tensor, tau: torch.Tenso
     if out is None:
         out = torch.empty(n_out, device=x.device, dtype=x.dtype)
     assert out.shape == (n_out,) and out.dtype == x.dtype
-    if mode == 1:
-        part = counts = torch.empty((split, n_out), device=x.device, dtype=torch.float32)
-    elif mode == 2:
-        if workspace is None:
-            workspace = torch.zeros(2 * n_out, device=x.device, dtype=torch.float32)
-        assert workspace.shape == (2 * n_out,) and workspace.dtype == torch.float32
-        part, counts = workspace[:n_out], workspace[n_out:].view(torch.int32)  # sums, per-tile arrivals
-    else:
-        part = counts = out  # not read
+    part, counts = _split_buffers(mode, split, out, workspace)
     dummy = tau  # a valid pointer for arguments the kernel does not read
     grid = (triton.cdiv(n_out, block_n), split)
     k_pow2 = triton.next_power_of_2(config.inputs_per_program(n_in))
-    if config.compact:
+    if config.compact:  # int32 indices and float32 inputs of each program's kept rows
         rows = torch.empty(grid[0] * grid[1] * k_pow2, device=x.device, dtype=torch.int32)
         vals = torch.empty(grid[0] * grid[1] * k_pow2, device=x.device, dtype=torch.float32)
     else:
         rows = vals = dummy
     _sparse_gemv_kernel[grid](
-        x, weight_t, tau, dummy if col_norm is None else col_norm, dummy if bias is None else bias, out, part, counts,
-        rows, vals, n_in, n_out, starts[0], starts[1], config.inputs_per_program(n_in), split,
-        HAS_NORM=col_norm is not None, HAS_BIAS=bias is not None, SPLIT_MODE=mode, PREFETCH=config.prefetch,
-        COMPACT=config.compact, K_POW2=k_pow2 if config.compact else 1, BLOCK_K=config.block_k, BLOCK_N=block_n,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        x,
+        weight_t,
+        tau,
+        dummy if col_norm is None else col_norm,
+        dummy if bias is None else bias,
+        out,
+        part,
+        counts,
+        rows,
+        vals,
+        n_in,
+        n_out,
+        starts[0],
+        starts[1],
+        config.inputs_per_program(n_in),
+        split,
+        HAS_NORM=col_norm is not None,
+        HAS_BIAS=bias is not None,
+        SPLIT_MODE=mode,
+        PREFETCH=config.prefetch,
+        COMPACT=config.compact,
+        K_POW2=k_pow2 if config.compact else 1,
+        BLOCK_K=config.block_k,
+        BLOCK_N=block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     if mode == 1:
-        reduce_block = 128
-        _sum_partials_kernel[(triton.cdiv(n_out, reduce_block),)](
-            part, dummy if bias is None else bias, out, n_out, split,
-            HAS_BIAS=bias is not None, SPLIT_POW2=triton.next_power_of_2(split), BLOCK_N=reduce_block, num_warps=4)
+        _sum_partials(part, bias, out, split, dummy)
     return out
-

@@ -18,7 +18,8 @@ def model_fingerprint(model) -> dict:
     loads of one checkpoint agree). `source` is informational."""
     projections = list(iter_projections(model))
     shapes = hashlib.sha256(
-        ";".join(f"{p.name}:{p.in_features}x{p.out_features}" for p in projections).encode()).hexdigest()
+        ";".join(f"{p.name}:{p.in_features}x{p.out_features}" for p in projections).encode()
+    ).hexdigest()
     weights = hashlib.sha256()
     with torch.no_grad():
         for p in projections:
@@ -26,9 +27,14 @@ def model_fingerprint(model) -> dict:
                 row = p.module.weight[0].detach().to("cpu", torch.bfloat16).view(torch.int16)  # (in,)
             weights.update(row.numpy().tobytes())
     source = getattr(model, "sponlib_source", {})
-    return {"architecture": type(model).__name__, "model_type": model.config.model_type,
-            "blocks": len(projections) // 7, "shapes": shapes[:16], "weights": weights.hexdigest()[:16],
-            "source": source.get("name", getattr(model, "name_or_path", ""))}
+    return {
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "blocks": len(projections) // 7,
+        "shapes": shapes[:16],
+        "weights": weights.hexdigest()[:16],
+        "source": source.get("name", getattr(model, "name_or_path", "")),
+    }
 
 
 def check_fingerprint(expected: dict, model, what: str) -> None:
@@ -40,4 +46,5 @@ def check_fingerprint(expected: dict, model, what: str) -> None:
             f"{what} was made for {expected.get('source') or '?'} ({expected.get('architecture')}, "
             f"{expected.get('blocks')} blocks) but this model is {actual['source'] or '?'} "
             f"({actual['architecture']}, {actual['blocks']} blocks): {', '.join(differ)} differ. "
-            "Use a file made for this model, or make one (python -m sponlib calibrate --model ...).")
+            "Use a file made for this model, or make one (python -m sponlib calibrate --model ...)."
+        )

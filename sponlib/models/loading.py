@@ -21,11 +21,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..errors import InvalidArgumentError, UnknownModelError, hub_offline_hint
 from .gguf import CACHE_MARKER, DEFAULT_MODEL, KNOWN_MODELS, prepare_model, unknown_model_message
 
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise InvalidArgumentError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
@@ -50,15 +57,23 @@ DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 def check_device_map(device_map) -> None:
     """A device map is one of accelerate's strategies or a dict of module name -> device."""
     if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
-        raise InvalidArgumentError(f"unknown device map {device_map!r}: use one of "
-                                   f"{', '.join(DEVICE_MAP_STRATEGIES)} or a dict of module name -> device")
+        raise InvalidArgumentError(
+            f"unknown device map {device_map!r}: use one of "
+            f"{', '.join(DEVICE_MAP_STRATEGIES)} or a dict of module name -> device"
+        )
     if not isinstance(device_map, (str, dict)) or (isinstance(device_map, dict) and not device_map):
         raise InvalidArgumentError("a device map is a strategy name or a non-empty dict of module -> device")
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype = "float32",
-               device: str | torch.device = "cpu", *, device_map: str | dict | None = None,
-               max_memory: dict | None = None, offload_folder: str | os.PathLike | None = None):
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    *,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
+):
     """Load a causal LM and its tokenizer: `model, tokenizer = load_model("smollm2-135m")`.
 
     The model comes back in eval mode with gradients off for its weights (sponlib never trains
@@ -93,8 +108,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | tor
         target = str(Path(name).expanduser().resolve())
         source["path"] = target
     elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UnknownModelError(f"{name!r} is not a folder holding a Hugging Face model. "
-                                + unknown_model_message(name))
+        raise UnknownModelError(
+            f"{name!r} is not a folder holding a Hugging Face model. " + unknown_model_message(name)
+        )
     else:
         target = name  # a hub id
         source["hub_id"] = name
@@ -102,8 +118,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: str | tor
         tokenizer = AutoTokenizer.from_pretrained(target)
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, **placement)
     except OSError as e:
-        raise UnknownModelError(f"could not load {name!r}: {e}.{hub_offline_hint()} "
-                                + unknown_model_message(name)) from e
+        raise UnknownModelError(
+            f"could not load {name!r}: {e}.{hub_offline_hint()} " + unknown_model_message(name)
+        ) from e
     except (ValueError, KeyError, RuntimeError, AssertionError) as e:
         if not placement:
             raise

@@ -115,5 +115,9 @@ def device_record(device: torch.device | str) -> dict:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return {"device": "cuda", "name": torch.cuda.get_device_name(index), "cuda": torch.version.cuda}
-    return {"device": device.type, "name": _cpu_name(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "device": device.type,
+        "name": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }

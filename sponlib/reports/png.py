@@ -35,14 +35,18 @@ def chromium_path() -> str:
     chosen = os.environ.get("SPONLIB_CHROMIUM")
     if chosen:
         if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
-            raise BrowserNotFoundError(f"SPONLIB_CHROMIUM is {chosen!r}, which is not an executable file; "
-                                       "point it at a chromium, or unset it to use the one on PATH")
+            raise BrowserNotFoundError(
+                f"SPONLIB_CHROMIUM is {chosen!r}, which is not an executable file; "
+                "point it at a chromium, or unset it to use the one on PATH"
+            )
         return chosen
     found = shutil.which("chromium")
     if not found:
-        raise BrowserNotFoundError("no chromium found to render figures with: run `make browser` (it installs "
-                                   "Debian's chromium, `apt-get install chromium`), or set SPONLIB_CHROMIUM "
-                                   "to a chromium executable; sponlib never downloads a browser")
+        raise BrowserNotFoundError(
+            "no chromium found to render figures with: run `make browser` (it installs "
+            "Debian's chromium, `apt-get install chromium`), or set SPONLIB_CHROMIUM "
+            "to a chromium executable; sponlib never downloads a browser"
+        )
     return found
 
 
@@ -67,15 +71,19 @@ def render_png(figures: dict[str, go.Figure], scale: float = SCALE) -> dict[str,
     async def render() -> dict[str, bytes]:
         # mathjax=False: kaleido would load MathJax from a CDN, and the export runs offline.
         async with kaleido.Kaleido(path=browser, mathjax=False) as session:
-            return {name: await session.calc_fig(fig, opts=dict(format="png", width=WIDTH,
-                                                                height=fig.layout.height, scale=scale))
-                    for name, fig in figures.items()}
+            return {
+                name: await session.calc_fig(
+                    fig, opts=dict(format="png", width=WIDTH, height=fig.layout.height, scale=scale)
+                )
+                for name, fig in figures.items()
+            }
 
     return _run(render())
 
 
-def export_figures(out_dir: str | os.PathLike = DEFAULT_OUT, names: Sequence[str] | None = None,
-                   scale: float = SCALE) -> list[Path]:
+def export_figures(
+    out_dir: str | os.PathLike = DEFAULT_OUT, names: Sequence[str] | None = None, scale: float = SCALE
+) -> list[Path]:
     """Write `<name>.png` into out_dir for each named figure (default: all of FIGURES), each
     through a temporary file and a rename. Returns the paths written."""
     names = list(FIGURES) if names is None else list(names)

@@ -1,10 +1,10 @@
 """Activation sparsity: which inputs of each projection are zeroed, and the hooks that zero them.
 
-    rules         the scores (teal |x|, wina |x|·‖W[:, i]‖) and mask rules, the masked input S(x)
-    thresholds    `Thresholds`: one τ per projection for a rule at a level, as a file
-    sparsifier    `Sparsifier`: forward pre-hooks that apply thresholds (and SPON vectors)
-    calibration   statistics of every projection's input, from which thresholds are read
-    allocation    the greedy block-wise allocation of sparsity over a block's projections
+rules         the scores (teal |x|, wina |x|·‖W[:, i]‖) and mask rules, the masked input S(x)
+thresholds    `Thresholds`: one τ per projection for a rule at a level, as a file
+sparsifier    `Sparsifier`: forward pre-hooks that apply thresholds (and SPON vectors)
+calibration   statistics of every projection's input, from which thresholds are read
+allocation    the greedy block-wise allocation of sparsity over a block's projections
 """
 
 from .allocation import allocation_levels, greedy_allocation

@@ -1,6 +1,6 @@
-"""Allocation of sparsity over a block's projections: the greedy block-wise allocation (TEAL-style): inside each decoder block, shift sparsity between its
-seven projections to minimise the block's output error, at the number of skipped weights that
-uniform sparsity would skip.
+"""Allocation of sparsity over a block's projections, greedy and block-wise (TEAL-style): inside
+each decoder block, shift sparsity between its seven projections to minimise the block's output
+error, at the number of skipped weights that uniform sparsity would skip.
 
 For one block, with its dense inputs X and dense outputs Y captured on calibration windows:
     start with every projection at sparsity 0;
@@ -30,6 +30,7 @@ from .rules import score_weights
 from .sparsifier import MaskHook
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95: every protocol level is on it
+
 
 @torch.inference_mode()
 def capture_blocks(model, ids: torch.Tensor) -> list[tuple[tuple, dict, torch.Tensor]]:
@@ -104,13 +105,21 @@ def _at(path, target: float) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def greedy_allocation(model, ids: torch.Tensor, calibration, score: str = "teal", step: float = 0.05,
-                      grid=GRID, progress: bool = True) -> dict:
+def greedy_allocation(
+    model, ids: torch.Tensor, calibration, score: str = "teal", step: float = 0.05, grid=GRID, progress: bool = True
+) -> dict:
     """Greedy allocation table for `score` at the `grid` levels, from calibration windows `ids`."""
     captures = capture_blocks(model, ids)
     blocks = block_projections(model)
-    table = {"score": score, "step": step, "grid": list(grid), "windows": int(ids.shape[0]),
-             "levels": {}, "fallback": [], "block_error": {"greedy": [], "uniform": []}}
+    table = {
+        "score": score,
+        "step": step,
+        "grid": list(grid),
+        "windows": int(ids.shape[0]),
+        "levels": {},
+        "fallback": [],
+        "block_error": {"greedy": [], "uniform": []},
+    }
     for index in tqdm(range(len(blocks)), desc=f"greedy {score}", unit="block", disable=not progress, leave=False):
         block = blocks[index]
         probe = _BlockProbe(decoder_layers(model)[index], block, calibration, score, captures[index])
@@ -139,5 +148,6 @@ def allocation_levels(table: dict, blocks: list[list[str]], target: float) -> di
     grid = [0.0] + list(table["grid"])
     if target > grid[-1] + 1e-9:
         raise InvalidArgumentError(f"the greedy allocation reaches {grid[-1]}; target {target} is beyond it")
-    return {name: float(np.interp(target, grid, [0.0] + list(table["levels"][name])))
-            for block in blocks for name in block}
+    return {
+        name: float(np.interp(target, grid, [0.0] + list(table["levels"][name]))) for block in blocks for name in block
+    }

@@ -55,8 +55,9 @@ class _Histogram:
 
     def add(self, scores: torch.Tensor) -> None:
         if not torch.isfinite(scores).all():
-            raise NumericalError("NaN or infinite activations while calibrating: the model's weights or "
-                                 "dtype are broken (try float32)")
+            raise NumericalError(
+                "NaN or infinite activations while calibrating: the model's weights or dtype are broken (try float32)"
+            )
         logs = scores.detach().float().abs().clamp_min(1e-30).log10().clamp_(LOG10_LOW, LOG10_HIGH - 1e-6)
         self.counts += torch.histc(logs, bins=BINS, min=LOG10_LOW, max=LOG10_HIGH).to("cpu", torch.float64)
 
@@ -98,7 +99,8 @@ class Calibration:
         if score not in self.greedy:
             raise InvalidArgumentError(
                 f"this calibration has no greedy allocation on {score}; make one with "
-                "`python -m sponlib calibrate --greedy-windows N ...`")
+                "`python -m sponlib calibrate --greedy-windows N ...`"
+            )
         return allocation_levels(self.greedy[score], self.blocks, target)
 
     def _ratios(self, method: str) -> tuple[list[float], dict[str, list[float]]]:
@@ -125,17 +127,29 @@ class Calibration:
             raise InvalidArgumentError(f"this calibration has no {score} statistics; calibrate with it")
         levels = self.levels(method, target)
         grid, ratios = self._ratios(method) if sparse_aware else ([0.0], {name: [1.0] for name in levels})
-        taus = {name: self.dense_threshold(score, name, level) * float(np.interp(target, grid, ratios[name]))
-                for name, level in levels.items()}
+        taus = {
+            name: self.dense_threshold(score, name, level) * float(np.interp(target, grid, ratios[name]))
+            for name, level in levels.items()
+        }
         return Thresholds(method, target, levels, taus, self.fingerprint, dict(self.meta))
 
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file: quantile tables as tensors, everything else as JSON metadata."""
-        tensors = {f"{score}/{name}": table.float().contiguous()
-                   for score, per in self.tables.items() for name, table in per.items()}
-        refined = {s: {str(l): taus for l, taus in per.items()} for s, per in self.refined.items()}
-        header = {"format": FORMAT, "fingerprint": self.fingerprint, "sizes": self.sizes,
-                  "blocks": self.blocks, "meta": self.meta, "refined": refined, "greedy": self.greedy}
+        tensors = {
+            f"{score}/{name}": table.float().contiguous()
+            for score, per in self.tables.items()
+            for name, table in per.items()
+        }
+        refined = {s: {str(level): taus for level, taus in per.items()} for s, per in self.refined.items()}
+        header = {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "sizes": self.sizes,
+            "blocks": self.blocks,
+            "meta": self.meta,
+            "refined": refined,
+            "greedy": self.greedy,
+        }
         atomic_write_bytes(path, save(tensors, metadata={"sponlib": json.dumps(header)}))
 
     @classmethod
@@ -153,12 +167,20 @@ class Calibration:
             for key, value in flat.items():
                 score, name = key.split("/", 1)
                 tables.setdefault(score, {})[name] = value.double()
-            refined = {s: {float(l): taus for l, taus in per.items()} for s, per in header["refined"].items()}
-            calibration = cls(header["fingerprint"], tables, header["sizes"], header["blocks"],
-                              header["meta"], refined, header["greedy"])
+            refined = {s: {float(level): taus for level, taus in per.items()} for s, per in header["refined"].items()}
+            calibration = cls(
+                header["fingerprint"],
+                tables,
+                header["sizes"],
+                header["blocks"],
+                header["meta"],
+                refined,
+                header["greedy"],
+            )
         except (SafetensorError, KeyError, TypeError, ValueError, OSError) as e:
-            raise CorruptFileError(f"{path} is not a complete sponlib calibration file "
-                                   f"({type(e).__name__}: {e}); calibrate again") from None
+            raise CorruptFileError(
+                f"{path} is not a complete sponlib calibration file ({type(e).__name__}: {e}); calibrate again"
+            ) from None
         if model is not None:
             check_fingerprint(calibration.fingerprint, model, f"calibration file {path}")
         return calibration
@@ -166,12 +188,13 @@ class Calibration:
 
 def _batches(ids: torch.Tensor, batch_size: int, progress: bool, desc: str):
     for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        yield ids[start:start + batch_size]
+        yield ids[start : start + batch_size]
 
 
 @torch.inference_mode()
-def dense_statistics(model, ids: torch.Tensor, scores=SCORES, batch_size: int = 4,
-                     progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+def dense_statistics(
+    model, ids: torch.Tensor, scores=SCORES, batch_size: int = 4, progress: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
     """Pass 1: quantile tables of every projection's scores on the dense model."""
     hists: dict[str, dict[str, _Histogram]] = {s: {} for s in scores}
     device = input_device(model)
@@ -218,8 +241,9 @@ class _RefiningHook:
 
 
 @torch.inference_mode()
-def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, float],
-                      alphas: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+def refine_thresholds(
+    model, ids: torch.Tensor, score: str, levels: dict[str, float], alphas: dict[str, torch.Tensor] | None = None
+) -> dict[str, float]:
     """Pass 2 at one setting: every projection's threshold calibrated under upstream sparsity
     (and upstream SPON vectors, when `alphas` are given: SPON moves the hidden states, so
     thresholds fitted without it would miss their level). `ids` go through as one batch, so each
@@ -235,9 +259,19 @@ def refine_thresholds(model, ids: torch.Tensor, score: str, levels: dict[str, fl
     return {name: hook.tau for name, hook in refiners.items()}
 
 
-def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_levels=REFINE_LEVELS,
-              greedy_windows: int = 0, greedy_scores=None, greedy_step: float = 0.05, batch_size: int = 4,
-              progress: bool = True, meta: dict | None = None) -> Calibration:
+def calibrate(
+    model,
+    windows,
+    scores=SCORES,
+    refine_windows: int = 8,
+    refine_levels=REFINE_LEVELS,
+    greedy_windows: int = 0,
+    greedy_scores=None,
+    greedy_step: float = 0.05,
+    batch_size: int = 4,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> Calibration:
     """Calibrate `model` on `windows` (a data.Windows or (N, L) ids): dense statistics over all
     windows; with `greedy_windows` > 0, greedy allocations on that many windows for
     `greedy_scores` (default: all `scores`); then sparse-aware refinement of every mask rule at
@@ -249,28 +283,44 @@ def calibrate(model, windows, scores=SCORES, refine_windows: int = 8, refine_lev
     timings = {}  # seconds spent in each pass
     blocks = block_projections(model)
     calibration = Calibration(
-        model_fingerprint(model), dense_statistics(model, ids, scores, batch_size, progress),
+        model_fingerprint(model),
+        dense_statistics(model, ids, scores, batch_size, progress),
         {p.name: p.module.weight.numel() for block in blocks for p in block.values()},
         [[p.name for p in block.values()] for block in blocks],
-        {**(meta or {}), "windows": int(ids.shape[0]), "window_len": int(ids.shape[1]),
-         "refine_windows": int(min(refine_windows, ids.shape[0])), "refine_levels": list(refine_levels),
-         "greedy_windows": int(min(greedy_windows, ids.shape[0]))})
+        {
+            **(meta or {}),
+            "windows": int(ids.shape[0]),
+            "window_len": int(ids.shape[1]),
+            "refine_windows": int(min(refine_windows, ids.shape[0])),
+            "refine_levels": list(refine_levels),
+            "greedy_windows": int(min(greedy_windows, ids.shape[0])),
+        },
+    )
     timings["dense_statistics_s"] = time.perf_counter() - started
     if greedy_windows > 0:
-        for score in (scores if greedy_scores is None else greedy_scores):
-            calibration.greedy[score] = greedy_allocation(model, ids[:greedy_windows], calibration, score,
-                                                          step=greedy_step, progress=progress)
+        for score in scores if greedy_scores is None else greedy_scores:
+            calibration.greedy[score] = greedy_allocation(
+                model, ids[:greedy_windows], calibration, score, step=greedy_step, progress=progress
+            )
         timings["greedy_s"] = time.perf_counter() - started - sum(timings.values())
-    methods = [m for m in METHODS if split_method(m)[0] in scores
-               and (split_method(m)[1] == "uniform" or split_method(m)[0] in calibration.greedy)]
+    methods = [
+        m
+        for m in METHODS
+        if split_method(m)[0] in scores
+        and (split_method(m)[1] == "uniform" or split_method(m)[0] in calibration.greedy)
+    ]
     steps = [(m, level) for m in methods for level in refine_levels]
     for method, level in tqdm(steps, desc="refine", unit="level", disable=not progress or not steps, leave=False):
         levels = calibration.levels(method, float(level))
         calibration.refined.setdefault(method, {})[float(level)] = refine_thresholds(
-            model, ids[:refine_windows], split_method(method)[0], levels)
+            model, ids[:refine_windows], split_method(method)[0], levels
+        )
     timings["refine_s"] = time.perf_counter() - started - sum(timings.values())
     device = input_device(model)
-    calibration.meta.update(elapsed_s=round(time.perf_counter() - started, 1),
-                            timings={k: round(v, 1) for k, v in timings.items()}, device=device_record(device),
-                            dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    calibration.meta.update(
+        elapsed_s=round(time.perf_counter() - started, 1),
+        timings={k: round(v, 1) for k, v in timings.items()},
+        device=device_record(device),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+    )
     return calibration

@@ -30,7 +30,8 @@ def check_sparsity(target: float) -> float:
     if not 0.0 <= value < 1.0:  # also refuses NaN
         raise InvalidArgumentError(
             f"target sparsity must be in [0, 1): the share of inputs zeroed; got {target!r} "
-            "(1 would zero every input, use e.g. 0.5 for half)")
+            "(1 would zero every input, use e.g. 0.5 for half)"
+        )
     return value
 
 

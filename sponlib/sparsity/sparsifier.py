@@ -17,12 +17,14 @@ from ..models.placement import execution_device
 from .rules import input_scores, score_weights, sparse_input
 from .thresholds import Thresholds
 
+
 class MaskHook:
     """Forward pre-hook of one projection: zero the inputs whose score is <= tau (and count them),
     then add the projection's spontaneous-neuron vector alpha if it has one: S(x) + alpha."""
 
-    def __init__(self, tau: float, col_norm: torch.Tensor | None, alpha: torch.Tensor | None = None,
-                 count: bool = True):
+    def __init__(
+        self, tau: float, col_norm: torch.Tensor | None, alpha: torch.Tensor | None = None, count: bool = True
+    ):
         self.tau = tau
         self.col_norm = col_norm  # (in,) for wina, None for teal
         self.alpha = alpha  # (in,) or None; may require grad (SPON training)
@@ -53,8 +55,14 @@ class Sparsifier:
     forward), as training does.
     """
 
-    def __init__(self, model: nn.Module, thresholds: Thresholds, check: bool = True,
-                 alphas: dict[str, torch.Tensor] | None = None, count: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        thresholds: Thresholds,
+        check: bool = True,
+        alphas: dict[str, torch.Tensor] | None = None,
+        count: bool = True,
+    ):
         if check:
             check_fingerprint(thresholds.fingerprint, model, "these thresholds")
         self.model, self.thresholds = model, thresholds
@@ -65,18 +73,21 @@ class Sparsifier:
         alphas = alphas or {}
         unknown = set(alphas) - set(self.projections)
         if unknown:
-            raise InvalidArgumentError(f"spontaneous-neuron vectors for projections this model lacks, "
-                                       f"e.g. {sorted(unknown)[0]}")
+            raise InvalidArgumentError(
+                f"spontaneous-neuron vectors for projections this model lacks, e.g. {sorted(unknown)[0]}"
+            )
         self.hooks: dict[str, MaskHook] = {}
         for name, proj in self.projections.items():
             alpha = alphas.get(name)
             if alpha is not None and alpha.shape != (proj.in_features,):
-                raise InvalidArgumentError(f"vector for {name} has shape {tuple(alpha.shape)}, "
-                                           f"the projection takes {proj.in_features} inputs")
+                raise InvalidArgumentError(
+                    f"vector for {name} has shape {tuple(alpha.shape)}, the projection takes {proj.in_features} inputs"
+                )
             if alpha is not None:
                 alpha = alpha.to(execution_device(proj.module))
-            self.hooks[name] = MaskHook(thresholds.taus[name], score_weights(proj.module, thresholds.score),
-                                         alpha, count)
+            self.hooks[name] = MaskHook(
+                thresholds.taus[name], score_weights(proj.module, thresholds.score), alpha, count
+            )
         self._handles: list = []
 
     @property

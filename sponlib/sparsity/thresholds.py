@@ -19,6 +19,7 @@ from ..models.fingerprint import check_fingerprint, model_fingerprint
 from ..models.hooks import HookSet
 from .rules import input_scores, score_weights, split_method
 
+
 @dataclass
 class Thresholds:
     """Per-projection thresholds for one mask rule at one target sparsity."""
@@ -49,8 +50,9 @@ class Thresholds:
         except FileNotFoundError:
             raise InvalidArgumentError(f"thresholds file {str(path)!r} does not exist") from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise CorruptFileError(f"{path} is not a complete sponlib thresholds file ({e}); "
-                                   "write it again with sponlib") from None
+            raise CorruptFileError(
+                f"{path} is not a complete sponlib thresholds file ({e}); write it again with sponlib"
+            ) from None
         if model is not None:
             check_fingerprint(thresholds.fingerprint, model, f"thresholds file {path}")
         return thresholds
@@ -67,7 +69,9 @@ def quantile_thresholds(model, ids: torch.Tensor, score: str, quantile: float) -
             hooks.pre(p.module, lambda module, args, name=p.name: seen.__setitem__(name, args[0]))
         model(ids)
     taus = {
-        p.name: float(torch.quantile(input_scores(seen[p.name], score_weights(p.module, score)).double().flatten(), quantile))
+        p.name: float(
+            torch.quantile(input_scores(seen[p.name], score_weights(p.module, score)).double().flatten(), quantile)
+        )
         for p in iter_projections(model)
     }
     return Thresholds(score, quantile, dict.fromkeys(taus, quantile), taus, model_fingerprint(model))

@@ -3,13 +3,16 @@ trained so that the sparse model's next-token distribution matches the dense mod
 
     vectors        `SponVectors` (the α's and their provenance), save/load, folding into biases
     distillation   the objective: teacher states, KL to the teacher, validation KL
-    training       `train_spon` with `TrainConfig`: resumable, data-parallel, thresholds that follow
+    config         `TrainConfig`: a run's settings and their schedules
+    checkpoint     resumable runs: checkpoints written atomically, refused for another run
+    training       `train_spon`: data-parallel, micro-batched, thresholds that follow the vectors
     export         a plain Hugging Face checkpoint with the vectors folded into its biases
 """
 
+from .config import TrainConfig
 from .distillation import kl_to_teacher, teacher_states, validation_kl
 from .export import fold_and_export
-from .training import TrainConfig, TrainHistory, train_spon
+from .training import TrainHistory, train_spon
 from .vectors import SponVectors, check_roles, ensure_bias, load_spon, save_spon, thresholds_path
 
 __all__ = [

@@ -48,8 +48,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def teacher_states(model, ids: torch.Tensor, batch_size: int, precision: str, progress: bool = True,
-                   replicas: Replicas | None = None) -> torch.Tensor:
+def teacher_states(
+    model, ids: torch.Tensor, batch_size: int, precision: str, progress: bool = True, replicas: Replicas | None = None
+) -> torch.Tensor:
     """Dense final hidden states of every window, computed once: (N, L) -> (N, L, d) where the
     model's final norm computes, in the precision the head will read them in (bfloat16 under bf16:
     the head would round them to that anyway). Data-parallel processes each compute their share
@@ -59,17 +60,26 @@ def teacher_states(model, ids: torch.Tensor, batch_size: int, precision: str, pr
     dtype = torch.bfloat16 if precision == "bf16" else next(model.parameters()).dtype
     share = ids[replicas.share(len(ids))]  # (n, L)
     states = []
-    for start in tqdm(range(0, len(share), batch_size), desc="teacher", unit="batch", disable=not progress,
-                      leave=False):
+    for start in tqdm(
+        range(0, len(share), batch_size), desc="teacher", unit="batch", disable=not progress, leave=False
+    ):
         with autocast(device, precision):
-            hidden = final_hidden(model, share[start:start + batch_size].to(device))  # (B, L, d)
+            hidden = final_hidden(model, share[start : start + batch_size].to(device))  # (B, L, d)
         states.append(hidden.to(dtype))
     return replicas.gather_rows(torch.cat(states), len(ids))  # (N, L, d)
 
 
 @torch.no_grad()
-def validation_kl(model, thresholds: Thresholds, alphas: dict, ids: torch.Tensor, teacher: torch.Tensor,
-                  batch_size: int, precision: str, replicas: Replicas | None = None) -> float:
+def validation_kl(
+    model,
+    thresholds: Thresholds,
+    alphas: dict,
+    ids: torch.Tensor,
+    teacher: torch.Tensor,
+    batch_size: int,
+    precision: str,
+    replicas: Replicas | None = None,
+) -> float:
     """Mean KL(p_dense ‖ p_sparse) per position over validation windows (N, L), under `alphas`;
     `teacher` holds their dense final hidden states (N, L, d). Data-parallel processes each take
     their share of the windows and sum."""
@@ -80,10 +90,10 @@ def validation_kl(model, thresholds: Thresholds, alphas: dict, ids: torch.Tensor
     total, positions = 0.0, 0
     with Sparsifier(model, thresholds, check=False, alphas=alphas, count=False):
         for start in range(0, len(ids), batch_size):
-            batch = ids[start:start + batch_size].to(device)  # (B, L)
+            batch = ids[start : start + batch_size].to(device)  # (B, L)
             with autocast(device, precision):
                 student = head_logits(model, final_hidden(model, batch))  # (B, L, V)
-                target = head_logits(model, teacher[start:start + batch_size])  # (B, L, V)
+                target = head_logits(model, teacher[start : start + batch_size])  # (B, L, V)
             total += kl_to_teacher(student, target).item() * batch.numel()
             positions += batch.numel()
     total, positions = replicas.sum(torch.tensor([total, positions], dtype=torch.float64)).tolist()

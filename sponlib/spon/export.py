@@ -49,20 +49,24 @@ def bias_config(model: nn.Module, vectors: SponVectors):
             f"a {type(model).__name__} config cannot give {len(lacking)} projections a bias (e.g. {lacking[0]}; "
             f"bias switches it has: {', '.join(flags) or 'none'}), so the folded vectors have nowhere to go in "
             "a plain checkpoint. Keep the model and the SPON file (sponlib applies the vectors at run time), "
-            "or train SPON only on roles whose biases this config can express (--roles).")
+            "or train SPON only on roles whose biases this config can express (--roles)."
+        )
     return config, probe
 
 
-def fold_and_export(model: nn.Module, tokenizer, vectors: SponVectors, thresholds: Thresholds | None,
-                    out_dir: str | os.PathLike) -> Path:
+def fold_and_export(
+    model: nn.Module, tokenizer, vectors: SponVectors, thresholds: Thresholds | None, out_dir: str | os.PathLike
+) -> Path:
     """Write a Hugging Face folder (config, safetensors weights, tokenizer) of `model` with
     `vectors` folded into its biases, plus the thresholds and the SPON provenance. The folder
     appears complete or not at all. Returns its path."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
-                                                      and not (out_dir / "sponlib_spon.json").is_file())):
-        raise InvalidArgumentError(f"{out_dir} exists and is not an earlier export; name a new folder "
-                                   "(an export replaces the whole folder)")
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "sponlib_spon.json").is_file())
+    ):
+        raise InvalidArgumentError(
+            f"{out_dir} exists and is not an earlier export; name a new folder (an export replaces the whole folder)"
+        )
     vectors.check_model(model, "the SPON vectors")
     config, probe = bias_config(model, vectors)
     folded = copy.deepcopy(model).to("cpu")
@@ -80,9 +84,18 @@ def fold_and_export(model: nn.Module, tokenizer, vectors: SponVectors, threshold
             tokenizer.save_pretrained(tmp)
         if thresholds is not None:
             thresholds.save(Path(tmp) / THRESHOLDS_FILE)
-        provenance = {key: vectors.meta[key] for key in ("method", "target", "roles", "thresholds")
-                      if key in vectors.meta}
-        (Path(tmp) / "sponlib_spon.json").write_text(json.dumps(
-            {"note": "SPON vectors folded into biases, b' = b + W alpha; run with the thresholds in "
-                     f"{THRESHOLDS_FILE} to reproduce the SPON model", **provenance}, indent=2) + "\n")
+        provenance = {
+            key: vectors.meta[key] for key in ("method", "target", "roles", "thresholds") if key in vectors.meta
+        }
+        (Path(tmp) / "sponlib_spon.json").write_text(
+            json.dumps(
+                {
+                    "note": "SPON vectors folded into biases, b' = b + W alpha; run with the thresholds in "
+                    f"{THRESHOLDS_FILE} to reproduce the SPON model",
+                    **provenance,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return out_dir

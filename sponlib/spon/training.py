@@ -39,9 +39,6 @@ Beyond one GPU:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
-import json
 import math
 import os
 import time
@@ -52,100 +49,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import Replicas
-from ..errors import CorruptFileError, InvalidArgumentError, NumericalError
-from ..io import atomic_write_bytes
-from ..models.adapters import ROLES
+from ..errors import InvalidArgumentError, NumericalError
 from ..models.head import final_hidden, head_logits
 from ..models.placement import device_record, input_device, is_sharded, model_devices, placement_record, synchronize
 from ..sparsity.calibration import refine_thresholds
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
-from .distillation import PRECISIONS, autocast, kl_to_teacher, resolve_precision, teacher_states, validation_kl
-from .vectors import SponVectors, check_roles
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one SPON training run (recorded in the SPON file)."""
-
-    steps: int = 400  # optimiser steps
-    batch_size: int = 8  # windows per step
-    micro_batch: int = 0  # windows per forward pass (0: a process's whole share of the step at once)
-    lr: float = 3e-3  # peak learning rate of AdamW
-    weight_decay: float = 0.0
-    warmup: float = 0.05  # share of steps with a linear warm-up; cosine decay to 0 after it
-    eval_every: int = 50  # steps between validation KLs (the best one is kept)
-    checkpoint_every: int = 50  # steps between checkpoints (0: none)
-    seed: int = 0  # data order
-    precision: str = "auto"  # fp32, bf16 (autocast on CUDA) or auto (bf16 on CUDA, fp32 elsewhere)
-    roles: tuple[str, ...] = ROLES  # projections that get a vector
-    track_sparsity: bool = True  # refit the thresholds under the current vectors before each validation
-    refit_windows: int = 8  # training windows of that refit (one batch)
-
-    def __post_init__(self):
-        self.roles = check_roles(self.roles)
-        for name in ("steps", "batch_size", "eval_every", "refit_windows"):
-            if int(getattr(self, name)) < 1:
-                raise InvalidArgumentError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.micro_batch < 0:
-            raise InvalidArgumentError(f"micro_batch must be >= 0, 0 for the whole batch (got {self.micro_batch})")
-        if self.checkpoint_every < 0:
-            raise InvalidArgumentError(f"checkpoint_every must be >= 0 (got {self.checkpoint_every})")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise InvalidArgumentError(f"learning rate must be a positive number (got {self.lr})")
-        if not 0.0 <= self.warmup < 1.0:
-            raise InvalidArgumentError(f"warmup is a share of the steps in [0, 1) (got {self.warmup})")
-        if self.precision not in PRECISIONS:
-            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-
-    def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "roles": list(self.roles)}
-
-    def forward_batch(self, processes: int = 1) -> int:
-        """Windows per forward pass: the micro-batch, else a process's share of the step."""
-        return self.micro_batch or max(1, self.batch_size // processes)
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up over the first `warmup` share of steps, then cosine decay to 0."""
-        warm = max(1, round(self.warmup * self.steps))
-        if step < warm:
-            return self.lr * (step + 1) / warm
-        progress = (step - warm) / max(1, self.steps - warm)
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ------------------------------------------------------------------ checkpoints
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            h.update(part.cpu().numpy().tobytes())
-        else:
-            h.update(json.dumps(part, sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def _save_checkpoint(path: str, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _load_checkpoint(path: str, run_key: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        key = state["run_key"]
-    except Exception as e:  # torch raises many types for a damaged file
-        raise CorruptFileError(f"checkpoint {path} is damaged ({type(e).__name__}: {e}); delete it to start "
-                               "afresh") from None
-    if key != run_key:
-        raise InvalidArgumentError(
-            f"checkpoint {path} belongs to another run (other settings, data, thresholds or model); "
-            "delete it, or train with restart=True (--restart) to start afresh")
-    return state
-
+from .checkpoint import load_checkpoint, run_key, save_checkpoint
+from .config import TrainConfig
+from .distillation import autocast, kl_to_teacher, resolve_precision, teacher_states, validation_kl
+from .vectors import SponVectors
 
 # ------------------------------------------------------------------ training
 
@@ -163,14 +76,22 @@ def _batch_indices(n_windows: int, batch_size: int, step: int, seed: int) -> tor
     per_epoch = max(1, n_windows // batch_size)
     epoch, k = divmod(step, per_epoch)
     order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[k * batch_size:(k + 1) * batch_size]
+    return order[k * batch_size : (k + 1) * batch_size]
 
 
-def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
-               config: TrainConfig | None = None, *, checkpoint: str | os.PathLike | None = None,
-               restart: bool = False, progress: bool = True,
-               callback: Callable[[int, float, float | None], None] | None = None,
-               replicas: Replicas | None = None) -> tuple[SponVectors, Thresholds]:
+def train_spon(
+    model,
+    thresholds: Thresholds,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, float, float | None], None] | None = None,
+    replicas: Replicas | None = None,
+) -> tuple[SponVectors, Thresholds]:
     """Train one vector per projection (of `config.roles`) against the dense model.
 
     train_ids (N, L) and val_ids (M, L) are token windows; validation must be held-out text.
@@ -183,8 +104,16 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
     `replicas` (sponlib.distributed) makes this one of several data-parallel processes: call it in
     every process with the same arguments; each returns the same vectors."""
     replicas = replicas or Replicas()
-    trainer = _Trainer(model, thresholds, train_ids, val_ids, config or TrainConfig(), checkpoint,
-                       progress and replicas.is_main, replicas)
+    trainer = _Trainer(
+        model,
+        thresholds,
+        train_ids,
+        val_ids,
+        config or TrainConfig(),
+        checkpoint,
+        progress and replicas.is_main,
+        replicas,
+    )
     if checkpoint and os.path.exists(checkpoint) and not restart:
         trainer.resume()
     replicas.barrier()  # no process may remove the checkpoint while another still reads it
@@ -197,14 +126,26 @@ def train_spon(model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: 
 class _Trainer:
     """The state of one training run: vectors, optimiser, current thresholds, best step, history."""
 
-    def __init__(self, model, thresholds: Thresholds, train_ids: torch.Tensor, val_ids: torch.Tensor,
-                 config: TrainConfig, checkpoint, progress: bool, replicas: Replicas):
+    def __init__(
+        self,
+        model,
+        thresholds: Thresholds,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        config: TrainConfig,
+        checkpoint,
+        progress: bool,
+        replicas: Replicas,
+    ):
         if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
-            raise InvalidArgumentError("training and validation need (windows, length) token ids, "
-                                       "at least one window each")
+            raise InvalidArgumentError(
+                "training and validation need (windows, length) token ids, at least one window each"
+            )
         if replicas.active and is_sharded(model):
-            raise InvalidArgumentError("a model spread by a device map trains in one process; give each "
-                                       "data-parallel process a whole model on its own device instead")
+            raise InvalidArgumentError(
+                "a model spread by a device map trains in one process; give each "
+                "data-parallel process a whole model on its own device instead"
+            )
         self.batch_share = replicas.batch_share(config.batch_size)  # refuses a batch that does not split
         self.forward_batch = config.forward_batch(replicas.world_size)
         replicas.share(len(val_ids), "validation windows")  # refuses too few now, not at the first validation
@@ -220,7 +161,7 @@ class _Trainer:
         self.vectors = SponVectors.zeros(model, config.roles)
         self.alphas = {name: a.requires_grad_(True) for name, a in self.vectors.alphas.items()}
         self.optimizer = torch.optim.AdamW(self.alphas.values(), lr=config.lr, weight_decay=config.weight_decay)
-        self.run_key = _digest(config.as_dict(), self.vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
+        self.run_key = run_key(config.as_dict(), self.vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
         self.history, self.step, self.tokens_before, self.tokens_done = TrainHistory(), 0, 0, 0
         self.taus = dict(thresholds.taus)  # current thresholds; refitted under the vectors as they train
         self.best = {"step": 0, "kl": math.inf, "alphas": None, "taus": dict(self.taus)}
@@ -234,7 +175,7 @@ class _Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def resume(self) -> None:
-        state = _load_checkpoint(self.checkpoint, self.run_key)
+        state = load_checkpoint(self.checkpoint, self.run_key)
         with torch.no_grad():
             for name, a in self.alphas.items():
                 a.copy_(state["alphas"][name])
@@ -248,11 +189,20 @@ class _Trainer:
     def save(self) -> None:
         self.flush()
         if self.checkpoint and self.replicas.is_main:
-            _save_checkpoint(self.checkpoint, {
-                "run_key": self.run_key, "step": self.step, "tokens": self.tokens_before + self.tokens_done,
-                "optimizer": self.optimizer.state_dict(), "best": self.best, "taus": self.taus,
-                "alphas": {n: a.detach().cpu() for n, a in self.alphas.items()},
-                "loss": self.history.loss, "val": self.history.val})
+            save_checkpoint(
+                self.checkpoint,
+                {
+                    "run_key": self.run_key,
+                    "step": self.step,
+                    "tokens": self.tokens_before + self.tokens_done,
+                    "optimizer": self.optimizer.state_dict(),
+                    "best": self.best,
+                    "taus": self.taus,
+                    "alphas": {n: a.detach().cpu() for n, a in self.alphas.items()},
+                    "loss": self.history.loss,
+                    "val": self.history.val,
+                },
+            )
 
     def flush(self) -> float | None:
         """Read the pending losses back in one host sync; the last one, if any."""
@@ -271,21 +221,38 @@ class _Trainer:
         synchronize(self.devices)  # GPU work of earlier steps belongs to training time
         started = time.perf_counter()
         if self.config.track_sparsity and self.step > 0:
-            refit_ids = self.train_ids[:self.config.refit_windows]  # (R, L)
-            taus = refine_thresholds(self.model, refit_ids, self.thresholds.score, self.thresholds.levels,
-                                     {n: a.detach() for n, a in self.alphas.items()})
+            refit_ids = self.train_ids[: self.config.refit_windows]  # (R, L)
+            taus = refine_thresholds(
+                self.model,
+                refit_ids,
+                self.thresholds.score,
+                self.thresholds.levels,
+                {n: a.detach() for n, a in self.alphas.items()},
+            )
             self.taus = self.replicas.broadcast(taus)  # one set of thresholds, even if GPUs round differently
             for name, tau in self.taus.items():
                 self.sparsifier.hooks[name].tau = tau
-        kl = validation_kl(self.model, self._current_thresholds(), self.alphas, self.val_ids, self.val_teacher,
-                           self.forward_batch, self.precision, self.replicas)
+        kl = validation_kl(
+            self.model,
+            self._current_thresholds(),
+            self.alphas,
+            self.val_ids,
+            self.val_teacher,
+            self.forward_batch,
+            self.precision,
+            self.replicas,
+        )
         self.val_s += time.perf_counter() - started
         if not math.isfinite(kl):
             raise NumericalError(f"validation KL is {kl} at step {self.step}; lower the learning rate")
         self.history.val.append((self.step, kl))
         if kl < self.best["kl"]:
-            self.best = {"step": self.step, "kl": kl, "taus": dict(self.taus),
-                         "alphas": {n: a.detach().cpu().clone() for n, a in self.alphas.items()}}
+            self.best = {
+                "step": self.step,
+                "kl": kl,
+                "taus": dict(self.taus),
+                "alphas": {n: a.detach().cpu().clone() for n, a in self.alphas.items()},
+            }
         return kl
 
     def train_step(self) -> None:
@@ -318,10 +285,12 @@ class _Trainer:
     def run(self, callback=None) -> tuple[SponVectors, Thresholds]:
         config = self.config
         started = time.perf_counter()
-        self.train_teacher = teacher_states(self.model, self.train_ids, self.forward_batch, self.precision,
-                                            self.progress, self.replicas)  # (N, L, d)
-        self.val_teacher = teacher_states(self.model, self.val_ids, self.forward_batch, self.precision,
-                                          self.progress, self.replicas)  # (M, L, d)
+        self.train_teacher = teacher_states(
+            self.model, self.train_ids, self.forward_batch, self.precision, self.progress, self.replicas
+        )  # (N, L, d)
+        self.val_teacher = teacher_states(
+            self.model, self.val_ids, self.forward_batch, self.precision, self.progress, self.replicas
+        )  # (M, L, d)
         self.teacher_s = time.perf_counter() - started
         if not self.history.val:
             self.validate()  # step 0: the plain mask, the floor SPON must beat
@@ -341,8 +310,9 @@ class _Trainer:
                 self.train_s += time.perf_counter() - started
                 val_kl = self.validate() if validating else None
                 if val_kl is not None:
-                    bar.set_postfix(kl=f"{self.history.loss[-1][1]:.4f}", val=f"{val_kl:.4f}",
-                                    best_val=f"{self.best['kl']:.4f}")
+                    bar.set_postfix(
+                        kl=f"{self.history.loss[-1][1]:.4f}", val=f"{val_kl:.4f}", best_val=f"{self.best['kl']:.4f}"
+                    )
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
                     self.save()
                 bar.update(1)
@@ -363,19 +333,36 @@ class _Trainer:
         config, best = self.config, self.best
         result = SponVectors(best["alphas"], dict(self.vectors.meta))
         refitted = config.track_sparsity and best["step"] > 0
-        thresholds = dataclasses.replace(self.thresholds, taus=best["taus"], calibration={
-            **self.thresholds.calibration, "refitted_under_spon": refitted,
-            **({"refit_windows": min(config.refit_windows, len(self.train_ids))} if refitted else {})})
+        thresholds = dataclasses.replace(
+            self.thresholds,
+            taus=best["taus"],
+            calibration={
+                **self.thresholds.calibration,
+                "refitted_under_spon": refitted,
+                **({"refit_windows": min(config.refit_windows, len(self.train_ids))} if refitted else {}),
+            },
+        )
         result.meta["training"] = {
-            **config.as_dict(), "precision": self.precision, "steps_done": self.step,
-            "train_windows": len(self.train_ids), "val_windows": len(self.val_ids),
-            "window_len": self.train_ids.shape[1], "train_tokens": self.tokens_before + self.tokens_done,
-            "best_step": best["step"], "val_kl_base": self.history.val[0][1], "val_kl_best": best["kl"],
-            "train_s": round(self.train_s, 3), "teacher_s": round(self.teacher_s, 3), "val_s": round(self.val_s, 3),
+            **config.as_dict(),
+            "precision": self.precision,
+            "steps_done": self.step,
+            "train_windows": len(self.train_ids),
+            "val_windows": len(self.val_ids),
+            "window_len": self.train_ids.shape[1],
+            "train_tokens": self.tokens_before + self.tokens_done,
+            "best_step": best["step"],
+            "val_kl_base": self.history.val[0][1],
+            "val_kl_best": best["kl"],
+            "train_s": round(self.train_s, 3),
+            "teacher_s": round(self.teacher_s, 3),
+            "val_s": round(self.val_s, 3),
             "elapsed_s": round(time.perf_counter() - self.started, 3),
             # this session's steps only, when resumed
             "tokens_per_s": round(self.tokens_done / self.train_s, 1) if self.train_s > 0 else None,
-            "device": device_record(self.device), "placement": placement_record(self.model),
-            **self.replicas.describe(), "parameters": result.parameter_count(),
-            "history": {"loss": self.history.loss, "val": self.history.val}}
+            "device": device_record(self.device),
+            "placement": placement_record(self.model),
+            **self.replicas.describe(),
+            "parameters": result.parameter_count(),
+            "history": {"loss": self.history.loss, "val": self.history.val},
+        }
         return result, thresholds

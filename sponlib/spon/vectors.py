@@ -52,8 +52,9 @@ def ensure_bias(linear: nn.Linear) -> None:
     """Give `linear` a zero bias (frozen, like the weights) if it has none."""
     if linear.bias is None:
         weight = linear.weight
-        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
-                                   requires_grad=False)
+        linear.bias = nn.Parameter(
+            torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device), requires_grad=False
+        )
 
 
 @dataclass
@@ -68,8 +69,11 @@ class SponVectors:
         """Zero vectors (the starting point: SPON at α = 0 is the plain mask) for the projections
         of `model` whose role is in `roles`, each on the device its projection computes on."""
         roles = check_roles(roles)
-        alphas = {p.name: torch.zeros(p.in_features, dtype=torch.float32, device=execution_device(p.module))
-                  for p in iter_projections(model) if p.role in roles}
+        alphas = {
+            p.name: torch.zeros(p.in_features, dtype=torch.float32, device=execution_device(p.module))
+            for p in iter_projections(model)
+            if p.role in roles
+        }
         return cls(alphas, {"fingerprint": model_fingerprint(model), "roles": list(roles)})
 
     def parameter_count(self) -> int:
@@ -91,8 +95,10 @@ class SponVectors:
         for name, alpha in self.alphas.items():
             linear = projections[name]
             if is_offloaded(linear):  # its weight is a placeholder; a bias added there would be lost
-                raise InvalidArgumentError(f"{name} is offloaded by its device map: folding changes weights in "
-                                           "place, so load the model without CPU or disk offload to fold")
+                raise InvalidArgumentError(
+                    f"{name} is offloaded by its device map: folding changes weights in "
+                    "place, so load the model without CPU or disk offload to fold"
+                )
             weight = linear.weight  # (out, in)
             shift = weight.double() @ alpha.to(weight.device, torch.float64)  # (out,), exact enough in fp64
             ensure_bias(linear)
@@ -125,8 +131,10 @@ class SponVectors:
                 meta = json.loads(header["meta"])
                 alphas = {name: f.get_tensor(name) for name in f.keys()}
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-            raise CorruptFileError(f"{path} is not a complete sponlib SPON file ({e}); train it again "
-                                   "(python -m sponlib train ...) or copy it anew") from None
+            raise CorruptFileError(
+                f"{path} is not a complete sponlib SPON file ({e}); train it again "
+                "(python -m sponlib train ...) or copy it anew"
+            ) from None
         vectors = cls(alphas, meta)
         if model is not None:
             vectors.check_model(model, f"SPON file {path}")
@@ -139,8 +147,10 @@ class SponVectors:
         self._check_names(projections)
         for name, alpha in self.alphas.items():
             if alpha.shape != (projections[name].in_features,):
-                raise InvalidArgumentError(f"{what}: vector for {name} has shape {tuple(alpha.shape)}, the "
-                                           f"projection takes {projections[name].in_features} inputs")
+                raise InvalidArgumentError(
+                    f"{what}: vector for {name} has shape {tuple(alpha.shape)}, the "
+                    f"projection takes {projections[name].in_features} inputs"
+                )
             if not torch.isfinite(alpha).all():
                 raise CorruptFileError(f"{what}: vector for {name} holds NaN or infinite values")
 
@@ -149,8 +159,12 @@ def save_spon(vectors: SponVectors, thresholds: Thresholds, path: str | os.PathL
     """Write the thresholds next to the vectors, then the vectors with the thresholds' hash."""
     tpath = thresholds_path(path)
     thresholds.save(tpath)
-    meta = {**vectors.meta, "method": thresholds.method, "target": thresholds.target,
-            "thresholds": {"file": tpath.name, "sha256": sha256_file(tpath)}}
+    meta = {
+        **vectors.meta,
+        "method": thresholds.method,
+        "target": thresholds.target,
+        "thresholds": {"file": tpath.name, "sha256": sha256_file(tpath)},
+    }
     SponVectors(vectors.alphas, meta).save(path)
 
 
@@ -161,9 +175,12 @@ def load_spon(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[
     recorded = vectors.meta.get("thresholds", {})
     tpath = Path(path).with_name(recorded.get("file", thresholds_path(path).name))
     if not tpath.is_file():
-        raise InvalidArgumentError(f"the thresholds of {path} should be in {tpath}, which does not exist; "
-                                   "copy it along with the SPON file")
+        raise InvalidArgumentError(
+            f"the thresholds of {path} should be in {tpath}, which does not exist; copy it along with the SPON file"
+        )
     if sha256_file(tpath) != recorded.get("sha256"):
-        raise InvalidArgumentError(f"{tpath} is not the thresholds file {path} was trained against "
-                                   "(sha256 differs); use the file written with it, or train again")
+        raise InvalidArgumentError(
+            f"{tpath} is not the thresholds file {path} was trained against "
+            "(sha256 differs); use the file written with it, or train again"
+        )
     return vectors, Thresholds.load(tpath, model)

@@ -62,6 +62,8 @@ def score(model, tokenizer, examples: list[ChoiceExample], batch_size: int = 16,
     scores = score_requests(model, tokenizer, requests, batch_size, progress, desc="choice")
     outcomes = []
     for k, example in enumerate(examples):
-        per_char = [s.logprob / len(ending) for s, ending in zip(scores[k * CHOICES:(k + 1) * CHOICES], example.endings)]
+        per_char = [
+            s.logprob / len(ending) for s, ending in zip(scores[k * CHOICES : (k + 1) * CHOICES], example.endings)
+        ]
         outcomes.append(int(int(np.argmax(per_char)) == example.gold))
     return outcomes

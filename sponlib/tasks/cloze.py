@@ -20,14 +20,16 @@ from .scoring import score_requests
 
 MIN_WORDS, MAX_WORDS = 60, 200  # long enough that Persuasion yields 236 passages
 # Words too common to test memory of the passage ("of", "them"): a passage ending in one is skipped.
-FUNCTION_WORDS = frozenset("""
+FUNCTION_WORDS = frozenset(
+    """
 a an the and or but nor so yet for of in on at by to from with without into onto upon over under about
 above after before behind below between through during against among within as than then there here
 i me my mine we us our ours you your yours he him his she her hers it its they them their theirs
 this that these those who whom whose which what when where why how all any both each few more most
 other some such no not only own same too very can will just should now is are was were be been being
 have has had having do does did doing would could shall may might must one ever never also well much
-""".split())
+""".split()
+)
 _LAST_WORD = re.compile(r"""^(?P<context>.*\S)\s+(?P<word>[A-Za-z]{2,})["'”’)\]]*[.!?;:,]*["'”’)\]]*$""", re.S)
 
 
@@ -66,6 +68,7 @@ def build(source: str, n: int, seed: int = 0) -> list[ClozeExample]:
 
 def score(model, tokenizer, examples: list[ClozeExample], batch_size: int = 16, progress: bool = True) -> list[int]:
     """1 where the greedy prediction is the whole final word, else 0, per example."""
-    scores = score_requests(model, tokenizer, [(e.context, " " + e.word) for e in examples], batch_size,
-                            progress, desc="cloze")
+    scores = score_requests(
+        model, tokenizer, [(e.context, " " + e.word) for e in examples], batch_size, progress, desc="cloze"
+    )
     return [int(s.greedy) for s in scores]

@@ -45,8 +45,14 @@ def build(source: str, n: int, tokenizer, seed: int = 0, prompt_tokens: int = PR
 
 
 @torch.inference_mode()
-def greedy_continuations(model, prompts: torch.Tensor, new_tokens: int = NEW_TOKENS, batch_size: int = 50,
-                         progress: bool = True, desc: str = "drift") -> torch.Tensor:
+def greedy_continuations(
+    model,
+    prompts: torch.Tensor,
+    new_tokens: int = NEW_TOKENS,
+    batch_size: int = 50,
+    progress: bool = True,
+    desc: str = "drift",
+) -> torch.Tensor:
     """Greedy continuations with the KV cache: (N, P) prompt ids -> (N, new_tokens) ids, on the CPU."""
     if new_tokens < 1:
         raise InvalidArgumentError(f"need at least one new token (got {new_tokens})")
@@ -55,7 +61,7 @@ def greedy_continuations(model, prompts: torch.Tensor, new_tokens: int = NEW_TOK
     cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        step = model(input_ids=prompts[start:start + batch_size].to(device), use_cache=True, logits_to_keep=1)
+        step = model(input_ids=prompts[start : start + batch_size].to(device), use_cache=True, logits_to_keep=1)
         tokens = [step.logits[:, -1].argmax(-1)]  # [(B,)]
         for _ in range(new_tokens - 1):
             step = model(input_ids=tokens[-1][:, None], use_cache=True, **{cache: getattr(step, cache)})
@@ -80,7 +86,7 @@ def repetition(generated: torch.Tensor, n: int = NGRAM) -> list[float]:
     """Per row, the share of n-grams that already occurred earlier in the same continuation."""
     rates = []
     for row in generated.tolist():
-        grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+        grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
         seen, repeats = set(), 0
         for gram in grams:
             repeats += gram in seen

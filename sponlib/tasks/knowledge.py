@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import data_dir
 from ..errors import CorruptFileError
+from ..paths import data_dir
 from .scoring import score_requests
 
 TOP_K = 5
@@ -50,8 +50,10 @@ def _check_answer(where: str, prompt: str, answer) -> str:
     if not isinstance(answer, str) or not answer.strip() or answer != answer.strip():
         raise CorruptFileError(f"{where}: the answer must be a non-empty string without outer spaces, got {answer!r}")
     if not answer[0].isalnum() or answer.endswith(".") or any(c in answer for c in "/|()"):
-        raise CorruptFileError(f"{where}: the answer {answer!r} must be one plain string (no alternatives, "
-                               "brackets or final full stop) that starts with a letter or digit")
+        raise CorruptFileError(
+            f"{where}: the answer {answer!r} must be one plain string (no alternatives, "
+            "brackets or final full stop) that starts with a letter or digit"
+        )
     if not isinstance(prompt, str) or not prompt.strip() or prompt != prompt.rstrip():
         raise CorruptFileError(f"{where}: the prompt must be non-empty text without trailing spaces, got {prompt!r}")
     return answer
@@ -65,14 +67,16 @@ def load_probe(path: str | os.PathLike | None = None) -> Probe:
         categories, items = raw["categories"], raw["items"]
         name, version = raw["name"], int(raw["version"])
     except FileNotFoundError as e:
-        raise CorruptFileError(f"knowledge file {path} is missing; run from a clone of the project or set "
-                               "SPONLIB_DATA to its data/ folder") from e
+        raise CorruptFileError(
+            f"knowledge file {path} is missing; run from a clone of the project or set SPONLIB_DATA to its data/ folder"
+        ) from e
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptFileError(f"{path} is not a knowledge file (needs name, version, categories, items): {e}") from e
     shots = {}
     for category, spec in categories.items():
-        pairs = tuple((s["prompt"], _check_answer(f"{path}: shot of {category}", s["prompt"], s["answer"]))
-                      for s in spec["shots"])
+        pairs = tuple(
+            (s["prompt"], _check_answer(f"{path}: shot of {category}", s["prompt"], s["answer"])) for s in spec["shots"]
+        )
         if not pairs:
             raise CorruptFileError(f"{path}: category {category!r} has no shots")
         shots[category] = pairs
@@ -97,8 +101,16 @@ def load_probe(path: str | os.PathLike | None = None) -> Probe:
 def score(model, tokenizer, probe: Probe, batch_size: int = 32, progress: bool = True) -> dict[str, list[int]]:
     """Per item, in file order: top1 and top5 (the answer's first token) and exact (the greedy
     continuation is the whole answer), each 1 or 0."""
-    scores = score_requests(model, tokenizer, [(probe.context(i), " " + i.answer) for i in probe.items],
-                            batch_size, progress, desc="knowledge")
-    return {"top1": [int(s.first_rank == 0) for s in scores],
-            f"top{TOP_K}": [int(s.first_rank < TOP_K) for s in scores],
-            "exact": [int(s.greedy) for s in scores]}
+    scores = score_requests(
+        model,
+        tokenizer,
+        [(probe.context(i), " " + i.answer) for i in probe.items],
+        batch_size,
+        progress,
+        desc="knowledge",
+    )
+    return {
+        "top1": [int(s.first_rank == 0) for s in scores],
+        f"top{TOP_K}": [int(s.first_rank < TOP_K) for s in scores],
+        "exact": [int(s.greedy) for s in scores],
+    }

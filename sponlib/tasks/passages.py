@@ -22,8 +22,34 @@ HELD_OUT_SOURCES: tuple[str, ...] = ("persuasion", "brown")
 # and the start of the next sentence (an opening quote or bracket, or a capital letter or digit).
 _SENTENCE_END = re.compile(r"""[.!?]["'”’)\]]*\s+(?=["'“‘(\[]?[A-Z0-9])""")
 # Titles and abbreviations whose full stop does not end a sentence.
-_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "esq", "col", "capt", "gen", "lt", "sgt", "rev",
-                            "prof", "sr", "jr", "vs", "no", "mt", "ft", "co", "inc", "u.s", "e.g", "i.e"})
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "st",
+        "esq",
+        "col",
+        "capt",
+        "gen",
+        "lt",
+        "sgt",
+        "rev",
+        "prof",
+        "sr",
+        "jr",
+        "vs",
+        "no",
+        "mt",
+        "ft",
+        "co",
+        "inc",
+        "u.s",
+        "e.g",
+        "i.e",
+    }
+)
 _WORD = re.compile(r"\S+")
 
 
@@ -39,8 +65,10 @@ class Block:
 
 def check_held_out(source: str) -> str:
     if source not in HELD_OUT_SOURCES:
-        raise InvalidArgumentError(f"tasks are built from held-out text only: {', '.join(HELD_OUT_SOURCES)} "
-                                   f"(got {source!r}); training and calibration text would leak into the test")
+        raise InvalidArgumentError(
+            f"tasks are built from held-out text only: {', '.join(HELD_OUT_SOURCES)} "
+            f"(got {source!r}); training and calibration text would leak into the test"
+        )
     return source
 
 
@@ -53,10 +81,10 @@ def split_sentences(block: str) -> list[str]:
     text = " ".join(block.split())
     sentences, start = [], 0
     for match in _SENTENCE_END.finditer(text):
-        last_word = text[start:match.start()].rsplit(" ", 1)[-1].lower().lstrip("\"'“‘(")
+        last_word = text[start : match.start()].rsplit(" ", 1)[-1].lower().lstrip("\"'“‘(")
         if text[match.start()] == "." and (last_word in _ABBREVIATIONS or len(last_word) == 1):
             continue  # "Mr. Elliot", "J. Smith": not the end of a sentence
-        sentences.append(text[start:match.end()].strip())
+        sentences.append(text[start : match.end()].strip())
         start = match.end()
     if text[start:].strip():
         sentences.append(text[start:].strip())
@@ -116,6 +144,13 @@ def passages(source: str, min_words: int, max_words: int) -> list[Passage]:
                 continue
             block, index = flat[end]
             following = block.sentences[index + 1] if index + 1 < len(block.sentences) else None
-            out.append(Passage(source, block.document, block.index,
-                               tuple(b.sentences[i] for b, i in flat[start:end + 1]), following))
+            out.append(
+                Passage(
+                    source,
+                    block.document,
+                    block.index,
+                    tuple(b.sentences[i] for b, i in flat[start : end + 1]),
+                    following,
+                )
+            )
     return out

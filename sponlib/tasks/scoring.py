@@ -51,8 +51,14 @@ def _first_informative(tokenizer, continuation: list[int]) -> int:
 
 
 @torch.inference_mode()
-def score_requests(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16,
-                   progress: bool = True, desc: str = "scoring") -> list[ContinuationScore]:
+def score_requests(
+    model,
+    tokenizer,
+    requests: list[tuple[str, str]],
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> list[ContinuationScore]:
     """One ContinuationScore per (context, continuation) request, in the order given."""
     if batch_size < 1:
         raise InvalidArgumentError(f"batch size must be at least 1 (got {batch_size})")
@@ -63,13 +69,13 @@ def score_requests(model, tokenizer, requests: list[tuple[str, str]], batch_size
     scores: list[ContinuationScore | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc=desc, unit="req", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
+        chosen = order[start : start + batch_size]
         sequences = [encoded[i][0] + encoded[i][1][:-1] for i in chosen]
         width = max(len(s) for s in sequences)
         ids = torch.zeros(len(chosen), width, dtype=torch.long)  # (B, L), right-padded
         rows, targets = [], []  # (batch row, position) predicting each continuation token, and the token
         for b, (i, sequence) in enumerate(zip(chosen, sequences)):
-            ids[b, :len(sequence)] = torch.tensor(sequence)
+            ids[b, : len(sequence)] = torch.tensor(sequence)
             context, continuation = encoded[i]
             rows += [(b, len(context) - 1 + t) for t in range(len(continuation))]
             targets += continuation
@@ -77,17 +83,22 @@ def score_requests(model, tokenizer, requests: list[tuple[str, str]], batch_size
         picked = hidden[tuple(torch.tensor(rows, device=device).T)]  # (R, d)
         logprobs = F.log_softmax(head_logits(model, picked).float(), dim=-1)  # (R, V)
         if not torch.isfinite(logprobs).all():
-            raise NumericalError("non-finite log-probabilities: the model produced NaN/inf logits "
-                                 f"(dtype {next(model.parameters()).dtype}); try float32")
+            raise NumericalError(
+                "non-finite log-probabilities: the model produced NaN/inf logits "
+                f"(dtype {next(model.parameters()).dtype}); try float32"
+            )
         target = torch.tensor(targets, device=device)  # (R,)
         target_logprob = logprobs.gather(-1, target[:, None]).squeeze(-1)  # (R,)
         beaten_by = (logprobs > target_logprob[:, None]).sum(-1)  # (R,)
         offset = 0
         for i in chosen:
             n = len(encoded[i][1])
-            scores[i] = ContinuationScore(float(target_logprob[offset:offset + n].double().sum()), n,
-                                          bool((beaten_by[offset:offset + n] == 0).all()),
-                                          int(beaten_by[offset + first_informative[i]]))
+            scores[i] = ContinuationScore(
+                float(target_logprob[offset : offset + n].double().sum()),
+                n,
+                bool((beaten_by[offset : offset + n] == 0).all()),
+                int(beaten_by[offset + first_informative[i]]),
+            )
             offset += n
         bar.update(len(chosen))
     bar.close()

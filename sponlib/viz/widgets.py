@@ -35,8 +35,9 @@ class _Dashboard:
             split_method(rule)  # unknown rules fail here, not on the first slider move
         self.analysis = analysis
         self.rule = w.Dropdown(options=list(rules), value=rules[0], description="mask rule")
-        self.level = w.SelectionSlider(options=list(levels), value=level, description="sparsity",
-                                       continuous_update=False)
+        self.level = w.SelectionSlider(
+            options=list(levels), value=level, description="sparsity", continuous_update=False
+        )
         self.status = w.HTML()
         self.last_update_s = 0.0
 
@@ -70,16 +71,18 @@ class DriftExplorer(_Dashboard):
     def __init__(self, analysis: LayerAnalysis, rules=("teal",), level: float = 0.5, levels=SLIDER_LEVELS, layer=None):
         super().__init__(analysis, rules, level, levels)
         n = analysis.n_blocks
-        self.layer = w.IntSlider(value=n // 2 if layer is None else layer, min=0, max=n - 1, description="layer",
-                                 continuous_update=False)
+        self.layer = w.IntSlider(
+            value=n // 2 if layer is None else layer, min=0, max=n - 1, description="layer", continuous_update=False
+        )
         empty = {"masked": [np.nan] * n, "spon": [np.nan] * n}
         self.drift = go.FigureWidget(plots.drift_per_layer(empty))
         self.kl = go.FigureWidget(plots.kl_per_layer(empty))
         self.pca = go.FigureWidget(plots.pca_scatter({k: np.zeros((1, 2)) for k in ("dense", "masked", "spon")}))
         self._pcas: dict[int, object] = {}  # layer -> PCA fitted on dense
         self._observe(self.rule, self.level, self.layer)
-        self.widget = w.VBox([w.HBox([self.rule, self.level, self.layer]), self.status,
-                              w.HBox([self.drift, self.kl]), self.pca])
+        self.widget = w.VBox(
+            [w.HBox([self.rule, self.level, self.layer]), self.status, w.HBox([self.drift, self.kl]), self.pca]
+        )
         self.refresh()
 
     def _draw(self) -> None:
@@ -111,7 +114,8 @@ class DriftExplorer(_Dashboard):
                 trace.visible = True if (result is not None or trace.name == "dense") else "legendonly"
             self.pca.layout.title.text = f"layer {layer}: states in the plane of dense's first two components"
             self.pca.layout.xaxis.title.text, self.pca.layout.yaxis.title.text = plots.pc_titles(
-                pca.explained_variance_ratio_)
+                pca.explained_variance_ratio_
+            )
         parts = [f"probe perplexity: dense {a.dense_perplexity:.2f}"]
         if masked:
             parts.append(f"masked {masked['perplexity']:.2f} (measured sparsity {masked['measured']:.3f})")
@@ -126,16 +130,25 @@ class ThresholdExplorer(_Dashboard):
     """The input of one projection (upstream masks on) as a histogram of its score, with the
     projection's threshold at the chosen level; the share it zeroes and the probe's perplexity."""
 
-    def __init__(self, analysis: LayerAnalysis, rules=("teal",), level: float = 0.5, levels=SLIDER_LEVELS,
-                 block: int = 0, role: str = "q"):
+    def __init__(
+        self,
+        analysis: LayerAnalysis,
+        rules=("teal",),
+        level: float = 0.5,
+        levels=SLIDER_LEVELS,
+        block: int = 0,
+        role: str = "q",
+    ):
         super().__init__(analysis, rules, level, levels)
-        self.block = w.IntSlider(value=block, min=0, max=analysis.n_blocks - 1, description="block",
-                                 continuous_update=False)
+        self.block = w.IntSlider(
+            value=block, min=0, max=analysis.n_blocks - 1, description="block", continuous_update=False
+        )
         self.role = w.Dropdown(options=list(ROLES), value=role, description="projection")
         self.figure = go.FigureWidget(plots.activation_histogram(np.ones(4), 0.0))
         self._observe(self.rule, self.level, self.block, self.role)
-        self.widget = w.VBox([w.HBox([self.rule, self.level]), w.HBox([self.block, self.role]), self.status,
-                              self.figure])
+        self.widget = w.VBox(
+            [w.HBox([self.rule, self.level]), w.HBox([self.block, self.role]), self.status, self.figure]
+        )
         self.refresh()
 
     def _draw(self) -> None:
@@ -147,8 +160,12 @@ class ThresholdExplorer(_Dashboard):
         values = input_scores(seen["values"], score_weights(projection.module, score))  # (N, in)
         tau = a.variant(rule, level).thresholds.taus[projection.name] if level > 0 else 0.0
         what = "|x|" if score == "teal" else "|x|·‖W[:, i]‖"
-        fresh = plots.activation_histogram(values, tau, title=f"{projection.name}: {what} on the probe, {rule} "
-                                           f"at {level:g}", projection=projection.name)
+        fresh = plots.activation_histogram(
+            values,
+            tau,
+            title=f"{projection.name}: {what} on the probe, {rule} at {level:g}",
+            projection=projection.name,
+        )
         with self.figure.batch_update():
             self.figure.data[0].x, self.figure.data[0].y = fresh.data[0].x, fresh.data[0].y
             self.figure.data[0].width = fresh.data[0].width
@@ -156,7 +173,8 @@ class ThresholdExplorer(_Dashboard):
             self.figure.layout.annotations = fresh.layout.annotations
             self.figure.layout.title = fresh.layout.title
             self.figure.layout.xaxis = fresh.layout.xaxis
-        self.status.value = (f"zeroed in this projection: {plots.zeroed_share(values, tau):.1%} · "
-                             f"all projections: {seen['measured']:.3f} · probe perplexity "
-                             f"{seen['perplexity']:.2f} (dense {a.dense_perplexity:.2f})")
-
+        self.status.value = (
+            f"zeroed in this projection: {plots.zeroed_share(values, tau):.1%} · "
+            f"all projections: {seen['measured']:.3f} · probe perplexity "
+            f"{seen['perplexity']:.2f} (dense {a.dense_perplexity:.2f})"
+        )

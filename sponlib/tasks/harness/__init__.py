@@ -99,8 +99,13 @@ def check_tasks(tasks: list[str], include_path=None, include_defaults: bool = Tr
     `tasks` (task, group or tag; or a YAML file) is known to it."""
     if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise InvalidArgumentError(f"tasks must be a non-empty list of task names; got {tasks!r}")
-    paths = [] if include_path is None else [include_path] if isinstance(include_path, (str, os.PathLike)) \
+    paths = (
+        []
+        if include_path is None
+        else [include_path]
+        if isinstance(include_path, (str, os.PathLike))
         else list(include_path)
+    )
     for path in paths:
         if not Path(path).is_dir():
             raise InvalidArgumentError(f"include path {str(path)!r} is not a folder of task YAML files")
@@ -111,14 +116,25 @@ def check_tasks(tasks: list[str], include_path=None, include_defaults: bool = Tr
     missing = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
     if missing:
         sources = (["lm-eval's built-in tasks"] if include_defaults else []) + [str(p) for p in paths]
-        raise InvalidArgumentError(f"unknown task(s) {', '.join(missing)}: not among {' or '.join(sources) or 'no tasks'}"
-                                   + ("; `lm-eval ls tasks` lists the built-in ones" if include_defaults else ""))
+        raise InvalidArgumentError(
+            f"unknown task(s) {', '.join(missing)}: not among {' or '.join(sources) or 'no tasks'}"
+            + ("; `lm-eval ls tasks` lists the built-in ones" if include_defaults else "")
+        )
     return manager
 
 
-def run_harness(model_args, tasks: list[str], include_path=None, limit=None, batch_size: int = 8,
-                num_fewshot: int | None = None, include_defaults: bool = True, log_samples: bool = False,
-                task_manager=None, **evaluate_kwargs) -> dict:
+def run_harness(
+    model_args,
+    tasks: list[str],
+    include_path=None,
+    limit=None,
+    batch_size: int = 8,
+    num_fewshot: int | None = None,
+    include_defaults: bool = True,
+    log_samples: bool = False,
+    task_manager=None,
+    **evaluate_kwargs,
+) -> dict:
     """Evaluate lm-eval `tasks` (task, group or tag names) and return lm-eval's results dict.
 
     `model_args` is the "sponlib" model's settings (a 'key=value,...' string or a dict, see
@@ -145,9 +161,17 @@ def run_harness(model_args, tasks: list[str], include_path=None, limit=None, bat
     else:
         model, model_args = MODEL_NAME, parse_model_args(model_args)  # lm-eval loads it by the registered name
         check_model_args(model_args)
-    return simple_evaluate(model=model, model_args=model_args, tasks=list(tasks), num_fewshot=num_fewshot,
-                           batch_size=batch_size, limit=limit, task_manager=task_manager, log_samples=log_samples,
-                           **evaluate_kwargs)
+    return simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        limit=limit,
+        task_manager=task_manager,
+        log_samples=log_samples,
+        **evaluate_kwargs,
+    )
 
 
 def results_record(results: dict) -> dict:

@@ -24,10 +24,20 @@ MODEL_ARGS = {
 }
 # HFLM settings that still mean something for a model passed in already loaded. Anything else is
 # refused: HFLM would forward it to from_pretrained, which never runs here, and drop it silently.
-HFLM_ARGS = ("batch_size", "max_batch_size", "max_length", "truncation", "logits_cache", "add_bos_token",
-             "prefix_token_id", "softmax_dtype", "mixed_precision_dtype", "think_end_token", "enable_thinking",
-             "chat_template_args")
-
+HFLM_ARGS = (
+    "batch_size",
+    "max_batch_size",
+    "max_length",
+    "truncation",
+    "logits_cache",
+    "add_bos_token",
+    "prefix_token_id",
+    "softmax_dtype",
+    "mixed_precision_dtype",
+    "think_end_token",
+    "enable_thinking",
+    "chat_template_args",
+)
 
 
 def require_lm_eval():
@@ -40,23 +50,28 @@ def require_lm_eval():
     try:
         import lm_eval
     except ImportError:
-        raise MissingPackageError(f"running lm-evaluation-harness tasks needs the package lm-eval, which is "
-                                  f"not installed. Install it with:\n    {install}") from None
+        raise MissingPackageError(
+            f"running lm-evaluation-harness tasks needs the package lm-eval, which is "
+            f"not installed. Install it with:\n    {install}"
+        ) from None
     try:
         found = version("lm_eval")
     except PackageNotFoundError:  # a source checkout on sys.path: trust it
         return lm_eval
     if not Version("0.4.13") <= Version(found) < Version("0.5"):  # the registry and HFLM this module uses
-        raise MissingPackageError(f"lm-eval {found} is installed; sponlib needs {REQUIREMENT}. Install it with:"
-                                  f"\n    {install}")
+        raise MissingPackageError(
+            f"lm-eval {found} is installed; sponlib needs {REQUIREMENT}. Install it with:\n    {install}"
+        )
     return lm_eval
 
 
 def check_hflm_args(kwargs: dict) -> None:
     unknown = sorted(set(kwargs) - set(HFLM_ARGS))
     if unknown:
-        raise InvalidArgumentError(f"unknown lm-eval model setting(s) {', '.join(unknown)}; with a loaded model "
-                                   f"these apply: {', '.join(HFLM_ARGS)}")
+        raise InvalidArgumentError(
+            f"unknown lm-eval model setting(s) {', '.join(unknown)}; with a loaded model "
+            f"these apply: {', '.join(HFLM_ARGS)}"
+        )
 
 
 def parse_model_args(model_args: str | dict | None) -> dict:
@@ -86,10 +101,20 @@ def check_model_args(model_args: str | dict | None) -> tuple[dict, dict]:
     hflm = {k: args.pop(k) for k in HFLM_ARGS if k in args}
     unknown = sorted(set(args) - set(MODEL_ARGS))
     if unknown:
-        raise InvalidArgumentError(f"unknown model_args key(s) {', '.join(unknown)}; the sponlib model takes "
-                                   f"{', '.join(MODEL_ARGS)} and the HFLM settings {', '.join(HFLM_ARGS)}")
-    settings = {"model": DEFAULT_MODEL, "dtype": "float32", "device": "cpu", "sparsity": None, "method": None,
-                "calibration": None, "thresholds": None, "spon": None}
+        raise InvalidArgumentError(
+            f"unknown model_args key(s) {', '.join(unknown)}; the sponlib model takes "
+            f"{', '.join(MODEL_ARGS)} and the HFLM settings {', '.join(HFLM_ARGS)}"
+        )
+    settings = {
+        "model": DEFAULT_MODEL,
+        "dtype": "float32",
+        "device": "cpu",
+        "sparsity": None,
+        "method": None,
+        "calibration": None,
+        "thresholds": None,
+        "spon": None,
+    }
     settings.update(args)
     for key in ("model", "dtype", "device", "method", "calibration", "thresholds", "spon"):
         if settings[key] is not None:
@@ -100,5 +125,6 @@ def check_model_args(model_args: str | dict | None) -> tuple[dict, dict]:
 
 def mask_request(settings: dict) -> MaskRequest:
     """The mask that model_args settings name (sponlib.masks checks the combination)."""
-    return MaskRequest(settings["sparsity"], settings["method"], settings["calibration"], settings["thresholds"],
-                       settings["spon"])
+    return MaskRequest(
+        settings["sparsity"], settings["method"], settings["calibration"], settings["thresholds"], settings["spon"]
+    )

@@ -28,9 +28,11 @@ class SponlibLM(HFLM):
     def __init__(self, pretrained, tokenizer=None, thresholds=None, spon=None, batch_size=8, **kwargs):
         check_hflm_args(kwargs)
         if tokenizer is None or isinstance(pretrained, (str, os.PathLike)):
-            raise InvalidArgumentError("the sponlib lm-eval model wraps a loaded model and its tokenizer: "
-                                       "harness_lm(model, tokenizer, ...); by name use model_args "
-                                       "(model=NAME,sparsity=...)")
+            raise InvalidArgumentError(
+                "the sponlib lm-eval model wraps a loaded model and its tokenizer: "
+                "harness_lm(model, tokenizer, ...); by name use model_args "
+                "(model=NAME,sparsity=...)"
+            )
         sparsifier = sparsifier_for(pretrained, thresholds, spon)  # a bad pairing fails before lm-eval starts
         # HFLM warns that a model passed in loaded skips its loading options and distributed
         # set-up: true, and meant here, so those two warnings are left out
@@ -38,13 +40,17 @@ class SponlibLM(HFLM):
         level = logger.level
         logger.setLevel(logging.ERROR)
         try:
-            super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal",
-                             batch_size=batch_size, **kwargs)
+            super().__init__(
+                pretrained=pretrained, tokenizer=tokenizer, backend="causal", batch_size=batch_size, **kwargs
+            )
         finally:
             logger.setLevel(level)
         self.sparsifier = sparsifier
-        self.provenance = {"method": thresholds.method if thresholds else "dense",
-                           "sparsity": thresholds.target if thresholds else 0.0, "spon": spon is not None}
+        self.provenance = {
+            "method": thresholds.method if thresholds else "dense",
+            "sparsity": thresholds.target if thresholds else 0.0,
+            "spon": spon is not None,
+        }
 
     @classmethod
     def create_from_arg_string(cls, arg_string, additional_config=None):
@@ -69,10 +75,12 @@ class SponlibLM(HFLM):
     def get_model_info(self) -> dict:
         # HFLM's own asks the hub for the commit of `pretrained`: a network call, and there is
         # no hub id for a model passed in. Its dtype also becomes a string, for json.dumps.
-        info = {"model_num_parameters": sum(p.numel() for p in self._model.parameters()),
-                "model_dtype": str(self._model.dtype).removeprefix("torch."),
-                "model_source": dict(getattr(self._model, "sponlib_source", {})),
-                "sponlib": dict(self.provenance)}
+        info = {
+            "model_num_parameters": sum(p.numel() for p in self._model.parameters()),
+            "model_dtype": str(self._model.dtype).removeprefix("torch."),
+            "model_source": dict(getattr(self._model, "sponlib_source", {})),
+            "sponlib": dict(self.provenance),
+        }
         if self.sparsifier is not None and self.sparsifier.measured():
             # over every token forwarded, batch padding included: close to, not exactly, the text's
             info["sponlib"]["measured_sparsity"] = self.sparsifier.summary()["weighted"]
@@ -84,8 +92,10 @@ def sparsifier_for(model, thresholds, spon) -> Sparsifier | None:
     attached; None for the dense model."""
     if thresholds is None:
         if spon is not None:
-            raise InvalidArgumentError("SPON vectors need the thresholds they were trained against: pass both "
-                                       "(load_spon(path, model) returns vectors and thresholds)")
+            raise InvalidArgumentError(
+                "SPON vectors need the thresholds they were trained against: pass both "
+                "(load_spon(path, model) returns vectors and thresholds)"
+            )
         return None
     alphas = None
     if spon is not None:

@@ -1,0 +1,82 @@
+"""Tile shapes of the Triton sparse GEMV: `GemvConfig`, the tables of the fastest tiles measured per
+GPU model (configs/<gpu>.json, written by the benchmark's sweep; docs/kernel_notes.md) and the
+heuristic used for shapes and GPUs without one. Importing this module needs no Triton.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+MAX_SEGMENTS = 3  # q/k/v
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Tile shape and launch settings of one sparse GEMV."""
+
+    block_n: int  # outputs per program
+    block_k: int  # inputs per loop step
+    k_per_program: int  # inputs per program, a multiple of block_k; fewer than K means split-K
+    num_warps: int = 4
+    num_stages: int = 1
+    prefetch: bool = False  # issue the next block's loads before consuming the current one
+    atomic: bool = False  # split-K sums by atomics in one launch (else partials + a second kernel)
+    compact: bool = False  # list the kept inputs first, then loop over kept rows only
+
+    def inputs_per_program(self, n_in: int) -> int:
+        """k_per_program, no more than the inputs there are (rounded up to whole steps)."""
+        return min(self.k_per_program, _cdiv(n_in, self.block_k) * self.block_k)
+
+    def split(self, n_in: int) -> int:
+        return _cdiv(n_in, self.inputs_per_program(n_in))
+
+
+CONFIG_DIR = Path(__file__).with_name("configs")  # tuned tiles per GPU, written by the benchmark's sweep
+
+
+def config_file(device_name: str) -> Path:
+    return CONFIG_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+
+
+@functools.lru_cache(maxsize=None)
+def tuned_configs(device_name: str | None) -> dict[tuple[int, int], GemvConfig]:
+    """(in, out) -> the fastest tiles measured on this GPU model, if a table was shipped for it."""
+    if device_name is None or not config_file(device_name).is_file():
+        return {}
+    table = json.loads(config_file(device_name).read_text())
+    fields = {f for f in GemvConfig.__dataclass_fields__}
+    return {
+        (row["in"], row["out"]): GemvConfig(**{k: v for k, v in row.items() if k in fields}) for row in table["configs"]
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def gemv_config(n_in: int, n_out: int, device: str | None = None) -> GemvConfig:
+    """Tiles for a (n_in -> n_out) projection: the tuned ones for this GPU model and shape when
+    shipped (sponlib/kernels/configs/), otherwise wide output tiles and enough input slices that
+    a few programs run per multiprocessor, summed by atomics in one launch."""
+    tuned = tuned_configs(device).get((n_in, n_out))
+    if tuned is not None:
+        return tuned
+    block_n = 128 if n_out >= 2048 else 64
+    block_k = 64
+    programs_wanted = 1024
+    tiles = _cdiv(n_out, block_n)
+    slices = max(1, min(_cdiv(n_in, block_k), programs_wanted // tiles))
+    k_per_program = _cdiv(_cdiv(n_in, slices), block_k) * block_k
+    return GemvConfig(block_n, block_k, k_per_program, num_warps=4, prefetch=True, atomic=True)
