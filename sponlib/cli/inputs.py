@@ -5,6 +5,7 @@ and training settings. Each check that needs no model runs before the model load
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -105,22 +106,15 @@ def training_text(args, tokenizer):
     return train_windows, val
 
 
+# TrainConfig fields whose option has another name (--train-batch, --train-seed: beside the
+# calibration's and the test text's own); every other field is the option of its name.
+TRAINING_OPTIONS = {"batch_size": "train_batch", "seed": "train_seed"}
+
+
 def train_config(args) -> TrainConfig:
-    return TrainConfig(
-        steps=args.steps,
-        batch_size=args.train_batch,
-        micro_batch=args.micro_batch,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.train_seed,
-        precision=args.precision,
-        roles=args.roles,
-        track_sparsity=args.track_sparsity,
-        refit_windows=args.refit_windows,
-    )
+    """The TrainConfig the training options give."""
+    fields = (f.name for f in dataclasses.fields(TrainConfig))
+    return TrainConfig(**{name: getattr(args, TRAINING_OPTIONS.get(name, name)) for name in fields})
 
 
 # ------------------------------------------------------------------ calibration and masks

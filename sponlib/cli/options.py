@@ -83,14 +83,16 @@ def add_text(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hf-column", default="text")
 
 
+def add_window_len(p, flag: str) -> None:
+    """Tokens per window, of the test, calibration or training text."""
+    p.add_argument(
+        flag, type=int, default=protocol.WINDOW_LEN, help=f"tokens per window (default {protocol.WINDOW_LEN})"
+    )
+
+
 def add_windows(p: argparse.ArgumentParser, windows: int = protocol.WINDOWS, seed_of: str = "the windows") -> None:
     p.add_argument("--windows", type=int, default=windows, help=f"windows per text, 0 for all (default {windows})")
-    p.add_argument(
-        "--window-len",
-        type=int,
-        default=protocol.WINDOW_LEN,
-        help=f"tokens per window (default {protocol.WINDOW_LEN})",
-    )
+    add_window_len(p, "--window-len")
     p.add_argument(
         "--seed", type=int, default=protocol.SEED, help=f"seed that picks {seed_of} (default {protocol.SEED})"
     )
@@ -123,12 +125,7 @@ def add_calibration(p: argparse.ArgumentParser, prefix: str = "") -> None:
         default=protocol.WINDOWS,
         help=f"windows for statistics (default {protocol.WINDOWS})",
     )
-    g.add_argument(
-        f"--{prefix}window-len",
-        type=int,
-        default=protocol.WINDOW_LEN,
-        help=f"tokens per window (default {protocol.WINDOW_LEN})",
-    )
+    add_window_len(g, f"--{prefix}window-len")
     g.add_argument(f"--{prefix}seed", type=int, default=protocol.SEED)
     g.add_argument(
         "--refine-windows",
@@ -156,12 +153,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
     train, val = protocol.TRAIN_TEXT, protocol.VALIDATION_TEXT
     g.add_argument("--train-corpus", default=train, help=f"training text (default {train})")
     g.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
-    g.add_argument(
-        "--train-window-len",
-        type=int,
-        default=protocol.WINDOW_LEN,
-        help=f"tokens per window (default {protocol.WINDOW_LEN})",
-    )
+    add_window_len(g, "--train-window-len")
     g.add_argument(
         "--stride",
         type=int,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from ..perplexity import evaluate
-from .recovery import recovery
+from .recovery import compare_rows
 
 
 def generalization(
@@ -28,20 +28,7 @@ def generalization(
         masked = evaluate(model, texts, calibration.thresholds(level, rule), batch_size, progress)
         repaired = evaluate(model, texts, spon_thresholds, batch_size, progress, spon=vectors)
         for m, s in zip(masked, repaired):
-            d = dense[m["corpus"]]
-            rows.append(
-                {
-                    "text": m["corpus"],
-                    "level": level,
-                    "ppl_dense": d["ppl"],
-                    "ppl_masked": m["ppl"],
-                    "ppl_spon": s["ppl"],
-                    "measured_masked": m["measured"],
-                    "measured_spon": s["measured"],
-                    "tokens": d["tokens"],
-                    "recovery": recovery(d["ppl"], m["ppl"], s["ppl"]),
-                }
-            )
+            rows.append({"text": m["corpus"], "level": level, **compare_rows(dense[m["corpus"]], m, s)})
     return {
         "rule": rule,
         "texts": [w.describe() for w in texts],

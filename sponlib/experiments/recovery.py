@@ -74,6 +74,19 @@ def recovery(ppl_dense: float, ppl_masked: float, ppl_spon: float) -> float | No
     return (ppl_masked - ppl_spon) / gap if gap > 0 else None
 
 
+def compare_rows(dense: dict, masked: dict, spon: dict) -> dict:
+    """One text's dense, masked and SPON rows (of `evaluate`) side by side, with the recovery."""
+    return {
+        "ppl_dense": dense["ppl"],
+        "ppl_masked": masked["ppl"],
+        "ppl_spon": spon["ppl"],
+        "measured_masked": masked["measured"],
+        "measured_spon": spon["measured"],
+        "tokens": dense["tokens"],
+        "recovery": recovery(dense["ppl"], masked["ppl"], spon["ppl"]),
+    }
+
+
 @dataclass
 class RecoveryRun:
     """Everything an experiment needs besides its own settings."""
@@ -206,17 +219,7 @@ class RecoveryRun:
             name = f"spon-{experiment.method}-{experiment.level:g}.safetensors"
             save_spon(vectors, spon_thresholds, Path(self.artifacts) / name)
         training = {k: v for k, v in vectors.meta["training"].items() if k != "history"}
-        texts = {}
-        for d, m, s in zip(dense, masked, spon):
-            texts[d["corpus"]] = {
-                "ppl_dense": d["ppl"],
-                "ppl_masked": m["ppl"],
-                "ppl_spon": s["ppl"],
-                "measured_masked": m["measured"],
-                "measured_spon": s["measured"],
-                "tokens": d["tokens"],
-                "recovery": recovery(d["ppl"], m["ppl"], s["ppl"]),
-            }
+        texts = {d["corpus"]: compare_rows(d, m, s) for d, m, s in zip(dense, masked, spon)}
         in_domain, out_of_domain = (w.source for w in self.test_windows[:2])
         row = {
             "name": experiment.name,

@@ -92,44 +92,18 @@ def _dot_compact(
 
 
 @triton.jit
-def _dot_prefetch(
-    x_ptr,
-    w_ptr,
-    norm_ptr,
-    tau,
-    offs_n,
-    n_ok,
-    k_begin,
-    k_stop,
-    k_per_program,
-    N,
-    HAS_NORM: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """The slice's products with two blocks in flight: the next block's mask and weight loads are
-    issued before the current block is consumed, so their latency overlaps instead of adding up.
-    -> (BLOCK_K, BLOCK_N) float32."""
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    offs_k = k_begin + tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + offs_k, mask=offs_k < k_stop, other=0.0).to(tl.float32)
-    keep = _keep(x, tau, norm_ptr, offs_k, offs_k < k_stop, HAS_NORM)
+def _block(x_ptr, w_ptr, norm_ptr, tau, offs_k, k_stop, offs_n, n_ok, N, HAS_NORM: tl.constexpr):
+    """One block of inputs (float32) and the weight rows of its kept ones, a dropped row issuing no
+    load: (BLOCK_K,), (BLOCK_K, BLOCK_N)."""
+    ok = offs_k < k_stop
+    x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)
+    keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
     w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=keep[:, None] & n_ok[None, :], other=0.0)
-    for _ in range(0, k_per_program, BLOCK_K):
-        offs_next = offs_k + BLOCK_K
-        ok_next = offs_next < k_stop
-        x_next = tl.load(x_ptr + offs_next, mask=ok_next, other=0.0).to(tl.float32)
-        keep_next = _keep(x_next, tau, norm_ptr, offs_next, ok_next, HAS_NORM)
-        w_next = tl.load(
-            w_ptr + offs_next[:, None] * N + offs_n[None, :], mask=keep_next[:, None] & n_ok[None, :], other=0.0
-        )  # (BLOCK_K, BLOCK_N)
-        acc += w.to(tl.float32) * x[:, None]
-        x, w, offs_k = x_next, w_next, offs_next
-    return acc
+    return x, w
 
 
 @triton.jit
-def _dot_blocks(
+def _dot_stream(
     x_ptr,
     w_ptr,
     norm_ptr,
@@ -141,21 +115,26 @@ def _dot_blocks(
     k_per_program,
     N,
     HAS_NORM: tl.constexpr,
+    PREFETCH: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """The slice's products one block of inputs after the other, a dropped row issuing no load.
-    -> (BLOCK_K, BLOCK_N) float32."""
+    """The slice's products one block of inputs after the other. With PREFETCH two blocks are in
+    flight: the next block's mask and weight loads are issued before the current block is
+    consumed, so their latency overlaps instead of adding up. -> (BLOCK_K, BLOCK_N) float32."""
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    for k_start in range(0, k_per_program, BLOCK_K):
-        offs_k = k_begin + k_start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-        ok = offs_k < k_stop
-        x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)  # (BLOCK_K,)
-        keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
-        w = tl.load(
-            w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=keep[:, None] & n_ok[None, :], other=0.0
-        )  # (BLOCK_K, BLOCK_N)
-        acc += w.to(tl.float32) * x[:, None]
+    offs_k = k_begin + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    if PREFETCH:
+        x, w = _block(x_ptr, w_ptr, norm_ptr, tau, offs_k, k_stop, offs_n, n_ok, N, HAS_NORM)
+        for _ in range(0, k_per_program, BLOCK_K):
+            offs_next = offs_k + BLOCK_K
+            x_next, w_next = _block(x_ptr, w_ptr, norm_ptr, tau, offs_next, k_stop, offs_n, n_ok, N, HAS_NORM)
+            acc += w.to(tl.float32) * x[:, None]
+            x, w, offs_k = x_next, w_next, offs_next
+    else:
+        for k_start in range(0, k_per_program, BLOCK_K):
+            x, w = _block(x_ptr, w_ptr, norm_ptr, tau, offs_k + k_start, k_stop, offs_n, n_ok, N, HAS_NORM)
+            acc += w.to(tl.float32) * x[:, None]
     return acc
 
 
@@ -243,13 +222,22 @@ def _sparse_gemv_kernel(
             BLOCK_K,
             BLOCK_N,
         )
-    elif PREFETCH:
-        acc = _dot_prefetch(
-            x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N, HAS_NORM, BLOCK_K, BLOCK_N
-        )
     else:
-        acc = _dot_blocks(
-            x_ptr, w_ptr, norm_ptr, tau, offs_n, n_ok, k_begin, k_stop, k_per_program, N, HAS_NORM, BLOCK_K, BLOCK_N
+        acc = _dot_stream(
+            x_ptr,
+            w_ptr,
+            norm_ptr,
+            tau,
+            offs_n,
+            n_ok,
+            k_begin,
+            k_stop,
+            k_per_program,
+            N,
+            HAS_NORM,
+            PREFETCH,
+            BLOCK_K,
+            BLOCK_N,
         )
     # reduced over K once, at the end
     _finish(tl.sum(acc, axis=0), bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS, SPLIT_MODE)

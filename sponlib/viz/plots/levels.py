@@ -72,6 +72,41 @@ def recovery_bars(
     return fig
 
 
+def _sparsity_levels(sparsity: Any) -> np.ndarray:
+    """The x values of a figure against sparsity: (S,) levels in [0, 1)."""
+    levels = as_array(sparsity, "sparsity").ravel()  # (S,)
+    if levels.size == 0 or not np.all((levels >= 0) & (levels < 1)):
+        raise InvalidArgumentError(f"sparsity is {levels.tolist()}; pass a non-empty sequence of levels in [0, 1).")
+    return levels
+
+
+def _check_one_per_level(levels: np.ndarray, arrays: dict[str, np.ndarray], hint: str = "") -> None:
+    for name, values in arrays.items():
+        if values.size != levels.size:
+            raise InvalidArgumentError(
+                f"{name!r} has {values.size} values for {levels.size} sparsity levels; give one value per level{hint}."
+            )
+
+
+def _against_sparsity(levels: np.ndarray, arrays: dict[str, np.ndarray], title: str, y_title: str, shown: str):
+    """One line per named curve over the levels, drawn left to right; `shown` formats y in the hover."""
+    order = np.argsort(levels, kind="stable")
+    styles = curve_styles(list(arrays))
+    fig = blank_figure(title, "sparsity (share of inputs zeroed)", y_title)
+    for name, values in arrays.items():
+        fig.add_trace(
+            go.Scatter(
+                x=levels[order],
+                y=values[order],
+                name=name,
+                mode="lines+markers",
+                line=dict(width=2, **styles[name]),
+                hovertemplate=f"{name}<br>sparsity %{{x:.2f}}<br>{shown}<extra></extra>",
+            )
+        )
+    return fig
+
+
 def perplexity_vs_sparsity(
     sparsity: Any,
     perplexities: Mapping[Any, Any],
@@ -82,30 +117,11 @@ def perplexity_vs_sparsity(
 ) -> go.Figure:
     """Perplexity of each named curve (a mask rule, "masked", "spon"...) against sparsity, on a log
     axis by default (collapse is exponential), with the dense perplexity as a grey dotted line."""
-    levels = as_array(sparsity, "sparsity").ravel()  # (S,)
-    if levels.size == 0 or not np.all((levels >= 0) & (levels < 1)):
-        raise InvalidArgumentError(f"sparsity is {levels.tolist()}; pass a non-empty sequence of levels in [0, 1).")
+    levels = _sparsity_levels(sparsity)
     arrays = named_arrays(perplexities, "perplexities", ndim=1)
-    for name, values in arrays.items():
-        if values.size != levels.size:
-            raise InvalidArgumentError(
-                f"{name!r} has {values.size} values for {levels.size} sparsity levels; "
-                "give one value per level (NaN where there is none)."
-            )
-    order = np.argsort(levels, kind="stable")
-    styles = curve_styles(list(arrays))
-    fig = blank_figure(title or "Perplexity against sparsity", "sparsity (share of inputs zeroed)", "perplexity")
-    for name, values in arrays.items():
-        fig.add_trace(
-            go.Scatter(
-                x=levels[order],
-                y=values[order],
-                name=name,
-                mode="lines+markers",
-                line=dict(width=2, **styles[name]),
-                hovertemplate=f"{name}<br>sparsity %{{x:.2f}}<br>perplexity %{{y:.4g}}<extra></extra>",
-            )
-        )
+    _check_one_per_level(levels, arrays, " (NaN where there is none)")
+    title = title or "Perplexity against sparsity"
+    fig = _against_sparsity(levels, arrays, title, "perplexity", "perplexity %{y:.4g}")
     if dense is not None:
         fig.add_hline(
             y=float(dense),
@@ -128,30 +144,12 @@ def speed_vs_sparsity(
 ) -> go.Figure:
     """Speed of each implementation against sparsity, with a dashed grey bound: the given one (one value
     per level), or the ideal 1/(1−s) of skipping zeroed inputs' weight columns, on a fine grid to max(s)."""
-    levels = as_array(sparsity, "sparsity").ravel()  # (S,)
-    if levels.size == 0 or not np.all((levels >= 0) & (levels < 1)):
-        raise InvalidArgumentError(f"sparsity is {levels.tolist()}; pass a non-empty sequence of levels in [0, 1).")
+    levels = _sparsity_levels(sparsity)
     arrays = named_arrays(speedups, "speedups", ndim=1)
     given = None if bound is None else as_array(bound, "bound").ravel()
-    for name, values in {**arrays, **({} if given is None else {"bound": given})}.items():
-        if values.size != levels.size:
-            raise InvalidArgumentError(
-                f"{name!r} has {values.size} values for {levels.size} sparsity levels; give one value per level."
-            )
-    order = np.argsort(levels, kind="stable")  # lines drawn left to right
-    styles = curve_styles(list(arrays))
-    fig = blank_figure(title or "Speed against sparsity", "sparsity (share of inputs zeroed)", unit)
-    for name, values in arrays.items():
-        fig.add_trace(
-            go.Scatter(
-                x=levels[order],
-                y=values[order],
-                name=name,
-                mode="lines+markers",
-                line=dict(width=2, **styles[name]),
-                hovertemplate=f"{name}<br>sparsity %{{x:.2f}}<br>%{{y:.3g}}<extra></extra>",
-            )
-        )
+    _check_one_per_level(levels, {**arrays, **({} if given is None else {"bound": given})})
+    fig = _against_sparsity(levels, arrays, title or "Speed against sparsity", unit, "%{y:.3g}")
+    order = np.argsort(levels, kind="stable")
     if given is None:
         grid = np.linspace(0.0, float(levels.max()), 200)  # (200,)
         bound_x, bound_y, bound_name = grid, 1 / (1 - grid), BOUND_NAME
