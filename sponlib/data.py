@@ -130,6 +130,11 @@ def _corpus_file(folder: str, stem: str) -> Path:
     return path
 
 
+def genre_corpus(genre: str) -> str:
+    """The corpus name of one Brown genre: "l_fiction_mystery" -> "brown-fiction-mystery"."""
+    return "brown-" + genre[2:].replace("_", "-")
+
+
 def _named_corpora() -> dict[str, tuple[str, tuple[str, ...], tuple[float, float]]]:
     """name -> (folder, file stems, span). Built from the constants above, never per-model."""
     named = {
@@ -141,7 +146,7 @@ def _named_corpora() -> dict[str, tuple[str, tuple[str, ...], tuple[float, float
     for novel in AUSTEN_TRAIN_NOVELS + (AUSTEN_TEST_NOVEL,):
         named[f"austen-{novel}"] = ("austen", (novel,), (0.0, 1.0))
     for genre in BROWN_GENRES:
-        named["brown-" + genre[2:].replace("_", "-")] = ("brown", (genre,), (0.0, 1.0))
+        named[genre_corpus(genre)] = ("brown", (genre,), (0.0, 1.0))
     return named
 
 

@@ -15,7 +15,7 @@ from ..data import hub_dataset, load_corpus, load_windows, text_file
 from ..distributed import Replicas
 from ..errors import SponlibError
 from ..io import sha256_file
-from ..masks import Mask, MaskRequest
+from ..masks import DEFAULT_RULE, Mask, MaskRequest
 from ..models.loading import DEVICE_MAP_STRATEGIES, load_model
 from ..models.placement import placement_record
 from ..paths import display_path
@@ -168,7 +168,7 @@ def resolve(args, request: MaskRequest, model, tokenizer, replicas: Replicas) ->
     mask = None
     if replicas.is_main:
         if request.needs_calibration:
-            calibration = calibration_for(args, model, tokenizer, [request.rule or "teal"])
+            calibration = calibration_for(args, model, tokenizer, [request.rule or DEFAULT_RULE])
             request = MaskRequest(request.sparsity, request.rule, calibration)
         mask = request.resolve(model)
     return replicas.broadcast(mask)

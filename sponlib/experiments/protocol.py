@@ -7,7 +7,7 @@ defaults from here, so that every record is made the same way.
 
 from __future__ import annotations
 
-from ..data import BROWN_GENRES
+from ..data import BROWN_GENRES, genre_corpus
 from ..models.gguf import DEFAULT_MODEL
 
 MODEL = DEFAULT_MODEL  # SmolLM2-135M-Instruct, float32 for quality numbers
@@ -20,7 +20,7 @@ VALIDATION_TEXT = "austen-val"
 TEST_TEXTS = ("persuasion", "brown")  # in domain, then out of domain
 IN_DOMAIN_TEXT = TEST_TEXTS[0]
 # Held-out texts of the generalisation record: the test novel first, then every Brown genre.
-GENERALIZATION_TEXTS = (IN_DOMAIN_TEXT,) + tuple("brown-" + g.split("_", 1)[1].replace("_", "-") for g in BROWN_GENRES)
+GENERALIZATION_TEXTS = (IN_DOMAIN_TEXT,) + tuple(genre_corpus(genre) for genre in BROWN_GENRES)
 
 # Windows: non-overlapping, picked with a seed.
 WINDOWS = 64

@@ -104,7 +104,7 @@ def _compare_variant(
 def _compare_variants(
     model,
     ids: torch.Tensor,
-    variants: list[Variant],
+    variants: dict[tuple[str, float], Variant],
     tokens: torch.Tensor,
     first: torch.Tensor,
     dense_all: Capture,
@@ -112,15 +112,15 @@ def _compare_variants(
     main_level: float,
     progress: bool,
 ) -> tuple[dict, dict, dict, dict]:
-    """Every variant against dense: per-window metrics, per-layer metrics and measured sparsity by
-    variant name, and the states of the two variants at the main level by kind (masked, spon)."""
+    """Every variant, keyed by (kind, level), against dense: per-window metrics, per-layer metrics and
+    measured sparsity by variant name, and the states of the two variants at the main level by kind
+    (masked, spon); the others' states are dropped as soon as they are compared."""
     per_window, per_layer, measured, kept = {}, {}, {}, {}
-    for variant in tqdm(variants, desc="variants", disable=not progress):
+    for (kind, level), variant in tqdm(variants.items(), desc="variants", disable=not progress):
         states, measured[variant.name], per_window[variant.name], per_layer[variant.name] = _compare_variant(
             model, ids, variant, tokens, first, dense_all, lens_rows
         )
-        kind, level = variant.name.split("@")
-        if float(level) == main_level:
+        if level == main_level:
             kept[kind] = states
     return per_window, per_layer, measured, kept
 
@@ -189,13 +189,13 @@ def run_analysis(
     dense_all = capture(model, ids, tokens=tokens, inputs=False)
     dense = dense_all.subset(~first)
     lens_rows = _lens_rows(dense.tokens, lens_tokens)
-    variants = [
-        Variant(f"spon@{level}", spon[level][1], spon[level][0].alphas)
+    variants = {
+        (kind, level): Variant(f"spon@{level}", spon[level][1], spon[level][0].alphas)
         if kind == "spon"
         else Variant(f"masked@{level}", calibration.thresholds(level, rule))
         for level in levels
         for kind in ("masked", "spon")
-    ]
+    }
     per_window, per_layer, measured, kept = _compare_variants(
         model, ids, variants, tokens, first, dense_all, lens_rows, main_level, progress
     )
