@@ -12,13 +12,21 @@ from ..experiments.recovery import RecoveryRun, check_experiments, protocol_expe
 from ..experiments.representation import run_analysis
 from ..experiments.sweep import sweep
 from ..experiments.tasks import TaskSizes, run_family
-from ..models.loading import load_model, resolve_device, resolve_dtype
+from ..models.loading import load_model
 from ..paths import data_dir
-from ..records import write_result
 from ..sparsity.rules import check_sparsity, split_method
 from . import options
 from .evaluate import print_rows
-from .inputs import calibration_for, print_table, text_sources, train_config, trained, training_text, windows_of
+from .inputs import (
+    calibration_for,
+    print_table,
+    text_sources,
+    train_config,
+    trained,
+    training_text,
+    windows_of,
+    write_record,
+)
 
 
 def add_commands(sub) -> None:
@@ -204,14 +212,8 @@ def cmd_sweep(args) -> None:
         "calibration": calibration.meta,
         **payload,
     }
-    _write(args, "sparsity_sweep", record, model)
+    write_record(args, "sparsity_sweep", record, model)
     print(f"wrote {args.json}")
-
-
-def _write(args, kind: str, payload: dict, model) -> None:
-    write_result(
-        args.json, kind, payload, model=model, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype)
-    )
 
 
 def cmd_analyse(args) -> None:
@@ -232,7 +234,7 @@ def cmd_analyse(args) -> None:
         seed=args.seed,
     )
     payload = {"windows": windows.describe(), **provenance, **payload}
-    _write(args, "representation_analysis", payload, model)
+    write_record(args, "representation_analysis", payload, model)
     s = payload["summary"]
     rows = [[m, f"{s[m]['masked']:9.4f}", f"{s[m]['spon']:9.4f}"] for m in payload["metric_order"]]
     print_table([("metric (distance from dense, mean over layers)", 48), ("masked", -9), ("SPON", -9)], rows)
@@ -248,7 +250,7 @@ def cmd_generalize(args) -> None:
     started = time.perf_counter()
     payload = generalization(model, calibration, texts, spon, rule=args.method, batch_size=args.batch_size)
     payload = {**provenance, "elapsed_s": round(time.perf_counter() - started, 1), **payload}
-    _write(args, "spon_generalization", payload, model)
+    write_record(args, "spon_generalization", payload, model)
     columns = [("text", 26), ("level", -5), ("dense", -8), ("masked", -9), ("SPON", -9), ("recovery", -9)]
     print_table(
         columns,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
-from ..models.loading import resolve_device, resolve_dtype
-from ..records import write_result
 from ..tasks.harness import check_model_args, check_tasks, lm_from_model_args, results_record, run_harness
 from . import options
+from .inputs import write_record
 
 MASK_KEYS = ("sparsity", "method", "calibration", "thresholds", "spon")
 
@@ -90,12 +89,5 @@ def cmd_harness(args) -> None:
             "elapsed_s": round(time.perf_counter() - started, 1),
             "lm_eval": results_record(results),
         }
-        write_result(
-            args.json,
-            "lm_eval_harness",
-            payload,
-            model=lm.model,
-            device=resolve_device(args.device),
-            dtype=resolve_dtype(args.dtype),
-        )
+        write_record(args, "lm_eval_harness", payload, lm.model)
         print(f"wrote {args.json}")

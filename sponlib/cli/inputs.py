@@ -16,9 +16,10 @@ from ..distributed import Replicas
 from ..errors import SponlibError
 from ..io import sha256_file
 from ..masks import DEFAULT_RULE, Mask, MaskRequest
-from ..models.loading import DEVICE_MAP_STRATEGIES, load_model
+from ..models.loading import DEVICE_MAP_STRATEGIES, load_model, resolve_device, resolve_dtype
 from ..models.placement import placement_record
 from ..paths import display_path
+from ..records import write_result
 from ..sparsity.calibration import Calibration, calibrate
 from ..sparsity.rules import split_method
 from ..spon.training import TrainConfig
@@ -193,6 +194,13 @@ def trained(args, model) -> tuple[dict, Calibration, dict]:
 
 
 # ------------------------------------------------------------------ output
+
+
+def write_record(args, kind: str, payload: dict, model) -> None:
+    """The --json record of a single-process command, on the --device and --dtype it ran with."""
+    write_result(
+        args.json, kind, payload, model=model, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype)
+    )
 
 
 def print_table(columns, rows) -> None:
