@@ -24,6 +24,7 @@ cross a document boundary. `token_windows` picks a seeded, deterministic subset 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,18 +218,24 @@ def _quiet_datasets():
 
 
 def _read_text_file(path: Path) -> str:
-    import datasets
-
     try:
-        with _quiet_datasets():
-            rows = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
+        import datasets
+    except ImportError:  # a machine without `datasets` still reads plain text files, to the same text
+        datasets = None
+    try:
+        if datasets is None:
+            with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+                text = f.read().decode("utf-8")
+        else:
+            with _quiet_datasets():
+                rows = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
+            text = "".join(rows["text"]) if len(rows) else ""
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except Exception as e:  # datasets wraps reader errors in its own types
         if isinstance(e.__cause__, UnicodeDecodeError) or "decode" in str(e):
             raise DataError(f"{path} is not UTF-8 text: {e}") from e
         raise
-    text = "".join(rows["text"]) if len(rows) else ""
     if not text.strip():
         raise DataError(f"text file {path} is empty; give a file with text in it")
     return text

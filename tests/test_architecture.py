@@ -17,7 +17,7 @@ PACKAGE = Path(sponlib.__file__).resolve().parent
 # parts that share a layer do not import each other. (`""` is the package root, sponlib/__init__.)
 LAYERS = (
     {"_version", "errors", "io", "paths"},
-    {"data"},
+    {"data", "mixtures"},
     {"models"},
     {"distributed", "sparsity", "records"},
     {"spon", "perplexity"},

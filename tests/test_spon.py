@@ -412,3 +412,50 @@ def test_default_model_export_reproduces_its_spon_logits(default_model, tmp_path
     # Flipped ties move a few windows' perplexity by a few percent either way; dropping or
     # mis-folding the vectors moves it by tens of percent.
     assert abs(folded_ppl / spon_ppl - 1) < 0.05 < masked_ppl / spon_ppl - 1, (folded_ppl, spon_ppl, masked_ppl)
+
+
+def test_monitored_texts_are_recorded_and_never_choose():
+    model, thresholds, _ = _setup(level=0.7, initializer_range=0.3)
+    config = TrainConfig(steps=4, batch_size=4, lr=0.03, eval_every=2, checkpoint_every=0)
+    plain, _ = train_spon(model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False)
+    watched, _ = train_spon(
+        model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False, monitor={"other": _ids(3, seed=5)}
+    )
+    history = watched.meta["training"]["history"]
+    assert [step for step, _ in history["monitor"]["other"]] == [0, 2, 4]
+    assert history["val"] == plain.meta["training"]["history"]["val"]  # the monitored text changes nothing
+    for name, alpha in plain.alphas.items():
+        assert torch.equal(watched.alphas[name], alpha)
+
+
+def test_thresholds_refit_on_the_windows_given(monkeypatch):
+    import sponlib.spon.training as training
+
+    seen = []
+    real = training.refine_thresholds
+    monkeypatch.setattr(
+        training, "refine_thresholds", lambda model, ids, *a, **k: seen.append(ids) or real(model, ids, *a, **k)
+    )
+    model, thresholds, _ = _setup(level=0.7, initializer_range=0.3)
+    config = TrainConfig(steps=2, batch_size=4, lr=0.03, eval_every=1, checkpoint_every=0, refit_windows=3)
+    train_ids, other = _ids(8), _ids(5, seed=11)
+    train_spon(model, thresholds, train_ids, _ids(4, seed=9), config, progress=False)
+    train_spon(model, thresholds, train_ids, _ids(4, seed=9), config, progress=False, refit_ids=other)
+    assert len(seen) == 4  # one refit per validation after step 0, in each run
+    assert all(torch.equal(ids, train_ids[:3]) for ids in seen[:2])  # default: the first training windows
+    assert all(torch.equal(ids, other[:3]) for ids in seen[2:])
+
+
+def test_a_shift_bound_holds_every_vector_to_its_limit():
+    model, thresholds, _ = _setup(level=0.7, initializer_range=0.3)
+    config = TrainConfig(steps=4, batch_size=4, lr=0.1, eval_every=2, checkpoint_every=0, track_sparsity=False)
+    free, _ = train_spon(model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False)
+    weights = {p.name: p.module.weight.detach() for p in iter_projections(model)}
+    shift = {name: float((weights[name] @ a).norm()) for name, a in free.alphas.items()}
+    limits = {name: 0.5 * s for name, s in shift.items()}  # half of what the free run reached
+    bounded, _ = train_spon(model, thresholds, _ids(8), _ids(4, seed=9), config, progress=False, shift_limits=limits)
+    assert bounded.meta["training"]["shift_bounded"]
+    for name, alpha in bounded.alphas.items():
+        assert float((weights[name] @ alpha).norm()) <= limits[name] * (1 + 1e-5)
+    with pytest.raises(InvalidArgumentError, match="without a SPON vector"):
+        train_spon(model, thresholds, _ids(8), _ids(4), config, progress=False, shift_limits={"nope": 1.0})

@@ -16,6 +16,7 @@ from ..distributed import Replicas
 from ..errors import SponlibError
 from ..io import sha256_file
 from ..masks import DEFAULT_RULE, Mask, MaskRequest
+from ..mixtures import mixture_windows, parse_sources
 from ..models.loading import DEVICE_MAP_STRATEGIES, load_model, resolve_device, resolve_dtype
 from ..models.placement import placement_record
 from ..paths import display_path
@@ -93,17 +94,17 @@ def windows_of(args, tokenizer, sources) -> list:
 
 def training_text(args, tokenizer):
     """Training windows for a count (None: --train-windows) and the validation windows."""
-    train_source, val_source = load_corpus(args.train_corpus), load_corpus(args.val_corpus)
+    train_sources, val_sources = parse_sources(args.train_corpus), parse_sources(args.val_corpus)
     cache = {}
 
     def train_windows(n=None):
         n = n or args.train_windows
         if n not in cache:
             stride = args.stride or max(1, args.train_window_len // 4)
-            cache[n] = load_windows(train_source, tokenizer, args.train_window_len, n, args.train_seed, stride)
+            cache[n] = mixture_windows(train_sources, tokenizer, args.train_window_len, n, args.train_seed, stride)
         return cache[n]
 
-    val = load_windows(val_source, tokenizer, args.train_window_len, args.val_windows, args.train_seed)
+    val = mixture_windows(val_sources, tokenizer, args.train_window_len, args.val_windows, args.train_seed)
     return train_windows, val
 
 

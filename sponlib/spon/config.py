@@ -8,6 +8,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import InvalidArgumentError
 from ..models.adapters import ROLES
 from .distillation import PRECISIONS
@@ -54,6 +56,14 @@ class TrainConfig:
     def forward_batch(self, processes: int = 1) -> int:
         """Windows per forward pass: the micro-batch, else a process's share of the step."""
         return self.micro_batch or max(1, self.batch_size // processes)
+
+    def batch_at(self, step: int, n_windows: int) -> torch.Tensor:
+        """Indices of the windows of `step`: a fresh seeded permutation every epoch, so that any
+        step can be recomputed (a resumed run takes the very same batches)."""
+        per_epoch = max(1, n_windows // self.batch_size)
+        epoch, k = divmod(step, per_epoch)
+        order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return order[k * self.batch_size : (k + 1) * self.batch_size]
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over the first `warmup` share of steps, then cosine decay to 0."""

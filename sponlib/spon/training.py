@@ -55,6 +55,7 @@ from ..models.placement import device_record, input_device, is_sharded, model_de
 from ..sparsity.calibration import refine_thresholds
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
+from .bounds import ShiftBound
 from .checkpoint import load_checkpoint, run_key, save_checkpoint
 from .config import TrainConfig
 from .distillation import autocast, kl_to_teacher, resolve_precision, teacher_states, validation_kl
@@ -69,14 +70,7 @@ class TrainHistory:
 
     loss: list[tuple[int, float]] = field(default_factory=list)  # (step, train KL)
     val: list[tuple[int, float]] = field(default_factory=list)  # (step, validation KL)
-
-
-def _batch_indices(n_windows: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
-    """Windows of `step`: a fresh seeded permutation every epoch, so any step can be recomputed."""
-    per_epoch = max(1, n_windows // batch_size)
-    epoch, k = divmod(step, per_epoch)
-    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[k * batch_size : (k + 1) * batch_size]
+    monitor: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # text -> (step, KL)
 
 
 def train_spon(
@@ -91,6 +85,9 @@ def train_spon(
     progress: bool = True,
     callback: Callable[[int, float, float | None], None] | None = None,
     replicas: Replicas | None = None,
+    refit_ids: torch.Tensor | None = None,
+    monitor: dict[str, torch.Tensor] | None = None,
+    shift_limits: dict[str, float] | None = None,
 ) -> tuple[SponVectors, Thresholds]:
     """Train one vector per projection (of `config.roles`) against the dense model.
 
@@ -102,7 +99,13 @@ def train_spon(
     or the best step is the plain mask).
 
     `replicas` (sponlib.distributed) makes this one of several data-parallel processes: call it in
-    every process with the same arguments; each returns the same vectors."""
+    every process with the same arguments; each returns the same vectors.
+
+    `refit_ids` (R, L): the windows the thresholds are refitted on (default: the first training
+    windows); give calibration text to keep the sparsity defined on the text it was calibrated on
+    when training on another. `monitor` (name -> (M, L) windows): texts whose KL is recorded beside
+    the validation KL at every validation (history["monitor"]), never used to choose. `shift_limits`
+    (projection -> limit): a bound ‖W α‖ ≤ limit kept after every step (sponlib.spon.bounds)."""
     replicas = replicas or Replicas()
     trainer = _Trainer(
         model,
@@ -113,6 +116,9 @@ def train_spon(
         checkpoint,
         progress and replicas.is_main,
         replicas,
+        refit_ids,
+        monitor or {},
+        shift_limits,
     )
     if checkpoint and os.path.exists(checkpoint) and not restart:
         trainer.resume()
@@ -136,6 +142,9 @@ class _Trainer:
         checkpoint,
         progress: bool,
         replicas: Replicas,
+        refit_ids: torch.Tensor | None,
+        monitor: dict[str, torch.Tensor],
+        shift_limits: dict[str, float] | None,
     ):
         if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
             raise InvalidArgumentError(
@@ -153,6 +162,8 @@ class _Trainer:
         self.model, self.thresholds, self.config, self.progress = model, thresholds, config, progress
         self.replicas = replicas
         self.train_ids, self.val_ids = train_ids, val_ids  # (N, L), (M, L)
+        self.refit_ids = (train_ids if refit_ids is None else refit_ids)[: config.refit_windows]  # (R, L)
+        self.monitor_ids = monitor
         self.checkpoint = str(checkpoint) if checkpoint else None
         self.device = input_device(model)  # where token ids go
         self.devices = model_devices(model)  # what timing synchronises
@@ -161,7 +172,17 @@ class _Trainer:
         self.vectors = SponVectors.zeros(model, config.roles)
         self.alphas = {name: a.requires_grad_(True) for name, a in self.vectors.alphas.items()}
         self.optimizer = torch.optim.AdamW(self.alphas.values(), lr=config.lr, weight_decay=config.weight_decay)
-        self.run_key = run_key(config.as_dict(), self.vectors.meta["fingerprint"], thresholds.taus, train_ids, val_ids)
+        self.bound = ShiftBound(model, self.alphas, shift_limits) if shift_limits else None
+        self.run_key = run_key(
+            config.as_dict(),
+            self.vectors.meta["fingerprint"],
+            thresholds.taus,
+            train_ids,
+            val_ids,
+            self.refit_ids,
+            sorted(monitor),
+            shift_limits or {},
+        )
         self.history, self.step, self.tokens_before, self.tokens_done = TrainHistory(), 0, 0, 0
         self.taus = dict(thresholds.taus)  # current thresholds; refitted under the vectors as they train
         self.best = {"step": 0, "kl": math.inf, "alphas": None, "taus": dict(self.taus)}
@@ -182,7 +203,11 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best, self.taus = state["step"], state["best"], state["taus"]
         self.tokens_before = state["tokens"]
-        self.history = TrainHistory([tuple(x) for x in state["loss"]], [tuple(x) for x in state["val"]])
+        self.history = TrainHistory(
+            [tuple(x) for x in state["loss"]],
+            [tuple(x) for x in state["val"]],
+            {name: [tuple(x) for x in kls] for name, kls in state.get("monitor", {}).items()},
+        )
         for name, tau in self.taus.items():
             self.sparsifier.hooks[name].tau = tau
 
@@ -201,6 +226,7 @@ class _Trainer:
                     "alphas": {n: a.detach().cpu() for n, a in self.alphas.items()},
                     "loss": self.history.loss,
                     "val": self.history.val,
+                    "monitor": self.history.monitor,
                 },
             )
 
@@ -221,10 +247,9 @@ class _Trainer:
         synchronize(self.devices)  # GPU work of earlier steps belongs to training time
         started = time.perf_counter()
         if self.config.track_sparsity and self.step > 0:
-            refit_ids = self.train_ids[: self.config.refit_windows]  # (R, L)
             taus = refine_thresholds(
                 self.model,
-                refit_ids,
+                self.refit_ids,
                 self.thresholds.score,
                 self.thresholds.levels,
                 {n: a.detach() for n, a in self.alphas.items()},
@@ -232,16 +257,9 @@ class _Trainer:
             self.taus = self.replicas.broadcast(taus)  # one set of thresholds, even if GPUs round differently
             for name, tau in self.taus.items():
                 self.sparsifier.hooks[name].tau = tau
-        kl = validation_kl(
-            self.model,
-            self._current_thresholds(),
-            self.alphas,
-            self.val_ids,
-            self.val_teacher,
-            self.forward_batch,
-            self.precision,
-            self.replicas,
-        )
+        kl = self._kl(self.val_ids, self.val_teacher)
+        for name, ids in self.monitor_ids.items():
+            self.history.monitor.setdefault(name, []).append((self.step, self._kl(ids, self.monitor_teacher[name])))
         self.val_s += time.perf_counter() - started
         if not math.isfinite(kl):
             raise NumericalError(f"validation KL is {kl} at step {self.step}; lower the learning rate")
@@ -255,10 +273,17 @@ class _Trainer:
             }
         return kl
 
+    def _kl(self, ids: torch.Tensor, teacher: torch.Tensor) -> float:
+        """KL(p_dense ‖ p_sparse) on windows (M, L) whose teacher states are `teacher` (M, L, d)."""
+        thresholds = self._current_thresholds()
+        return validation_kl(
+            self.model, thresholds, self.alphas, ids, teacher, self.forward_batch, self.precision, self.replicas
+        )
+
     def train_step(self) -> None:
         config = self.config
         # the whole batch's windows, the same in every process; this process takes its part
-        index = _batch_indices(len(self.train_ids), config.batch_size, self.step, config.seed)[self.batch_share]
+        index = config.batch_at(self.step, len(self.train_ids))[self.batch_share]
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr_at(self.step)
         loss = 0.0
@@ -276,6 +301,8 @@ class _Trainer:
         self.replicas.all_reduce_mean_([a.grad for a in self.alphas.values()])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.bound is not None:
+            self.bound.apply()
         self.step += 1
         self.tokens_done += index.numel() * self.train_ids.shape[1] * self.replicas.world_size
         self.pending.append((self.step, loss.detach()))
@@ -291,6 +318,10 @@ class _Trainer:
         self.val_teacher = teacher_states(
             self.model, self.val_ids, self.forward_batch, self.precision, self.progress, self.replicas
         )  # (M, L, d)
+        self.monitor_teacher = {
+            name: teacher_states(self.model, ids, self.forward_batch, self.precision, self.progress, self.replicas)
+            for name, ids in self.monitor_ids.items()
+        }
         self.teacher_s = time.perf_counter() - started
         if not self.history.val:
             self.validate()  # step 0: the plain mask, the floor SPON must beat
@@ -339,7 +370,7 @@ class _Trainer:
             calibration={
                 **self.thresholds.calibration,
                 "refitted_under_spon": refitted,
-                **({"refit_windows": min(config.refit_windows, len(self.train_ids))} if refitted else {}),
+                **({"refit_windows": len(self.refit_ids)} if refitted else {}),
             },
         )
         result.meta["training"] = {
@@ -363,6 +394,7 @@ class _Trainer:
             "placement": placement_record(self.model),
             **self.replicas.describe(),
             "parameters": result.parameter_count(),
-            "history": {"loss": self.history.loss, "val": self.history.val},
+            "shift_bounded": self.bound is not None,
+            "history": {"loss": self.history.loss, "val": self.history.val, "monitor": self.history.monitor},
         }
         return result, thresholds
