@@ -7,7 +7,7 @@ defaults from here, so that every record is made the same way.
 
 from __future__ import annotations
 
-from ..data import BROWN_GENRES, genre_corpus
+from ..data import BROWN_GENRES, TEST_GENRES, genre_corpus
 from ..models.gguf import DEFAULT_MODEL
 
 MODEL = DEFAULT_MODEL  # SmolLM2-135M-Instruct, float32 for quality numbers
@@ -37,3 +37,16 @@ ABLATION_LEVEL = 0.5  # other rules, other projections, other amounts of data: a
 RECOVERY_TARGETS = ((0.5, 0, 0.70), (0.5, 1, 0.50), (0.7, 0, 0.85))
 # Levels of the task record's tables and figures.
 TASK_LEVELS = (0.25, 0.5, 0.7)
+
+# The genre protocol of the robust-SPON record (sponlib.experiments.robust): training mixtures,
+# validation on held-out genres (choosing steps, scales and the recipe; the safeguard), and tests
+# on the genres in neither plus the test novel. Named splits of sponlib.data.
+ROBUST_TRAIN_TEXTS = ("austen-train", "austen-train+brown-train")  # Austen alone; Austen + Brown genres
+ROBUST_VALIDATION_TEXT = "brown-val"  # held-out genres
+ROBUST_TEST_TEXTS = (IN_DOMAIN_TEXT,) + tuple(genre_corpus(genre) for genre in TEST_GENRES)
+ROBUST_ABLATION_LEVELS = (0.25, 0.5)  # the methods side by side: the level SPON hurt at, and the main one
+INTERPOLATION_CHECKS = (0.45, 0.55)  # SPON between trained levels, against vectors trained there
+# What the robust recipe is held to: level -> (least in-domain, least held-out) recovery; and never
+# worse than the mask (paired 95% interval) on any test text at any level.
+ROBUST_TARGETS = {0.4: (None, 0.45), 0.5: (0.70, 0.55), 0.7: (0.90, 0.85)}
+INTERPOLATION_TOLERANCE = 0.05  # recovery within this of vectors trained at the level
