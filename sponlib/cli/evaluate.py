@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from ..distributed import Replicas
@@ -124,6 +125,27 @@ def print_rows(rows: list[dict]) -> None:
     )
 
 
+def safeguard_summary(args, spon) -> dict | None:
+    """What the safeguard of the applied SPON file decided (None when it did not run); a warning on
+    stderr when it refused the vectors."""
+    guard = None if spon is None else spon.meta.get("safeguard")
+    if not guard:
+        return None
+    text = guard.get("text", {}).get("source", "?")
+    if guard.get("refused"):
+        print(
+            f"warning: the safeguard refused the SPON vectors of {args.spon} on {text}: they are zero, so this is the "
+            "plain mask (train again, e.g. on a broader mixture)",
+            file=sys.stderr,
+        )
+    return {
+        "gamma": guard.get("gamma"),
+        "refused": guard.get("refused"),
+        "text": text,
+        "interval": guard.get("interval"),
+    }
+
+
 def cmd_eval(args) -> None:
     sources = text_sources(args)  # checked before the model loads: bad input fails fast
     request = mask_request(args)
@@ -142,6 +164,7 @@ def cmd_eval(args) -> None:
         )
         if not replicas.is_main:
             return
+        guard = safeguard_summary(args, mask.spon)
         print_rows(rows)
         if args.json:
             payload = {
@@ -156,6 +179,8 @@ def cmd_eval(args) -> None:
                 payload.update(method=mask.rule, sparsity=mask.sparsity, calibration=mask.thresholds.calibration)
             if args.spon:
                 payload.update(spon=args.spon)
+            if guard:
+                payload.update(safeguard=guard)
             if args.thresholds:
                 payload.update(thresholds=args.thresholds)
             write_result(

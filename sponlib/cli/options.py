@@ -197,3 +197,26 @@ def add_training(p: argparse.ArgumentParser) -> None:
         default=d.roles,
         help="comma-separated projections that get vectors (default all: q,k,v,o,gate,up,down)",
     )
+
+
+SAFEGUARD_TEXT = "brown-val"  # the held-out Brown genres (sponlib.data.VALIDATION_GENRES)
+SAFEGUARD_WINDOWS = 32
+
+
+def add_safeguard(p: argparse.ArgumentParser) -> None:
+    """The held-out text on which `train` scales the vectors down until they do not hurt it."""
+    g = p.add_argument_group("safeguard (after training: the vectors scaled down until not worse than the mask)")
+    g.add_argument(
+        "--safeguard-text",
+        default=SAFEGUARD_TEXT,
+        metavar="NAME",
+        help="held-out text of another domain than the training text: a named corpus or a .txt/.txt.gz file; "
+        f"none turns the safeguard off (default {SAFEGUARD_TEXT})",
+    )
+    g.add_argument(
+        "--safeguard-windows",
+        type=int,
+        default=SAFEGUARD_WINDOWS,
+        help=f"its windows, of --train-window-len tokens picked with --train-seed (default {SAFEGUARD_WINDOWS}; "
+        "0 for all)",
+    )

@@ -7,24 +7,33 @@ trained so that the sparse model's next-token distribution matches the dense mod
     checkpoint     resumable runs: checkpoints written atomically, refused for another run
     training       `train_spon`: data-parallel, micro-batched, thresholds that follow the vectors
     export         a plain Hugging Face checkpoint with the vectors folded into its biases
+    safeguard      "never worse": the vectors scaled down until they do not hurt held-out text
 """
 
 from .config import TrainConfig
 from .distillation import kl_to_teacher, teacher_states, validation_kl
 from .export import fold_and_export
+from .safeguard import GAMMAS, GammaScan, Interval, gamma_scan, paired_bootstrap, safeguard, scaled
 from .training import TrainHistory, train_spon
 from .vectors import SponVectors, check_roles, ensure_bias, load_spon, save_spon, thresholds_path
 
 __all__ = [
+    "GAMMAS",
+    "GammaScan",
+    "Interval",
     "SponVectors",
     "TrainConfig",
     "TrainHistory",
     "check_roles",
     "ensure_bias",
     "fold_and_export",
+    "gamma_scan",
     "kl_to_teacher",
     "load_spon",
+    "paired_bootstrap",
+    "safeguard",
     "save_spon",
+    "scaled",
     "teacher_states",
     "thresholds_path",
     "train_spon",
