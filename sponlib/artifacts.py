@@ -4,6 +4,7 @@ each with its `.thresholds.json`).
 
     calibration = shipped_calibration(model)
     spon = shipped_spon(model, "teal")     # {("teal", 0.5): (thresholds, alphas), ...}
+    levels = shipped_spon_levels(model, "teal")   # SponLevels: SPON at any level up to the highest
 
 Notebooks, benchmarks and the mask resolver (sponlib.masks) read them through here, so that every
 reader finds the same files and a missing one fails with the command that makes it.
@@ -19,6 +20,7 @@ from torch import nn
 from .errors import InvalidArgumentError
 from .paths import data_dir
 from .sparsity.calibration import Calibration
+from .spon.levels import SponLevels
 from .spon.vectors import load_spon
 
 
@@ -56,22 +58,29 @@ def shipped_calibration(model: nn.Module) -> Calibration:
     return Calibration.load(path, model)
 
 
-def spon_files(folder: str | os.PathLike, rule: str, levels=None) -> dict[float, Path]:
-    """level -> spon-<rule>-<level>.safetensors in `folder`, sorted by level: the asked levels
-    (each must exist), or every level found."""
+def found_spon_files(folder: str | os.PathLike, rule: str) -> dict[float, Path]:
+    """level -> spon-<rule>-<level>.safetensors for every level in `folder`, sorted by level
+    (empty when there is none)."""
     prefix, found = f"spon-{rule}-", {}
     for path in Path(folder).glob(f"{prefix}*.safetensors"):
         try:
             found[float(path.name[len(prefix) : -len(".safetensors")])] = path
         except ValueError:  # e.g. spon-teal-0.5-longer.safetensors: not a plain level
             continue
+    return dict(sorted(found.items()))
+
+
+def spon_files(folder: str | os.PathLike, rule: str, levels=None) -> dict[float, Path]:
+    """level -> spon-<rule>-<level>.safetensors in `folder`, sorted by level: the asked levels
+    (each must exist), or every level found."""
+    found = found_spon_files(folder, rule)
     if levels is None:
         if not found:
             raise InvalidArgumentError(
-                f"no {prefix}<level>.safetensors in {folder}; train some with "
+                f"no spon-{rule}-<level>.safetensors in {folder}; train some with "
                 "`python -m sponlib train` or name another folder"
             )
-        return dict(sorted(found.items()))
+        return found
     missing = [level for level in levels if level not in found]
     if missing:
         raise InvalidArgumentError(
@@ -83,10 +92,22 @@ def spon_files(folder: str | os.PathLike, rule: str, levels=None) -> dict[float,
 
 def shipped_spon(model: nn.Module, rule: str = "teal", levels=None, folder=None) -> dict[tuple[str, float], tuple]:
     """(rule, level) -> (thresholds, alphas) for every shipped SPON file of `rule` (or the asked
-    levels), in the form `LayerAnalysis(spon=...)` takes; each file is checked against the model."""
+    levels), in the form `LayerAnalysis(spon=...)` takes; each file is checked against the model.
+    These are the trained levels only; `shipped_spon_levels` gives SPON at the levels between."""
     files = spon_files(folder or artifacts_dir(model), rule, levels)
     loaded = {}
     for level, path in files.items():
         vectors, thresholds = load_spon(path, model)
         loaded[(rule, level)] = (thresholds, vectors.alphas)
     return loaded
+
+
+def shipped_spon_levels(
+    model: nn.Module, rule: str = "teal", calibration: Calibration | None = None, folder=None
+) -> SponLevels:
+    """`SponLevels` of every shipped SPON file of `rule` (or those in `folder`) with the shipped
+    calibration (or `calibration`): SPON at any level up to the highest trained one, interpolated
+    between trained levels; `LayerAnalysis(spon_levels=...)` takes it. Each file is checked
+    against the model."""
+    files = spon_files(folder or artifacts_dir(model), rule)
+    return SponLevels.from_files(calibration or shipped_calibration(model), files, model)

@@ -11,13 +11,20 @@ everywhere and a bad one fails with the same message:
     resolve_mask(model, thresholds="export/sparsity_thresholds.json")  a thresholds file
     resolve_mask(model, spon="spon-teal-0.5.safetensors")  SPON vectors with their own thresholds
     resolve_mask(model, 0.5, spon="shipped")               the vectors shipped for a known model
+    resolve_mask(model, 0.45, spon="shipped")              ... interpolated between the shipped levels
 
     with mask.applied(model) as sparsifier:
         logits = model(ids).logits
 
 A calibration, a thresholds file and a SPON file are three sources of thresholds: give one. A file
-brings its own sparsity and rule; naming them too is a check that they agree. `MaskRequest`
-checks a request without a model, so that a bad one fails before anything loads.
+brings its own sparsity and rule; naming them too is a check that they agree (a SPON file is
+trained for one level: SPON at another level comes from spon="shipped", or from several trained
+files through sponlib.spon.SponLevels). `MaskRequest` checks a request without a model, so that a
+bad one fails before anything loads.
+
+spon="shipped" at a level with no shipped file, but between level 0 and the highest shipped one,
+interpolates the shipped vectors of the rule (sponlib.spon.levels): `Mask.source` then says
+`"spon_interpolated": {"between": [lo, hi], "weight": w}` and names the files blended.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Union
 
 from torch import nn
 
-from .artifacts import artifacts_dir, model_name, shipped_calibration, shipped_calibration_path, spon_files
+from .artifacts import artifacts_dir, found_spon_files, model_name, shipped_calibration, shipped_calibration_path
 from .errors import InvalidArgumentError
 from .models.gguf import KNOWN_MODELS
 from .paths import display_path
@@ -38,10 +45,16 @@ from .sparsity.calibration import Calibration
 from .sparsity.rules import check_sparsity, split_method
 from .sparsity.sparsifier import Sparsifier
 from .sparsity.thresholds import Thresholds
+from .spon.levels import SAME_LEVEL, SponLevels
 from .spon.vectors import SponVectors, load_spon
 
 DEFAULT_RULE = "teal"
 SHIPPED = "shipped"  # spon=SHIPPED: the vectors shipped for a known model at the named sparsity
+OTHER_LEVEL_HINT = (
+    "; for SPON at the sparsity and rule named, use spon='shipped' (--spon shipped: a known model's "
+    "shipped vectors, interpolated between their levels) or files trained for that rule at several levels "
+    "(sponlib.spon.SponLevels)"
+)
 
 CalibrationSource = Union[Calibration, str, os.PathLike, None]
 
@@ -98,7 +111,7 @@ class MaskRequest:
     calibration  a Calibration or its file; None: the calibration shipped for a known model
     thresholds   a Thresholds, or a thresholds file (e.g. an export's sparsity_thresholds.json)
     spon         a SPON file (its thresholds come with it), or "shipped" for the shipped vectors
-                 at `sparsity`
+                 at `sparsity` (interpolated between the shipped levels where none is trained there)
     """
 
     sparsity: float | None = None
@@ -148,11 +161,10 @@ class MaskRequest:
 
     def resolve(self, model: nn.Module) -> Mask:
         """The mask on `model`; every file is checked against the model's fingerprint."""
+        if self.spon == SHIPPED:
+            return self._shipped(model)
         if self.spon is not None:
-            path = self._spon_path(model)
-            vectors, thresholds = load_spon(path, model)
-            self._check_agrees(f"SPON file {path}", thresholds)
-            return Mask(thresholds, vectors, {"spon_file": display_path(path)})
+            return self._spon_file(Path(self.spon), model)
         if self.thresholds is not None:
             if isinstance(self.thresholds, Thresholds):
                 self._check_agrees("these thresholds", self.thresholds)
@@ -165,16 +177,39 @@ class MaskRequest:
         calibration, source = self._calibration(model)
         return Mask(calibration.thresholds(self.sparsity, self.rule or DEFAULT_RULE), source=source)
 
-    def _spon_path(self, model: nn.Module) -> Path:
-        if self.spon != SHIPPED:
-            return Path(self.spon)
+    def _spon_file(self, path: Path, model: nn.Module) -> Mask:
+        vectors, thresholds = load_spon(path, model)
+        self._check_agrees(f"SPON file {path}", thresholds, hint=OTHER_LEVEL_HINT)
+        return Mask(thresholds, vectors, {"spon_file": display_path(path)})
+
+    def _shipped(self, model: nn.Module) -> Mask:
+        """The shipped file at the level, or the shipped files of the rule interpolated there."""
         if model_name(model) not in KNOWN_MODELS:  # a folder or hub id: no artifacts folder has its name
             raise InvalidArgumentError(
                 f"spon='shipped': SPON vectors ship for the known models "
                 f"({', '.join(KNOWN_MODELS)}) only; name a file trained for this model"
             )
-        rule = self.rule or DEFAULT_RULE
-        return spon_files(artifacts_dir(model), rule, [self.sparsity])[self.sparsity]
+        rule, level, folder = self.rule or DEFAULT_RULE, self.sparsity, artifacts_dir(model)
+        files = found_spon_files(folder, rule)
+        exact = [path for trained, path in files.items() if abs(trained - level) <= SAME_LEVEL]
+        if exact:
+            return self._spon_file(exact[0], model)
+        if not files or level > max(files):
+            raise InvalidArgumentError(
+                f"no SPON vectors for {rule} at {level:g} in {display_path(folder)} "
+                f"(found: {', '.join(f'{t:g}' for t in files) or 'none'}); shipped vectors are interpolated "
+                "between level 0 and the highest shipped level only: pick a level in that range, or train "
+                f"vectors at {level:g} (python -m sponlib train) and name the file"
+            )
+        levels = SponLevels.from_files(shipped_calibration(model), files, model)
+        vectors, thresholds = levels.at(level)
+        lo, hi, weight = levels.between(level)
+        source = {
+            "spon_interpolated": {"between": [lo, hi], "weight": weight},
+            "spon_files": [display_path(files[trained]) for trained in (lo, hi) if trained > 0],
+            "calibration_file": display_path(shipped_calibration_path(model)),
+        }
+        return Mask(thresholds, vectors, source)
 
     def _calibration(self, model: nn.Module) -> tuple[Calibration, dict]:
         source = self.calibration
@@ -184,16 +219,19 @@ class MaskRequest:
             return source, {}
         return Calibration.load(source, model), {"calibration_file": display_path(source)}
 
-    def _check_agrees(self, what: str, thresholds: Thresholds) -> None:
-        """A file's own sparsity and rule against the ones named with it, if any."""
-        if self.sparsity is not None and abs(self.sparsity - thresholds.target) > 1e-9:
+    def _check_agrees(self, what: str, thresholds: Thresholds, hint: str = "") -> None:
+        """A file's own sparsity and rule against the ones named with it, if any (`hint`: what
+        to do instead, appended to the message)."""
+        if self.sparsity is not None and abs(self.sparsity - thresholds.target) > SAME_LEVEL:
             raise InvalidArgumentError(
                 f"{what} was made for sparsity {thresholds.target:g}, not {self.sparsity:g}: "
-                "leave the sparsity out (the file brings its thresholds) or use a matching "
-                "file"
+                f"leave the sparsity out (the file brings its thresholds) or use a matching file{hint}"
             )
         if self.rule is not None and self.rule != thresholds.method:
-            raise InvalidArgumentError(f"{what} was made for mask rule {thresholds.method}, not {self.rule}")
+            raise InvalidArgumentError(
+                f"{what} was made for mask rule {thresholds.method}, not {self.rule}: leave the rule out "
+                f"or use a matching file{hint}"
+            )
 
 
 def resolve_mask(

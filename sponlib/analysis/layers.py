@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import torch
 
+from ..errors import InvalidArgumentError
 from ..masks import resolve_mask
 from ..models.adapters import block_projections
 from ..models.head import lens_logprobs
@@ -22,7 +23,10 @@ class LayerAnalysis:
     computed once per setting and cached: revisiting a setting costs a dictionary lookup.
 
     `calibration` gives the masked thresholds at any level; `spon` maps (rule, level) to a
-    (Thresholds, alphas) pair trained there (e.g. from `sponlib.spon.load_spon`), for SPON curves.
+    (Thresholds, alphas) pair trained there (e.g. from `sponlib.spon.load_spon`), for SPON curves;
+    `spon_levels` (a `sponlib.spon.SponLevels`, or rule -> SponLevels, e.g. from
+    `sponlib.artifacts.shipped_spon_levels`) gives SPON at every level it covers, interpolated
+    between its trained levels (a pair in `spon` wins at its own level).
     Metrics leave out the first position of each window (see `sponlib.experiments.representation`); the
     probe's perplexity counts every token that has a next one. The logit lens runs on the first
     `lens_tokens` tokens (the head is the costly part: 30 layers x 49k words for SmolLM2), and the
@@ -41,9 +45,13 @@ class LayerAnalysis:
         lens_tokens: int = 12,
         metrics=("drift", "cosine", "cka", "lens_kl"),
         max_cached: int = 24,
+        spon_levels=None,
     ):
         self.model, self.ids, self.calibration = model, ids, calibration  # ids: (B, L)
         self.spon = {(rule, round(float(level), 4)): pair for (rule, level), pair in (spon or {}).items()}
+        if spon_levels is not None and not isinstance(spon_levels, dict):  # one SponLevels: keyed by its rule
+            spon_levels = {spon_levels.rule: spon_levels}
+        self.spon_levels = dict(spon_levels or {})  # rule -> SponLevels
         self.lens_tokens, self.metrics = lens_tokens, tuple(metrics)
         self.tokens = select_tokens(*ids.shape)  # (B * L, 2): every token
         self.later = self.tokens[:, 1] > 0  # (B * L,) rows the metrics use
@@ -71,8 +79,15 @@ class LayerAnalysis:
     def variant(self, rule: str, level: float, with_spon: bool = False) -> Variant:
         level = round(float(level), 4)
         if with_spon:
-            thresholds, alphas = self.spon[(rule, level)]
-            return Variant(f"spon@{level}", thresholds, alphas)
+            if (rule, level) in self.spon:
+                thresholds, alphas = self.spon[(rule, level)]
+                return Variant(f"spon@{level}", thresholds, alphas)
+            if not self.has_spon(rule, level):
+                raise InvalidArgumentError(
+                    f"no SPON vectors for {rule} at {level:g}: give them in spon= or spon_levels= (has_spon says where)"
+                )
+            vectors, thresholds = self.spon_levels[rule].at(level)
+            return Variant(f"spon@{level}", thresholds, vectors.alphas)
         return Variant(
             f"masked@{level}", resolve_mask(self.model, level, rule, calibration=self.calibration).thresholds
         )
@@ -82,7 +97,19 @@ class LayerAnalysis:
         return self._projections[block][role]
 
     def has_spon(self, rule: str, level: float) -> bool:
-        return (rule, round(float(level), 4)) in self.spon
+        """True where SPON vectors exist: a trained pair, or a level the rule's SponLevels covers."""
+        level = round(float(level), 4)
+        return (rule, level) in self.spon or (rule in self.spon_levels and self.spon_levels[rule].covers(level))
+
+    def spon_between(self, rule: str, level: float) -> tuple[float, float] | None:
+        """(lo, hi): the trained levels the SPON vectors at `level` are interpolated between
+        (lo = 0 below the lowest trained level); None where they were trained at the level, or
+        where there are none."""
+        level = round(float(level), 4)
+        if (rule, level) in self.spon or not self.has_spon(rule, level):
+            return None
+        blend = self.spon_levels[rule].between(level)
+        return None if blend is None else blend[:2]
 
     def perplexity(self, states: Capture) -> float:
         """Perplexity of the probe text from a capture's last residual states."""

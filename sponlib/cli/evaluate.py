@@ -125,6 +125,14 @@ def print_rows(rows: list[dict]) -> None:
     )
 
 
+def interpolation_note(mask) -> str:
+    """One line on SPON vectors interpolated between trained levels (sponlib.spon.levels)."""
+    lo, hi = mask.source["spon_interpolated"]["between"]
+    if lo == 0:  # below the lowest trained level: towards no vectors at level 0
+        return f"SPON at {mask.sparsity:g}: interpolated between α = 0 at level 0 and the vectors trained at {hi:g}"
+    return f"SPON at {mask.sparsity:g}: interpolated between the vectors trained at {lo:g} and {hi:g}"
+
+
 def safeguard_summary(args, spon) -> dict | None:
     """What the safeguard of the applied SPON file decided (None when it did not run); a warning on
     stderr when it refused the vectors."""
@@ -152,6 +160,9 @@ def cmd_eval(args) -> None:
     with Replicas.from_environment(args.device) as replicas:
         model, tokenizer = load_placed(args, replicas)
         mask = resolve(args, request, model, tokenizer, replicas)
+        interpolated = mask.source.get("spon_interpolated")
+        if interpolated and replicas.is_main:
+            print(interpolation_note(mask))
         started = time.perf_counter()
         rows = evaluate(
             model,
@@ -181,6 +192,8 @@ def cmd_eval(args) -> None:
                 payload.update(spon=args.spon)
             if guard:
                 payload.update(safeguard=guard)
+            if interpolated:  # which vectors were blended, and how
+                payload.update(mask.source)
             if args.thresholds:
                 payload.update(thresholds=args.thresholds)
             write_result(

@@ -2,6 +2,7 @@
 trained so that the sparse model's next-token distribution matches the dense model's.
 
     vectors        `SponVectors` (the α's and their provenance), save/load, folding into biases
+    levels         `SponLevels`: vectors trained at a few levels, interpolated to any level up to the highest
     distillation   the objective: teacher states, KL to the teacher, validation KL
     config         `TrainConfig`: a run's settings and their schedules
     checkpoint     resumable runs: checkpoints written atomically, refused for another run
@@ -13,6 +14,7 @@ trained so that the sparse model's next-token distribution matches the dense mod
 from .config import TrainConfig
 from .distillation import kl_to_teacher, teacher_states, validation_kl
 from .export import fold_and_export
+from .levels import SponLevels
 from .safeguard import GAMMAS, GammaScan, Interval, gamma_scan, paired_bootstrap, safeguard, scaled
 from .training import TrainHistory, train_spon
 from .vectors import SponVectors, check_roles, ensure_bias, load_spon, save_spon, thresholds_path
@@ -21,6 +23,7 @@ __all__ = [
     "GAMMAS",
     "GammaScan",
     "Interval",
+    "SponLevels",
     "SponVectors",
     "TrainConfig",
     "TrainHistory",

@@ -1,12 +1,13 @@
 """ipywidgets dashboards on the plots: a sparsity slider, a mask-rule selector and a layer
 selector that update plotly figures in place (`go.FigureWidget`, through anywidget).
 
-    analysis = LayerAnalysis(model, probe_ids, calibration, spon=...)
+    analysis = LayerAnalysis(model, probe_ids, calibration, spon=..., spon_levels=...)
     DriftExplorer(analysis)          # drift and logit-lens KL per layer, PCA at one layer
     ThresholdExplorer(analysis)      # one projection's input histogram with its threshold
 
 Every setting is computed once by `LayerAnalysis` and cached, so moving back to a level redraws
 at once. Each dashboard displays as its `.widget`; `.refresh()` is what a control change calls.
+At a level between the trained ones (`spon_levels`), SPON is interpolated and the status says so.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _set_curve(trace, values, visible: bool = True) -> None:
 
 class DriftExplorer(_Dashboard):
     """Relative drift and logit-lens KL to dense per layer, masked and (where vectors exist at the
-    level) SPON; a PCA of the selected layer's states, fitted on dense."""
+    level, trained or interpolated) SPON; a PCA of the selected layer's states, fitted on dense."""
 
     def __init__(self, analysis: LayerAnalysis, rules=("teal",), level: float = 0.5, levels=SLIDER_LEVELS, layer=None):
         super().__init__(analysis, rules, level, levels)
@@ -119,10 +120,12 @@ class DriftExplorer(_Dashboard):
         parts = [f"probe perplexity: dense {a.dense_perplexity:.2f}"]
         if masked:
             parts.append(f"masked {masked['perplexity']:.2f} (measured sparsity {masked['measured']:.3f})")
+        between = a.spon_between(rule, level) if level > 0 else None
+        name = "SPON" if between is None else f"SPON (interpolated {between[0]:g}–{between[1]:g})"
         if spon:
-            parts.append(f"SPON {spon['perplexity']:.2f} (measured sparsity {spon['measured']:.3f})")
+            parts.append(f"{name} {spon['perplexity']:.2f} (measured sparsity {spon['measured']:.3f})")
         else:
-            parts.append("SPON: computing..." if pending else "no SPON vectors at this level")
+            parts.append(f"{name}: computing..." if pending else "no SPON vectors at this level")
         self.status.value = " · ".join(parts)
 
 
