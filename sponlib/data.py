@@ -224,7 +224,7 @@ def _read_text_file(path: Path) -> str:
         datasets = None
     try:
         if datasets is None:
-            with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+            with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
                 text = f.read().decode("utf-8")
         else:
             with _quiet_datasets():

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .distributed import Replicas
 from .errors import InvalidArgumentError, NumericalError
 from .models.placement import input_device
+from .progress import no_bars
 from .sparsity.sparsifier import Sparsifier
 from .sparsity.thresholds import Thresholds
 
@@ -81,7 +82,7 @@ def window_nlls(model, windows, batch_size: int = 8, progress: bool = True, desc
     length make the mean of these exactly the log perplexity."""
     ids = getattr(windows, "ids", windows)  # (N, L)
     _check_ids(ids, batch_size)
-    with tqdm(total=len(ids), desc=desc, unit="win", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(ids), desc=desc, unit="win", disable=no_bars(progress), leave=False) as bar:
         summed, first_bad = _summed_nlls(model, ids, batch_size, bar)  # (N,)
     if first_bad is not None:
         raise _non_finite(model, first_bad)
@@ -105,7 +106,11 @@ def perplexity(
     n_windows, window_len = ids.shape
     share = replicas.share(n_windows)
     bar = tqdm(
-        total=share.stop - share.start, desc=desc, unit="win", disable=not progress or not replicas.is_main, leave=False
+        total=share.stop - share.start,
+        desc=desc,
+        unit="win",
+        disable=no_bars(progress and replicas.is_main),
+        leave=False,
     )
     summed, first_bad = _summed_nlls(model, ids[share], batch_size, bar)  # (n,)
     bar.close()

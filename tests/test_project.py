@@ -169,3 +169,13 @@ def test_widget_latency_summary_is_computed_from_its_rows():
         dashboard, kind = key.split("/")
         times = [r["seconds"] for r in record["rows"] if r["dashboard"] == dashboard and r["kind"] == kind]
         assert entry["max_s"] == max(times) and entry["met"] == (max(times) < entry["goal_s"])
+
+
+def test_progress_bars_honour_tqdm_disable(monkeypatch):
+    from sponlib.progress import no_bars
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not no_bars(True) and no_bars(False)
+    for value, hides in (("1", True), ("true", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TQDM_DISABLE", value)
+        assert no_bars(True) is hides

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError
 from ..models.head import lens_logprobs
+from ..progress import no_bars
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
 from .capture import Capture, capture, select_tokens
@@ -72,7 +73,7 @@ def capture_variants(
     the variant's measured sparsity (weighted by weights skipped; absent for dense)."""
     tokens = select_tokens(*ids.shape) if tokens is None else tokens
     captures = {}
-    for variant in tqdm(variants, desc="capture", unit="variant", disable=not progress, leave=False):
+    for variant in tqdm(variants, desc="capture", unit="variant", disable=no_bars(progress), leave=False):
         with variant.active(model) as sparsifier:
             captures[variant.name] = capture(model, ids, tokens=tokens, **capture_options)
         if sparsifier is not None:

@@ -10,6 +10,8 @@
     sweep      perplexity dense and for each mask rule at each level (data/results/sparsity_sweep.json)
     analyse    layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)
     generalize shipped SPON vectors on many texts: recovery per Brown genre (data/results/spon_generalization.json)
+    robust     robust SPON: training recipes side by side on held-out genres, the winner at every
+               level behind the safeguard (data/results/spon_robust.json)
     tasks      cloze, next-sentence choice, knowledge probe and generation drift (data/results/tasks.json)
     harness    lm-evaluation-harness tasks on a dense, masked or SPON model (optional extra `harness`)
     readme     regenerate the README's result tables from data/results/
@@ -29,10 +31,10 @@ import sys
 
 from ..distributed import launched_world_size
 from ..errors import SponlibError
-from . import docs, evaluate, experiments, harness, setup, spon
+from . import docs, evaluate, experiments, harness, robust, setup, spon
 
 # One module per group of commands, each adding its own sub-parsers, in the order `--help` lists them.
-GROUPS = (setup, evaluate, spon, experiments, harness, docs)
+GROUPS = (setup, evaluate, spon, experiments, robust, harness, docs)
 
 
 def build_parser() -> argparse.ArgumentParser:

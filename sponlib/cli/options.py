@@ -151,7 +151,11 @@ def add_training(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("SPON training (training and validation text are never the test novel)")
     train, val = protocol.TRAIN_TEXT, protocol.VALIDATION_TEXT
-    g.add_argument("--train-corpus", default=train, help=f"training text (default {train})")
+    g.add_argument(
+        "--train-corpus",
+        default=train,
+        help=f"training text: a named corpus or a text file, several joined by '+' for a mixture (default {train})",
+    )
     g.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
     add_window_len(g, "--train-window-len")
     g.add_argument(
@@ -161,7 +165,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
         help="tokens between training window starts; windows overlap below the length "
         "(default: a quarter of the length)",
     )
-    g.add_argument("--val-corpus", default=val, help=f"validation text (default {val})")
+    g.add_argument("--val-corpus", default=val, help=f"validation text, named as the training text (default {val})")
     g.add_argument("--val-windows", type=int, default=16, help="validation windows (default 16)")
     g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
     g.add_argument("--train-batch", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")

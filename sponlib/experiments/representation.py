@@ -28,6 +28,7 @@ from ..analysis.compare import (
 from ..analysis.metrics import linear_cka
 from ..analysis.separation import separation
 from ..errors import InvalidArgumentError
+from ..progress import no_bars
 
 
 def _tokens(ids: torch.Tensor, max_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +117,7 @@ def _compare_variants(
     measured sparsity by variant name, and the states of the two variants at the main level by kind
     (masked, spon); the others' states are dropped as soon as they are compared."""
     per_window, per_layer, measured, kept = {}, {}, {}, {}
-    for (kind, level), variant in tqdm(variants.items(), desc="variants", disable=not progress):
+    for (kind, level), variant in tqdm(variants.items(), desc="variants", disable=no_bars(progress)):
         states, measured[variant.name], per_window[variant.name], per_layer[variant.name] = _compare_variant(
             model, ids, variant, tokens, first, dense_all, lens_rows
         )

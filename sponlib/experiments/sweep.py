@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..models.placement import input_device
 from ..perplexity import evaluate
+from ..progress import no_bars
 from ..sparsity.sparsifier import Sparsifier
 
 
@@ -22,7 +23,7 @@ def sweep(model, calibration, windows_list: list, levels, methods, batch_size: i
     started = time.perf_counter()
     rows = evaluate(model, windows_list, None, batch_size, progress)
     settings = [(m, level) for m in methods for level in levels]
-    for method, level in tqdm(settings, desc="sweep", unit="setting", disable=not progress, leave=False):
+    for method, level in tqdm(settings, desc="sweep", unit="setting", disable=no_bars(progress), leave=False):
         rows += evaluate(model, windows_list, calibration.thresholds(level, method), batch_size, progress)
     return {
         "levels": list(levels),

@@ -27,6 +27,7 @@ from ..errors import CorruptFileError
 from ..io import atomic_write_json
 from ..models.placement import device_record, input_device
 from ..paths import display_path
+from ..progress import no_bars
 from ..records import command_line, library_versions, model_record
 from ..sparsity.sparsifier import Sparsifier
 from ..tasks import choice, cloze, drift, knowledge
@@ -217,7 +218,7 @@ def run_family(
         atomic_write_json(path, record)
 
     plan = [("dense", 0.0)] + [(v, level) for level in levels for v in ("masked", "spon")]
-    for variant, level in tqdm(plan, desc=family, unit="cell", disable=not progress):
+    for variant, level in tqdm(plan, desc=family, unit="cell", disable=no_bars(progress)):
         key = cell_key(variant, level)
         if key in cells:
             continue

@@ -26,6 +26,7 @@ from ..errors import InvalidArgumentError
 from ..models.adapters import block_output, block_projections, decoder_layers
 from ..models.hooks import HookSet
 from ..models.placement import input_device
+from ..progress import no_bars
 from .rules import score_weights
 from .sparsifier import MaskHook
 
@@ -120,7 +121,7 @@ def greedy_allocation(
         "fallback": [],
         "block_error": {"greedy": [], "uniform": []},
     }
-    for index in tqdm(range(len(blocks)), desc=f"greedy {score}", unit="block", disable=not progress, leave=False):
+    for index in tqdm(range(len(blocks)), desc=f"greedy {score}", unit="block", disable=no_bars(progress), leave=False):
         block = blocks[index]
         probe = _BlockProbe(decoder_layers(model)[index], block, calibration, score, captures[index])
         sizes = {r: p.module.weight.numel() for r, p in block.items()}

@@ -35,6 +35,7 @@ from ..models.adapters import INPUT_GROUPS, block_projections
 from ..models.fingerprint import check_fingerprint, model_fingerprint
 from ..models.hooks import HookSet
 from ..models.placement import device_record, input_device
+from ..progress import no_bars
 from .allocation import allocation_levels, greedy_allocation
 from .rules import METHODS, SCORES, check_sparsity, input_scores, score_weights, sparse_input, split_method
 from .thresholds import Thresholds
@@ -187,7 +188,9 @@ class Calibration:
 
 
 def _batches(ids: torch.Tensor, batch_size: int, progress: bool, desc: str):
-    for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, ids.shape[0], batch_size), desc=desc, unit="batch", disable=no_bars(progress), leave=False
+    ):
         yield ids[start : start + batch_size]
 
 
@@ -310,7 +313,9 @@ def calibrate(
         and (split_method(m)[1] == "uniform" or split_method(m)[0] in calibration.greedy)
     ]
     steps = [(m, level) for m in methods for level in refine_levels]
-    for method, level in tqdm(steps, desc="refine", unit="level", disable=not progress or not steps, leave=False):
+    for method, level in tqdm(
+        steps, desc="refine", unit="level", disable=no_bars(progress and bool(steps)), leave=False
+    ):
         levels = calibration.levels(method, float(level))
         calibration.refined.setdefault(method, {})[float(level)] = refine_thresholds(
             model, ids[:refine_windows], split_method(method)[0], levels

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..distributed import Replicas
 from ..models.head import final_hidden, head_logits
 from ..models.placement import input_device
+from ..progress import no_bars
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
 
@@ -61,7 +62,7 @@ def teacher_states(
     share = ids[replicas.share(len(ids))]  # (n, L)
     states = []
     for start in tqdm(
-        range(0, len(share), batch_size), desc="teacher", unit="batch", disable=not progress, leave=False
+        range(0, len(share), batch_size), desc="teacher", unit="batch", disable=no_bars(progress), leave=False
     ):
         with autocast(device, precision):
             hidden = final_hidden(model, share[start : start + batch_size].to(device))  # (B, L, d)

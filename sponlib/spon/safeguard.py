@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidArgumentError, NumericalError
 from ..models.placement import input_device
+from ..progress import no_bars
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
 from .vectors import SponVectors
@@ -128,7 +129,7 @@ def _window_nlls(model, ids: torch.Tensor, batch_size: int, progress: bool, desc
     importing perplexity; tests/test_safeguard.py holds the two equal)."""
     device = input_device(model)
     out = torch.empty(len(ids), dtype=torch.float64)  # (N,)
-    for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=no_bars(progress), leave=False):
         batch = ids[start : start + batch_size].to(device)  # (B, L)
         logits = model(input_ids=batch, use_cache=False).logits  # (B, L, V)
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V)

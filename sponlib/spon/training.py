@@ -7,8 +7,7 @@ What makes it fast:
   the device; a step's teacher logits are then one head matmul on them, exactly the logits the
   dense model gives (the head is the model's own, in the same precision as the student's).
 - Model weights are frozen: backward computes input gradients only, no weight gradients.
-- On CUDA the forward runs under bfloat16 autocast ("precision"); the α stay float32.
-- The loss is read back to the host only every few steps, so the GPU is never starved.
+- On CUDA the forward runs under bfloat16 autocast; the α stay float32; losses are read back every few steps.
 - `micro_batch` bounds memory: a step's windows go through in parts whose gradients, each
   weighted by its share, add up to the whole batch's.
 
@@ -52,6 +51,7 @@ from ..distributed import Replicas
 from ..errors import InvalidArgumentError, NumericalError
 from ..models.head import final_hidden, head_logits
 from ..models.placement import device_record, input_device, is_sharded, model_devices, placement_record, synchronize
+from ..progress import no_bars
 from ..sparsity.calibration import refine_thresholds
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
@@ -325,7 +325,7 @@ class _Trainer:
         self.teacher_s = time.perf_counter() - started
         if not self.history.val:
             self.validate()  # step 0: the plain mask, the floor SPON must beat
-        bar = tqdm(total=config.steps, initial=self.step, desc="SPON", unit="step", disable=not self.progress)
+        bar = tqdm(total=config.steps, initial=self.step, desc="SPON", unit="step", disable=no_bars(self.progress))
         try:
             while self.step < config.steps:
                 started = time.perf_counter()

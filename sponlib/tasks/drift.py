@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data import leading_special_token
 from ..errors import InvalidArgumentError
 from ..models.placement import input_device
+from ..progress import no_bars
 from .passages import check_held_out, passages
 
 PROMPT_TOKENS, NEW_TOKENS, NGRAM = 32, 64, 4
@@ -60,7 +61,9 @@ def greedy_continuations(
     # newer transformers name the KV cache `cache`, older ones `past_key_values`
     cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=no_bars(progress), leave=False
+    ):
         step = model(input_ids=prompts[start : start + batch_size].to(device), use_cache=True, logits_to_keep=1)
         tokens = [step.logits[:, -1].argmax(-1)]  # [(B,)]
         for _ in range(new_tokens - 1):

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError, InvalidArgumentError, NumericalError
 from ..models.head import final_hidden, head_logits
 from ..models.placement import input_device
+from ..progress import no_bars
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def score_requests(
     device = input_device(model)
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     scores: list[ContinuationScore | None] = [None] * len(encoded)
-    bar = tqdm(total=len(encoded), desc=desc, unit="req", disable=not progress, leave=False)
+    bar = tqdm(total=len(encoded), desc=desc, unit="req", disable=no_bars(progress), leave=False)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         sequences = [encoded[i][0] + encoded[i][1][:-1] for i in chosen]

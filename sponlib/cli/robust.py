@@ -1,0 +1,103 @@
+"""`robust`: the robust-SPON record (sponlib.experiments.robust): training recipes side by side on
+the genre protocol, the winner at every level behind the safeguard, and SPON between levels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..artifacts import model_name
+from ..experiments import protocol
+from ..experiments.genres import RECIPES, genre_texts, recipe_named
+from ..experiments.robust import RobustRun, robust_summary
+from ..models.loading import load_model
+from ..paths import data_dir
+from ..spon.config import TrainConfig
+from . import options
+from .inputs import calibration_for
+
+
+def add_commands(sub) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("robust", help="robust SPON: recipes side by side on held-out genres, the winner at every level")
+    options.add_model(p)
+    options.add_windows(p)
+    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one)")
+    options.add_calibration(p, prefix="calib-")
+    p.add_argument(
+        "--recipes",
+        type=options.names,
+        default=[r.name for r in RECIPES],
+        help=f"comma-separated recipes of the ablation (default all: {', '.join(r.name for r in RECIPES)})",
+    )
+    p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="levels of the final recipe")
+    p.add_argument(
+        "--checks",
+        type=options.floats,
+        default=protocol.INTERPOLATION_CHECKS,
+        help="levels where interpolated SPON is checked against vectors trained there",
+    )
+    p.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
+    p.add_argument("--steps", type=int, default=250, help="optimiser steps per run (default 250)")
+    p.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
+    p.add_argument("--micro-batch", type=int, default=0, help="windows per forward pass (default: the whole batch)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 0.001)")
+    p.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"), help="training precision")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per evaluation forward pass (default 16)")
+    p.add_argument("--work", default="runs/spon_robust", help="folder for every trained vector set (resumes from it)")
+    p.add_argument("--artifacts", default=None, help="folder for the final vectors (default data/artifacts/<model>)")
+    p.add_argument("--no-artifacts", action="store_true", help="keep the final vectors in --work only")
+    p.add_argument("--stop-after", choices=("ablation", "final"), default=None, help="stop after this part")
+    p.add_argument("--json", required=True, metavar="OUT", help="the record to write (and resume)")
+    p.set_defaults(run=cmd_robust)
+
+
+def cmd_robust(args) -> None:
+    recipes = tuple(recipe_named(name) for name in args.recipes)  # unknown names fail before the model loads
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.train_batch,
+        micro_batch=args.micro_batch,
+        lr=args.lr,
+        precision=args.precision,
+        checkpoint_every=50,
+    )
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = calibration_for(args, model, tokenizer, ["teal"])
+    texts = genre_texts(tokenizer, args.windows, args.window_len, args.seed, args.train_windows, recipes=recipes)
+    artifacts = None if args.no_artifacts else Path(args.artifacts or data_dir() / "artifacts" / model_name(model))
+    run = RobustRun(model, calibration, texts, config, args.json, Path(args.work), artifacts, recipes=recipes)
+    run.run_ablation()
+    _print_ablation(run.record)
+    if args.stop_after == "ablation":
+        return
+    winner = run.choose()
+    print(f"chosen on validation: {winner.name}")
+    final = run.run_final(winner, args.levels, args.checks)
+    run.run_diagnosis(winner)
+    if args.stop_after != "final":
+        run.run_interpolation(final, args.levels, args.checks)
+    run.write()
+    for level, row in robust_summary(run.record).items():
+        print(
+            f"{level:>5}  in {_fmt(row['recovery_in'])}  held-out min {_fmt(row['recovery_heldout_min'])} "
+            f"median {_fmt(row['recovery_heldout_median'])}  worse than mask on {row['worse_than_mask']}  "
+            f"γ {row['gamma']:g}"
+        )
+    print(f"wrote {args.json}")
+
+
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{value:.3f}"
+
+
+def _print_ablation(record: dict) -> None:
+    for entry in record["ablation"]:
+        rows = entry["rows"]
+        held_out = [r["recovery"] for r in rows[2:] if r["recovery"] is not None]
+        print(
+            f"{entry['recipe']:26s} {entry['level']:>5}  γ {entry['gamma']:.1f}  "
+            f"validation {_fmt(rows[0]['recovery'])}  in {_fmt(rows[1]['recovery'])}  "
+            f"held-out min {_fmt(min(held_out, default=None))}  "
+            f"worse on {sum(r['worse_than_mask'] for r in rows[1:])}",
+            flush=True,
+        )

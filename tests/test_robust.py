@@ -1,0 +1,95 @@
+"""The robust-SPON experiment's plumbing on a tiny model: every recipe trains and is scored with
+paired intervals, the winner is chosen on validation alone, the final vectors carry the
+safeguard, interpolation is checked against vectors trained between, and a rerun resumes.
+Tiny random models: plumbing, not results."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from sponlib.experiments.genres import genre_texts, recipe_named
+from sponlib.experiments.paired import compare_paired
+from sponlib.experiments.robust import RobustRun, robust_summary
+from sponlib.models.tiny import tiny_model
+from sponlib.sparsity import calibrate
+from sponlib.spon import TrainConfig, load_spon
+
+RECIPES = tuple(recipe_named(n) for n in ("austen", "mixture+select+gamma", "mixture+select+bound"))
+
+
+def test_paired_comparison_reads_recovery_and_worse_than_mask():
+    dense = torch.full((40,), 3.0) + 0.1 * torch.randn(40)
+    mask = dense + 0.5
+    better, worse = compare_paired(dense, mask, dense + 0.25), compare_paired(dense, mask, mask + 0.05)
+    ppl = [torch.exp(t.mean()).item() for t in (dense, mask, dense + 0.25)]
+    assert better["recovery"] == pytest.approx((ppl[1] - ppl[2]) / (ppl[1] - ppl[0]))
+    assert 0 < better["recovery_low"] <= better["recovery"] <= better["recovery_high"] < 1
+    assert not better["worse_than_mask"] and worse["worse_than_mask"] and worse["recovery"] < 0
+    assert compare_paired(dense, mask, mask)["log_ratio_high"] == 0.0  # identical: no difference at all
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, byte_tokenizer_module):
+    folder = tmp_path_factory.mktemp("robust")
+    model = tiny_model("llama", initializer_range=0.3)
+    texts = genre_texts(
+        byte_tokenizer_module,
+        windows=6,
+        window_len=32,
+        train_windows=16,
+        select_windows=4,
+        refit_windows=4,
+        recipes=RECIPES,
+    )
+    calibration = calibrate(model, texts.refit.ids, refine_levels=(0.25, 0.5), progress=False)
+    config = TrainConfig(steps=2, batch_size=4, lr=0.03, eval_every=1, checkpoint_every=0)
+    args = (model, calibration, texts, config, str(folder / "robust.json"), folder / "work", folder / "art")
+    return RobustRun(*args, batch_size=4, progress=False, recipes=RECIPES), args
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer_module():
+    from tests.conftest import ByteTokenizer
+
+    return ByteTokenizer()
+
+
+def test_the_whole_experiment_runs_and_resumes(run):
+    run, args = run
+    (args[-1]).mkdir(exist_ok=True)
+    run.run_ablation(levels=(0.25, 0.5))
+    assert {(e["recipe"], e["level"]) for e in run.record["ablation"]} == {
+        (r.name, level) for r in RECIPES for level in (0.25, 0.5)
+    }
+    entry = run.record["ablation"][0]
+    assert entry["rows"][0]["text"] == "brown-val" and len(entry["rows"]) == 1 + 8
+    assert {"recovery_low", "recovery_high", "worse_than_mask"} <= set(entry["rows"][0])
+    winner = run.choose()
+    assert (
+        run.record["choice"]["recipe"] == winner.name and "test texts are not used" in run.record["choice"]["criterion"]
+    )
+    final = run.run_final(winner, levels=(0.4, 0.5), checks=(0.45,))
+    vectors, _ = load_spon(args[-1] / "spon-teal-0.5.safetensors")
+    assert 0.0 <= vectors.meta["safeguard"]["gamma"] <= 1.0 and "interval" in vectors.meta["safeguard"]
+    assert not (args[-1] / "spon-teal-0.45.safetensors").exists()  # checks stay in the work folder
+    run.run_interpolation(final, levels=(0.4, 0.5), checks=(0.45,))
+    (check,) = run.record["interpolation"]
+    assert check["between"] == [0.4, 0.5] and "recovery_trained" in check["rows"][1]
+    run.run_diagnosis(winner, level=0.25)
+    assert {"by_position", "by_dense_entropy_quartile", "vector_subsets"} <= set(
+        run.record["diagnosis"]["austen"]["persuasion"]
+    )
+    summary = robust_summary(run.record)
+    assert set(summary) == {"0.4", "0.45", "0.5"} and summary["0.5"]["recipe"] == winner.name
+    # a rerun finds everything done, also from the work folder's copy alone: nothing trains again
+    record = json.load(open(args[4]))
+    assert record["complete"] is False  # the protocol's levels were not all run here
+    os.remove(args[4])
+    again = RobustRun(*args, batch_size=4, progress=False, recipes=RECIPES)
+    assert again.record["ablation"] == record["ablation"] and again.record["diagnosis"] == record["diagnosis"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sponlib.experiments.robust.train_spon", lambda *a, **k: pytest.fail("trained again"))
+        again.run_ablation(levels=(0.25, 0.5))
+        again.run_final(winner, levels=(0.4, 0.5), checks=(0.45,))
