@@ -5,7 +5,7 @@ are predicted, so a window contributes L-1 tokens. ppl = exp(total NLL / predict
 Data-parallel processes (sponlib.distributed) each take a share of the windows and sum.
 
     perplexity(model, windows)                        whatever hooks are on the model
-    window_nlls(model, windows)                       the same, per window: (N,) mean NLL per token
+    (per window: sponlib.models.likelihood.window_nlls, (N,) mean NLL per predicted token)
     evaluate(model, [windows, ...], thresholds, ...)  one row per text: perplexity under a mask
                                                       (and SPON vectors), with measured sparsity
 """
@@ -16,12 +16,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .distributed import Replicas
-from .errors import InvalidArgumentError, NumericalError
-from .models.placement import input_device
+from .models.likelihood import check_ids, non_finite_error, summed_nlls
 from .progress import no_bars
 from .sparsity.sparsifier import Sparsifier
 from .sparsity.thresholds import Thresholds
@@ -39,56 +37,6 @@ class PerplexityResult:
         return asdict(self)
 
 
-def window_nll(model, ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL of each window: (B, L) token ids -> (B,) float32 nats."""
-    logits = model(input_ids=ids, use_cache=False).logits  # (B, L, V)
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V), fp32 whatever the model dtype
-    return -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)  # (B,)
-
-
-def _check_ids(ids: torch.Tensor, batch_size: int) -> None:
-    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
-        raise InvalidArgumentError(f"need a (windows, length >= 2) tensor of token ids, got shape {tuple(ids.shape)}")
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch size must be at least 1 (got {batch_size})")
-
-
-def _summed_nlls(model, ids: torch.Tensor, batch_size: int, bar) -> tuple[torch.Tensor, int | None]:
-    """Summed NLL of each window (n, L) -> (n,) float64 on the CPU, and the index of the first
-    window whose likelihood is not finite (None if all are); the loop stops at that batch."""
-    device = input_device(model)
-    out = torch.zeros(len(ids), dtype=torch.float64)  # (n,)
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start : start + batch_size].to(device)  # (B, L)
-        nll = window_nll(model, batch)  # (B,)
-        if not torch.isfinite(nll).all():
-            return out, start + int((~torch.isfinite(nll)).nonzero()[0])
-        out[start : start + len(batch)] = nll.double().cpu()
-        bar.update(len(batch))
-    return out, None
-
-
-def _non_finite(model, window: int) -> NumericalError:
-    return NumericalError(
-        f"non-finite log-likelihood in window {window}: the model produced NaN/inf logits "
-        f"(dtype {next(model.parameters()).dtype}). Try dtype float32, or check the weights."
-    )
-
-
-@torch.inference_mode()
-def window_nlls(model, windows, batch_size: int = 8, progress: bool = True, desc: str = "windows") -> torch.Tensor:
-    """Mean next-token NLL per predicted token of each window, under whatever hooks are on the
-    model: `windows` (a data.Windows or (N, L) token ids) -> (N,) float64 nats. Windows of equal
-    length make the mean of these exactly the log perplexity."""
-    ids = getattr(windows, "ids", windows)  # (N, L)
-    _check_ids(ids, batch_size)
-    with tqdm(total=len(ids), desc=desc, unit="win", disable=no_bars(progress), leave=False) as bar:
-        summed, first_bad = _summed_nlls(model, ids, batch_size, bar)  # (N,)
-    if first_bad is not None:
-        raise _non_finite(model, first_bad)
-    return summed / (ids.shape[1] - 1)
-
-
 @torch.inference_mode()
 def perplexity(
     model,
@@ -101,7 +49,7 @@ def perplexity(
     """Perplexity over `windows` (a data.Windows or a (N, L) tensor of token ids); with `replicas`,
     over every process's share of them, the same result in each."""
     ids = getattr(windows, "ids", windows)  # (N, L)
-    _check_ids(ids, batch_size)
+    check_ids(ids, batch_size)
     replicas = replicas or Replicas()
     n_windows, window_len = ids.shape
     share = replicas.share(n_windows)
@@ -112,14 +60,14 @@ def perplexity(
         disable=no_bars(progress and replicas.is_main),
         leave=False,
     )
-    summed, first_bad = _summed_nlls(model, ids[share], batch_size, bar)  # (n,)
+    summed, first_bad = summed_nlls(model, ids[share], batch_size, bar)  # (n,)
     bar.close()
     first_bad = n_windows if first_bad is None else share.start + first_bad
     # every process learns of a bad window anywhere, so none waits for the others forever
     total = replicas.sum(summed.sum()).item()
     first_bad = int(replicas.minimum(torch.tensor(first_bad, dtype=torch.float64)).item())
     if first_bad < n_windows:
-        raise _non_finite(model, first_bad)
+        raise non_finite_error(model, first_bad)
     tokens = n_windows * (window_len - 1)
     mean_nll = total / tokens
     return PerplexityResult(math.exp(mean_nll), mean_nll, tokens, n_windows, window_len)

@@ -2,7 +2,7 @@
 recovery with a bootstrap interval, and whether SPON is worse than the mask.
 
 Every text is scored window by window (mean NLL per predicted token of each window,
-sponlib.perplexity.window_nlls), so that the three models meet the very same windows and the
+sponlib.models.likelihood.window_nlls), so that the three models meet the very same windows and the
 intervals can be paired: one bootstrap resample of windows gives one value of each statistic.
 
     recovery  = (ppl_mask − ppl_spon) / (ppl_mask − ppl_dense)   share of the damage repaired

@@ -28,8 +28,8 @@ import torch
 from ..analysis.alignment import mean_residuals
 from ..io import atomic_write_json
 from ..models.adapters import iter_projections
+from ..models.likelihood import window_nlls
 from ..models.placement import device_record, input_device
-from ..perplexity import window_nlls
 from ..records import write_result
 from ..sparsity.sparsifier import Sparsifier
 from ..spon.levels import SponLevels

@@ -31,12 +31,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..errors import InvalidArgumentError, NumericalError
-from ..models.placement import input_device
-from ..progress import no_bars
+from ..errors import InvalidArgumentError
+from ..models.likelihood import window_nlls
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
 from .vectors import SponVectors
@@ -120,27 +117,6 @@ def scaled(
         spon_thresholds, taus=taus, calibration={**spon_thresholds.calibration, "spon_scale": gamma}
     )
     return SponVectors({name: gamma * a for name, a in vectors.alphas.items()}, meta), thresholds
-
-
-@torch.inference_mode()
-def _window_nlls(model, ids: torch.Tensor, batch_size: int, progress: bool, desc: str) -> torch.Tensor:
-    """Mean next-token NLL per predicted token of each window (N, L) -> (N,) float64, under the
-    hooks on the model: what sponlib.perplexity.window_nlls computes (the layers keep spon from
-    importing perplexity; tests/test_safeguard.py holds the two equal)."""
-    device = input_device(model)
-    out = torch.empty(len(ids), dtype=torch.float64)  # (N,)
-    for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=no_bars(progress), leave=False):
-        batch = ids[start : start + batch_size].to(device)  # (B, L)
-        logits = model(input_ids=batch, use_cache=False).logits  # (B, L, V)
-        logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V)
-        nll = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1).sum(-1)  # (B,)
-        if not torch.isfinite(nll).all():
-            raise NumericalError(
-                f"non-finite log-likelihood in window {start + int((~torch.isfinite(nll)).nonzero()[0])} ({desc}): "
-                "the model produced NaN/inf logits. Try dtype float32, or check the weights and vectors."
-            )
-        out[start : start + len(batch)] = nll.double().cpu()
-    return out / (ids.shape[1] - 1)
 
 
 def _row(gamma: float, spon: torch.Tensor, mask: torch.Tensor, n_boot: int, confidence: float, seed: int) -> dict:
@@ -236,12 +212,12 @@ def gamma_scan(
     text = windows.describe() if hasattr(windows, "describe") else {"windows": len(ids), "window_len": ids.shape[1]}
     name = text.get("source", "text")
     with Sparsifier(model, mask_thresholds, count=False):  # checks the model's fingerprint, once
-        mask = _window_nlls(model, ids, batch_size, progress, f"{name} mask")  # (N,)
+        mask = window_nlls(model, ids, batch_size, progress, f"{name} mask")  # (N,)
     rows = []
     for gamma in grid[:-1]:  # every γ > 0; γ = 0 is the plain mask itself: d = 0, no forward pass
         scaled_vectors, thresholds = scaled(vectors, spon_thresholds, mask_thresholds, gamma)
         with Sparsifier(model, thresholds, check=False, alphas=scaled_vectors.alphas, count=False):
-            spon = _window_nlls(model, ids, batch_size, progress, f"{name} SPON x{gamma:g}")  # (N,)
+            spon = window_nlls(model, ids, batch_size, progress, f"{name} SPON x{gamma:g}")  # (N,)
         rows.append(_row(gamma, spon, mask, n_boot, CONFIDENCE, seed))
         if stop_below is not None and rows[-1]["high"] <= stop_below:
             break
