@@ -6,6 +6,7 @@ here where a model's parts are, instead of hard-coding module names.
     adapters      each decoder block's projections by role (q, k, v, o, gate, up, down)
     placement     where a module computes when a device map spreads the model; device records
     head          final hidden states, head logits (soft-capping included), the logit lens
+    likelihood    the NLL of each token window, under whatever hooks are on the model
     fingerprint   what a thresholds, calibration or SPON file must match
     hooks         temporary forward hooks, all removed on exit
     tiny          tiny random models of every supported architecture, for tests
@@ -28,10 +29,13 @@ from .fingerprint import check_fingerprint, model_fingerprint
 from .gguf import DEFAULT_MODEL, KNOWN_MODELS, PackagedGGUF, cache_root, prepare_model
 from .head import final_hidden, final_norm, head_logits, lens_logprobs
 from .hooks import HookSet
+from .likelihood import window_nll, window_nlls
 from .loading import DEVICE_MAP_STRATEGIES, load_model, resolve_device, resolve_dtype
 from .placement import device_record, execution_device, input_device, onloaded, placement_record
 
 __all__ = [
+    "window_nll",
+    "window_nlls",
     "DEFAULT_MODEL",
     "DEVICE_MAP_STRATEGIES",
     "INPUT_GROUPS",
