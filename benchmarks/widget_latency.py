@@ -4,9 +4,10 @@ model and a probe text, for a level never seen (computed) and one seen before (c
     python benchmarks/widget_latency.py --json data/results/widget_latency_cpu.json
 
 Goals (2 CPU cores, SmolLM2-135M, 256 tokens): under 2 s for a new level, under 0.2 s for a
-cached one. The time is that of `slider.value = level` returning: the observer computes (or looks
-up) the setting and writes the new data into the FigureWidget; sending it to a browser is not
-included (no front end here).
+cached one. Levels between the trained SPON levels get interpolated vectors, so every level up to
+the highest trained one takes the SPON pass. The time is that of `slider.value = level`
+returning: the observer computes (or looks up) the setting and writes the new data into the
+FigureWidget; sending it to a browser is not included (no front end here).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import torch
 
 from sponlib.analysis import LayerAnalysis
-from sponlib.artifacts import shipped_calibration, shipped_spon
+from sponlib.artifacts import shipped_calibration, shipped_spon_levels
 from sponlib.data import load_corpus, load_windows
 from sponlib.models import load_model
 from sponlib.records import write_result
@@ -58,13 +59,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype="float32", device="cpu")
     calibration = shipped_calibration(model)
-    spon = shipped_spon(model, "teal")
+    spon = shipped_spon_levels(model, "teal", calibration)  # SPON at every level up to the highest trained
     probe = load_windows(load_corpus(args.corpus), tokenizer, args.tokens, 1, seed=0)
     levels = [float(x) for x in args.levels.split(",")]
 
     rows = []
     for name, make in (("DriftExplorer", DriftExplorer), ("ThresholdExplorer", ThresholdExplorer)):
-        analysis = LayerAnalysis(model, probe.ids, calibration, spon=spon)
+        analysis = LayerAnalysis(model, probe.ids, calibration, spon_levels=spon)
         started = time.perf_counter()
         dashboard = make(analysis, level=0.5)
         rows.append({"dashboard": name, "level": 0.5, "kind": "first draw", "seconds": time.perf_counter() - started})
@@ -113,7 +114,7 @@ def main() -> None:
             "threads": args.threads,
             "lens_tokens": LayerAnalysis(model, probe.ids, calibration).lens_tokens,
             "cpu_count": os.cpu_count(),
-            "spon_levels": sorted(level for _, level in spon),
+            "spon_trained_levels": list(spon.levels),
             "rows": rows,
             "summary": summary,
         },

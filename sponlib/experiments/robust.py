@@ -101,7 +101,10 @@ class RobustRun:
             "complete": self.complete(),
             "summary": robust_summary(self.record, device.get("name", device.get("device"))),
         }
-        record = write_result(self.json_path, "spon_robust", payload, model=self.model, device=input_device(self.model))
+        dtype = next(self.model.parameters()).dtype
+        record = write_result(
+            self.json_path, "spon_robust", payload, model=self.model, device=input_device(self.model), dtype=dtype
+        )
         atomic_write_json(self.work / "record.json", record)
 
     def complete(self, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS) -> bool:

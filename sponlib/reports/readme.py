@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..io import atomic_write_text
 from ..records import load_result
-from . import quality, speed
+from . import quality, robust, speed
 
 _BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -35,6 +35,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "analysis_smollm2.json": quality.render_analysis,
     "widget_latency_cpu.json": speed.render_widget_latency,
     "spon_generalization.json": quality.render_generalization,
+    "spon_robust.json": robust.render_robust,
     "gemv_cpu.json": speed.render_gemv_cpu,
     "kernels_h200.json": speed.render_kernels,
     "spon_recovery_gemma3.json": lambda record: quality.render_recovery(record, targets=False),

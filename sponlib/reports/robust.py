@@ -1,0 +1,88 @@
+"""README tables of the robust-SPON record (data/results/spon_robust.json): the recipes side by
+side on the genre protocol, and the chosen recipe at every level against its targets."""
+
+from __future__ import annotations
+
+import statistics
+
+TEST_TEXTS = "the test novel and 7 held-out Brown genres"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(row: dict) -> str:
+    return f"{_fmt(row['recovery'])} [{_fmt(row['recovery_low'], 2)}, {_fmt(row['recovery_high'], 2)}]"
+
+
+def _held_out(rows: list[dict]) -> tuple[str, str]:
+    """Least (with its text) and median recovery over the held-out genres (rows after the novel)."""
+    genres = [r for r in rows[2:] if r["recovery"] is not None]
+    if not genres:
+        return "–", "–"
+    least = min(genres, key=lambda r: r["recovery"])
+    median = statistics.median(r["recovery"] for r in genres)
+    return f"{_fmt(least['recovery'])} ({least['text'].removeprefix('brown-')})", _fmt(median)
+
+
+def render_ablation(record: dict) -> list[str]:
+    lines = [
+        "| recipe | level | γ | validation genres | Persuasion | held-out genres: least | median | worse than mask |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    order = [r["name"] for r in record["settings"]["recipes"]]
+    for entry in sorted(record["ablation"], key=lambda e: (e["level"], order.index(e["recipe"]))):
+        rows = entry["rows"]
+        least, median = _held_out(rows)
+        worse = sum(r["worse_than_mask"] for r in rows[1:])
+        lines.append(
+            f"| {entry['recipe']} | {entry['level']:g} | {entry['gamma']:g} | {_interval(rows[0])} | "
+            f"{_interval(rows[1])} | {least} | {median} | {worse} of {len(rows) - 1} |"
+        )
+    return lines
+
+
+def render_final(record: dict) -> list[str]:
+    lines = [
+        "| level | γ (safeguard) | Persuasion | held-out genres: least | median | worse than mask |",
+        "| ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for entry in sorted(record["final"], key=lambda e: e["level"]):
+        rows = entry["rows"]
+        least, median = _held_out(rows)
+        worse = sum(r["worse_than_mask"] for r in rows[1:])
+        lines.append(
+            f"| {entry['level']:g} | {entry['safeguard']['gamma']:g} | {_interval(rows[1])} | {least} | {median} | "
+            f"{worse} of {len(rows) - 1} |"
+        )
+    return lines
+
+
+def _run(record: dict) -> str:
+    model, device = record["model"], record["device"]
+    return (
+        f"Model `{model['name']}`, {record.get('dtype', 'dtype not recorded')}, {device['device']} "
+        f"({device['name']}), torch {record['versions']['torch']}. Command: `{record['command']}`"
+    )
+
+
+def render_robust(record: dict) -> str:
+    """Both tables, the choice and the provenance."""
+    texts = record["settings"]["texts"]
+    tests = texts["tests"][0]
+    choice = record.get("choice", {})
+    parts = ["Recipes side by side (recovery [95% interval]):", "", *render_ablation(record), ""]
+    if choice:
+        parts += [f"Chosen on the validation genres alone: **{choice['recipe']}**.", ""]
+    if record.get("final"):
+        parts += ["The chosen recipe behind the safeguard, by level:", "", *render_final(record), ""]
+    if not record.get("complete"):
+        done = ", ".join(f"{e['level']:g}" for e in sorted(record.get("final", []), key=lambda e: e["level"]))
+        parts += [f"Partial record: the final recipe is measured at {done or 'no level'} so far.", ""]
+    parts.append(
+        f"Tests: {TEST_TEXTS}, {tests['windows']} windows of {tests['window_len']} tokens each (humour: all "
+        f"it holds), seed {tests['seed']}; validation: {texts['validation']['source']}; teal mask; worse than "
+        f"mask: the paired 95% interval of log ppl_SPON − log ppl_mask above 0. {_run(record)}"
+    )
+    return "\n".join(parts) + "\n"
