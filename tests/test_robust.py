@@ -74,9 +74,10 @@ def test_the_whole_experiment_runs_and_resumes(run):
     vectors, _ = load_spon(args[-1] / "spon-teal-0.5.safetensors")
     assert 0.0 <= vectors.meta["safeguard"]["gamma"] <= 1.0 and "interval" in vectors.meta["safeguard"]
     assert not (args[-1] / "spon-teal-0.45.safetensors").exists()  # checks stay in the work folder
-    run.run_interpolation(final, levels=(0.4, 0.5), checks=(0.45,))
+    run.run_interpolation(winner, final, levels=(0.4, 0.5), checks=(0.45,))
     (check,) = run.record["interpolation"]
     assert check["between"] == [0.4, 0.5] and "recovery_trained" in check["rows"][1]
+    assert check["recipe"] == winner.name and all(e["recipe"] == winner.name for e in run.record["final"])
     run.run_diagnosis(winner, level=0.25)
     assert {"by_position", "by_dense_entropy_quartile", "vector_subsets"} <= set(
         run.record["diagnosis"]["austen"]["persuasion"]
@@ -93,3 +94,14 @@ def test_the_whole_experiment_runs_and_resumes(run):
         patch.setattr("sponlib.experiments.robust.train_spon", lambda *a, **k: pytest.fail("trained again"))
         again.run_ablation(levels=(0.25, 0.5))
         again.run_final(winner, levels=(0.4, 0.5), checks=(0.45,))
+
+
+def test_recipes_are_named_and_unknown_ones_refused():
+    from sponlib.errors import InvalidArgumentError
+
+    long = recipe_named("mixture+select+gamma+long")
+    assert (
+        long.steps == 600 and "steps600" in long.training and long.training != recipe_named("mixture+select").training
+    )
+    with pytest.raises(InvalidArgumentError, match="no recipe 'nope'"):
+        recipe_named("nope")

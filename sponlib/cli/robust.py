@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..artifacts import model_name
 from ..experiments import protocol
-from ..experiments.genres import RECIPES, genre_texts, recipe_named
+from ..experiments.genres import EXTRA_RECIPES, RECIPES, genre_texts, recipe_named
 from ..experiments.robust import RobustRun, robust_summary
 from ..models.loading import load_model
 from ..paths import data_dir
@@ -27,7 +27,8 @@ def add_commands(sub) -> None:
         "--recipes",
         type=options.names,
         default=[r.name for r in RECIPES],
-        help=f"comma-separated recipes of the ablation (default all: {', '.join(r.name for r in RECIPES)})",
+        help=f"comma-separated recipes of the ablation (default: {', '.join(r.name for r in RECIPES)}; "
+        f"also {', '.join(r.name for r in EXTRA_RECIPES)})",
     )
     p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="levels of the final recipe")
     p.add_argument(
@@ -75,7 +76,7 @@ def cmd_robust(args) -> None:
     final = run.run_final(winner, args.levels, args.checks)
     run.run_diagnosis(winner)
     if args.stop_after != "final":
-        run.run_interpolation(final, args.levels, args.checks)
+        run.run_interpolation(winner, final, args.levels, args.checks)
     run.write()
     for level, row in robust_summary(run.record).items():
         print(

@@ -72,7 +72,6 @@ class RobustRun:
             "rule": self.rule,
             "texts": self.texts.describe(),
             "training": self.config.as_dict(),
-            "recipes": [r.describe() for r in self.recipes],
             "ablation_levels": list(protocol.ROBUST_ABLATION_LEVELS),
             "calibration": self.calibration.meta.get("corpus"),
         }
@@ -81,14 +80,22 @@ class RobustRun:
         """The record so far: the fuller of the one at `json_path` and the copy in the work folder
         (which survives where only ignored folders are kept between runs), if made with the same
         settings."""
-        fresh = {"settings": self._settings(), "ablation": [], "final": [], "interpolation": [], "diagnosis": None}
+        fresh = {
+            "settings": self._settings(),
+            "ablation": [],
+            "choice": {},
+            "final": [],
+            "interpolation": [],
+            "diagnosis": None,
+        }
         settings = json.loads(json.dumps(fresh["settings"]))
         found = []
         for path in (self.json_path, self.work / "record.json"):
             if os.path.exists(path):
                 with open(path) as f:
                     old = json.load(f)
-                if old.get("settings") == settings:
+                # recipes may be added to a record: its entries are keyed by recipe
+                if {k: v for k, v in old.get("settings", {}).items() if k != "recipes"} == settings:
                     found.append({k: old.get(k, v) for k, v in fresh.items()})
                 else:
                     print(f"{path} was made with other settings; not resuming from it")
@@ -96,6 +103,8 @@ class RobustRun:
 
     def write(self) -> None:
         device = device_record(input_device(self.model))
+        known = {r["name"]: r for r in self.record["settings"].get("recipes", [])}
+        self.record["settings"]["recipes"] = list((known | {r.name: r.describe() for r in self.recipes}).values())
         payload = {
             **self.record,
             "complete": self.complete(),
@@ -110,11 +119,17 @@ class RobustRun:
     def complete(self, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS) -> bool:
         """Every part done: the ablation, the final recipe at every level and check, the
         interpolation checks and the diagnosis."""
-        final = {e["level"] for e in self.record["final"]}
+        chosen = self.record.get("choice", {}).get("recipe")
+        final = {e["level"] for e in self.record["final"] if e["recipe"] == chosen}
+        checked = {e["level"] for e in self.record["interpolation"] if e.get("recipe") == chosen}
         return (
-            len(self.record["ablation"]) == len(self.recipes) * len(protocol.ROBUST_ABLATION_LEVELS)
+            all(
+                self._done("ablation", recipe=r.name, level=lv)
+                for r in self.recipes
+                for lv in protocol.ROBUST_ABLATION_LEVELS
+            )
             and final >= {*levels, *checks}
-            and len(self.record["interpolation"]) == len(checks)
+            and checked >= set(checks)
             and bool(self.record.get("diagnosis"))
         )
 
@@ -164,7 +179,7 @@ class RobustRun:
             mask,
             self.texts.train[recipe.train].ids,
             self.texts.select[recipe.select].ids,
-            replace(self.config, weight_decay=recipe.weight_decay),
+            replace(self.config, weight_decay=recipe.weight_decay, steps=recipe.steps or self.config.steps),
             checkpoint=str(path) + ".ckpt",
             progress=self.progress,
             refit_ids=self.texts.refit.ids,
@@ -240,7 +255,7 @@ class RobustRun:
         """The recipe at every level, safeguarded; returns level -> (vectors, thresholds)."""
         final = {}
         for level in sorted({*levels, *checks}):
-            path = self.work / f"final-{self.rule}-{level:g}.safetensors"
+            path = self.work / f"final-{recipe.name}-{self.rule}-{level:g}.safetensors"
             if not path.exists():
                 vectors, thresholds = self.trained(recipe, level)
                 mask = self.mask(level)
@@ -253,7 +268,7 @@ class RobustRun:
             final[level] = load_spon(path, self.model)
             if level in levels and self.artifacts is not None:
                 save_spon(*final[level], self.artifacts / f"spon-{self.rule}-{level:g}.safetensors")
-            if not self._done("final", level=level):
+            if not self._done("final", level=level, recipe=recipe.name):
                 vectors, thresholds = final[level]
                 self.record["final"].append(
                     {
@@ -268,18 +283,27 @@ class RobustRun:
                 self.write()
         return final
 
-    def run_interpolation(self, final: dict, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS) -> None:
+    def run_interpolation(
+        self, recipe: Recipe, final: dict, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS
+    ) -> None:
+        """SPON at each check level interpolated from the final vectors at `levels`, scored beside
+        the vectors of `recipe` trained at the check level."""
         ladder = SponLevels(self.calibration, {level: final[level] for level in levels})
         for level in checks:
-            if self._done("interpolation", level=level):
+            if self._done("interpolation", level=level, recipe=recipe.name):
                 continue
             vectors, thresholds = ladder.at(level)
-            trained = self._done("final", level=level)
+            trained = self._done("final", level=level, recipe=recipe.name)
             rows = self.score(level, vectors, thresholds)
             for row, own in zip(rows, trained["rows"]):
                 row["recovery_trained"] = own["recovery"]
             self.record["interpolation"].append(
-                {"level": level, "between": vectors.meta["interpolated"]["between"], "rows": rows}
+                {
+                    "recipe": recipe.name,
+                    "level": level,
+                    "between": vectors.meta["interpolated"]["between"],
+                    "rows": rows,
+                }
             )
             self.write()
 
@@ -308,7 +332,8 @@ def robust_summary(record: dict, device: str | None = None) -> dict:
     """Per level of the final recipe: recovery in domain (the test novel), the least and the median
     over the held-out genres, how many test texts SPON is worse on, γ and the device."""
     summary = {}
-    for entry in sorted(record.get("final", []), key=lambda e: e["level"]):
+    chosen = record.get("choice", {}).get("recipe")
+    for entry in sorted((e for e in record.get("final", []) if e["recipe"] == chosen), key=lambda e: e["level"]):
         tests = entry["rows"][1:]  # after the validation text
         in_domain, genres = tests[0], tests[1:]
         held_out = [row["recovery"] for row in genres if row["recovery"] is not None]
