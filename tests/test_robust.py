@@ -9,14 +9,15 @@ import os
 import pytest
 import torch
 
+from sponlib.analysis.alignment import mean_residuals
 from sponlib.experiments.genres import genre_texts, recipe_named
 from sponlib.experiments.paired import compare_paired
 from sponlib.experiments.robust import RobustRun, robust_summary
 from sponlib.models.tiny import tiny_model
-from sponlib.sparsity import calibrate
+from sponlib.sparsity import Sparsifier, calibrate
 from sponlib.spon import TrainConfig, load_spon
 
-RECIPES = tuple(recipe_named(n) for n in ("austen", "mixture+select+gamma", "mixture+select+bound"))
+RECIPES = tuple(recipe_named(n) for n in ("austen", "mixture+select+gamma", "mixture+select+bound", "closed-form"))
 
 
 def test_paired_comparison_reads_recovery_and_worse_than_mask():
@@ -66,6 +67,13 @@ def test_the_whole_experiment_runs_and_resumes(run):
     entry = run.record["ablation"][0]
     assert entry["rows"][0]["text"] == "brown-val" and len(entry["rows"]) == 1 + 8
     assert {"recovery_low", "recovery_high", "worse_than_mask"} <= set(entry["rows"][0])
+    closed = next(e for e in run.record["ablation"] if e["recipe"] == "closed-form")
+    assert closed["training"]["best_step"] is None  # no training: the mean residual itself
+    vectors, thresholds = run.trained(recipe_named("closed-form"), 0.25)
+    mask = run.mask(0.25)
+    removed = mean_residuals(run.model, run.texts.train["austen-train"].ids[:64], Sparsifier(run.model, mask))
+    assert thresholds.taus == mask.taus
+    assert all(torch.allclose(vectors.alphas[name], removed[name].float()) for name in removed)
     winner = run.choose()
     assert (
         run.record["choice"]["recipe"] == winner.name and "test texts are not used" in run.record["choice"]["criterion"]

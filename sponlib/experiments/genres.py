@@ -35,6 +35,7 @@ class Recipe:
     shift_bound: float = 0.0  # ‖W α‖ ≤ this × ‖W E[x − S(x)]‖ per projection; 0: no bound
     gamma: str = "one"  # "one": the vectors as trained; "best": scaled by the γ best on validation
     steps: int | None = None  # optimiser steps; None: the run's setting
+    closed_form: bool = False  # no training: α = E[x − S(x)] on the training text, the mask's thresholds
     about: str = ""
 
     @property
@@ -47,6 +48,8 @@ class Recipe:
             name += f"-bound{self.shift_bound:g}"
         if self.steps:
             name += f"-steps{self.steps}"
+        if self.closed_form:
+            name = f"closed-form-{self.train}"
         return name.replace("+", "_")
 
     def describe(self) -> dict:
@@ -58,6 +61,7 @@ class Recipe:
             "shift_bound": self.shift_bound,
             "gamma": self.gamma,
             "steps": self.steps,
+            "closed_form": self.closed_form,
             "about": self.about,
         }
 
@@ -69,6 +73,13 @@ RECIPES = (
     Recipe("mixture+select+gamma", MIXTURE, VALIDATION, gamma="best", about="... and a scale γ chosen on them"),
     Recipe("mixture+select+decay", MIXTURE, VALIDATION, weight_decay=4.0, about="... and weight decay on α"),
     Recipe("mixture+select+bound", MIXTURE, VALIDATION, shift_bound=2.0, about="... and ‖Wα‖ ≤ 2 mean residuals"),
+    Recipe(
+        "closed-form",
+        protocol.TRAIN_TEXT,
+        protocol.VALIDATION_TEXT,
+        closed_form=True,
+        about="no training: α = E[x − S(x)] on Austen, the mean the mask removes",
+    ),
 )
 
 

@@ -35,7 +35,7 @@ from ..sparsity.sparsifier import Sparsifier
 from ..spon.levels import SponLevels
 from ..spon.safeguard import gamma_scan, safeguard, scaled
 from ..spon.training import TrainConfig, train_spon
-from ..spon.vectors import load_spon, save_spon
+from ..spon.vectors import SponVectors, load_spon, save_spon
 from . import protocol
 from .diagnosis import diagnose
 from .genres import RECIPES, GenreTexts, Recipe, recipe_named
@@ -172,6 +172,10 @@ class RobustRun:
         if path.exists():
             return load_spon(path, self.model)
         mask = self.mask(level)
+        if recipe.closed_form:
+            vectors, thresholds = self._closed_form(recipe, mask), mask
+            save_spon(vectors, thresholds, path)
+            return vectors, thresholds
         limits = self._shift_limits(mask, recipe.shift_bound) if recipe.shift_bound else None
         monitor = {name: w.ids for name, w in self.texts.select.items() if name != recipe.select}
         vectors, thresholds = train_spon(
@@ -194,6 +198,21 @@ class RobustRun:
         )
         save_spon(vectors, thresholds, path)
         return vectors, thresholds
+
+    def _closed_form(self, recipe: Recipe, mask, windows: int = 64) -> SponVectors:
+        """α = E[x − S(x)] per projection, on the first `windows` training windows under the mask:
+        the constant that restores the mean of what the mask removes; no training, no refit."""
+        train = self.texts.train[recipe.train]
+        residuals = mean_residuals(self.model, train.ids[:windows], Sparsifier(self.model, mask))
+        vectors = SponVectors.zeros(self.model)
+        for name, alpha in vectors.alphas.items():
+            alpha.copy_(residuals[name].to(alpha.device, alpha.dtype))
+        vectors.meta["training"] = {
+            "closed_form": True,
+            "windows": min(windows, len(train)),
+            "train_text": train.describe(),
+        }
+        return vectors
 
     def _shift_limits(self, mask, bound: float) -> dict[str, float]:
         """bound × ‖W E[x − S(x)]‖ per projection, the mean residual measured on calibration text."""
