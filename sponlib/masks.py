@@ -37,7 +37,14 @@ from typing import Union
 
 from torch import nn
 
-from .artifacts import artifacts_dir, found_spon_files, model_name, shipped_calibration, shipped_calibration_path
+from .artifacts import (
+    artifacts_dir,
+    found_spon_files,
+    model_name,
+    shipped_calibration,
+    shipped_calibration_path,
+    shipped_spon_levels,
+)
 from .errors import InvalidArgumentError
 from .models.gguf import KNOWN_MODELS
 from .paths import display_path
@@ -45,7 +52,7 @@ from .sparsity.calibration import Calibration
 from .sparsity.rules import check_sparsity, split_method
 from .sparsity.sparsifier import Sparsifier
 from .sparsity.thresholds import Thresholds
-from .spon.levels import SAME_LEVEL, SponLevels
+from .spon.levels import SAME_LEVEL
 from .spon.vectors import SponVectors, load_spon
 
 DEFAULT_RULE = "teal"
@@ -201,7 +208,7 @@ class MaskRequest:
                 "between level 0 and the highest shipped level only: pick a level in that range, or train "
                 f"vectors at {level:g} (python -m sponlib train) and name the file"
             )
-        levels = SponLevels.from_files(shipped_calibration(model), files, model)
+        levels = shipped_spon_levels(model, rule)
         vectors, thresholds = levels.at(level)
         lo, hi, weight = levels.between(level)
         source = {

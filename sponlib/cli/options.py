@@ -203,7 +203,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
     )
 
 
-SAFEGUARD_TEXT = "brown-val"  # the held-out Brown genres (sponlib.data.VALIDATION_GENRES)
+SAFEGUARD_TEXT = protocol.ROBUST_VALIDATION_TEXT  # the held-out Brown genres (sponlib.data.VALIDATION_GENRES)
 SAFEGUARD_WINDOWS = 32
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..artifacts import model_name
 from ..experiments import protocol
 from ..experiments.genres import EXTRA_RECIPES, RECIPES, genre_texts, recipe_named
-from ..experiments.robust import RobustRun, robust_summary
+from ..experiments.robust import RobustRun, robust_summary, tested
 from ..models.loading import load_model
 from ..paths import data_dir
 from ..spon.config import TrainConfig
@@ -93,12 +93,10 @@ def _fmt(value) -> str:
 
 def _print_ablation(record: dict) -> None:
     for entry in record["ablation"]:
-        rows = entry["rows"]
-        held_out = [r["recovery"] for r in rows[2:] if r["recovery"] is not None]
+        result = tested(entry["rows"])
         print(
             f"{entry['recipe']:26s} {entry['level']:>5}  γ {entry['gamma']:.1f}  "
-            f"validation {_fmt(rows[0]['recovery'])}  in {_fmt(rows[1]['recovery'])}  "
-            f"held-out min {_fmt(min(held_out, default=None))}  "
-            f"worse on {sum(r['worse_than_mask'] for r in rows[1:])}",
+            f"validation {_fmt(entry['rows'][0]['recovery'])}  in {_fmt(result['recovery_in'])}  "
+            f"held-out min {_fmt(result['recovery_heldout_min'])}  worse on {result['worse_than_mask']}",
             flush=True,
         )

@@ -33,7 +33,7 @@ from ..models.placement import device_record, input_device
 from ..records import write_result
 from ..sparsity.sparsifier import Sparsifier
 from ..spon.levels import SponLevels
-from ..spon.safeguard import gamma_scan, safeguard, scaled
+from ..spon.safeguard import GammaScan, gamma_scan, safeguard, scaled
 from ..spon.training import TrainConfig, train_spon
 from ..spon.vectors import SponVectors, load_spon, save_spon
 from . import protocol
@@ -249,6 +249,13 @@ class RobustRun:
                 )
                 self.write()
 
+    def _scan(self, recipe: Recipe, level: float, vectors, thresholds) -> GammaScan:
+        """The γ scan of these vectors on validation: the ablation's, where it scanned them."""
+        done = self._done("ablation", recipe=recipe.name, level=level)
+        if done is not None:
+            return GammaScan(**done["gamma_scan"])
+        return gamma_scan(self.model, vectors, thresholds, self.mask(level), self.texts.validation, progress=False)
+
     def choose(self) -> Recipe:
         """The recipe of the highest mean validation recovery over the ablation levels, among
         those never worse than the mask on validation; recorded with the scores."""
@@ -278,7 +285,7 @@ class RobustRun:
             if not path.exists():
                 vectors, thresholds = self.trained(recipe, level)
                 mask = self.mask(level)
-                scan = gamma_scan(self.model, vectors, thresholds, mask, self.texts.validation, progress=False)
+                scan = self._scan(recipe, level, vectors, thresholds)
                 start = scan.best_gamma() if recipe.gamma == "best" else 1.0
                 vectors, thresholds, _ = safeguard(
                     self.model, vectors, thresholds, mask, self.texts.validation, start=start, scan=scan
@@ -347,24 +354,33 @@ def _training_summary(training: dict) -> dict:
     return {k: training.get(k) for k in keep} | {"history": training.get("history")}
 
 
+def tested(rows: list[dict]) -> dict:
+    """What an entry's rows (the validation text, then the test novel, then the held-out genres)
+    say on the tests: the in-domain recovery with its interval, the least (and where) and the
+    median recovery over the held-out genres, and on how many test texts SPON is worse than the mask."""
+    in_domain = rows[1]
+    genres = [row for row in rows[2:] if row["recovery"] is not None]  # None: the mask did no damage
+    worst = min(genres, key=lambda row: row["recovery"], default=None)
+    return {
+        "recovery_in": in_domain["recovery"],
+        "recovery_in_interval": [in_domain["recovery_low"], in_domain["recovery_high"]],
+        "recovery_heldout_min": None if worst is None else worst["recovery"],
+        "recovery_heldout_median": statistics.median(row["recovery"] for row in genres) if genres else None,
+        "worst_heldout": None if worst is None else worst["text"],
+        "worse_than_mask": sum(row["worse_than_mask"] for row in rows[1:]),
+    }
+
+
 def robust_summary(record: dict, device: str | None = None) -> dict:
-    """Per level of the final recipe: recovery in domain (the test novel), the least and the median
-    over the held-out genres, how many test texts SPON is worse on, γ and the device."""
-    summary = {}
+    """Per level of the final recipe: what its tests say (`tested`), γ and the device."""
     chosen = record.get("choice", {}).get("recipe")
-    for entry in sorted((e for e in record.get("final", []) if e["recipe"] == chosen), key=lambda e: e["level"]):
-        tests = entry["rows"][1:]  # after the validation text
-        in_domain, genres = tests[0], tests[1:]
-        held_out = [row["recovery"] for row in genres if row["recovery"] is not None]
-        summary[f"{entry['level']:g}"] = {
+    entries = sorted((e for e in record.get("final", []) if e["recipe"] == chosen), key=lambda e: e["level"])
+    return {
+        f"{entry['level']:g}": {
             "recipe": entry["recipe"],
-            "recovery_in": in_domain["recovery"],
-            "recovery_in_interval": [in_domain["recovery_low"], in_domain["recovery_high"]],
-            "recovery_heldout_min": min(held_out) if held_out else None,
-            "recovery_heldout_median": statistics.median(held_out) if held_out else None,
-            "worst_heldout": min(genres, key=lambda r: r["recovery"] or 0.0)["text"] if genres else None,
-            "worse_than_mask": sum(row["worse_than_mask"] for row in tests),
+            **tested(entry["rows"]),
             "gamma": entry["safeguard"]["gamma"],
             "device": device,
         }
-    return summary
+        for entry in entries
+    }

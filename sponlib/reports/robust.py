@@ -3,7 +3,7 @@ side on the genre protocol, and the chosen recipe at every level against its tar
 
 from __future__ import annotations
 
-import statistics
+from ..experiments.robust import tested
 
 TEST_TEXTS = "the test novel and 7 held-out Brown genres"
 
@@ -16,14 +16,16 @@ def _interval(row: dict) -> str:
     return f"{_fmt(row['recovery'])} [{_fmt(row['recovery_low'], 2)}, {_fmt(row['recovery_high'], 2)}]"
 
 
-def _held_out(rows: list[dict]) -> tuple[str, str]:
-    """Least (with its text) and median recovery over the held-out genres (rows after the novel)."""
-    genres = [r for r in rows[2:] if r["recovery"] is not None]
-    if not genres:
-        return "–", "–"
-    least = min(genres, key=lambda r: r["recovery"])
-    median = statistics.median(r["recovery"] for r in genres)
-    return f"{_fmt(least['recovery'])} ({least['text'].removeprefix('brown-')})", _fmt(median)
+def _cells(rows: list[dict]) -> tuple[str, str, str]:
+    """Least held-out recovery (with its genre), the median, and the worse-than-mask count."""
+    result = tested(rows)
+    least = result["recovery_heldout_min"]
+    where = "" if least is None else f" ({result['worst_heldout'].removeprefix('brown-')})"
+    return (
+        f"{_fmt(least)}{where}",
+        _fmt(result["recovery_heldout_median"]),
+        f"{result['worse_than_mask']} of {len(rows) - 1}",
+    )
 
 
 def render_ablation(record: dict) -> list[str]:
@@ -34,11 +36,10 @@ def render_ablation(record: dict) -> list[str]:
     order = [r["name"] for r in record["settings"]["recipes"]]
     for entry in sorted(record["ablation"], key=lambda e: (e["level"], order.index(e["recipe"]))):
         rows = entry["rows"]
-        least, median = _held_out(rows)
-        worse = sum(r["worse_than_mask"] for r in rows[1:])
+        least, median, worse = _cells(rows)
         lines.append(
             f"| {entry['recipe']} | {entry['level']:g} | {entry['gamma']:g} | {_interval(rows[0])} | "
-            f"{_interval(rows[1])} | {least} | {median} | {worse} of {len(rows) - 1} |"
+            f"{_interval(rows[1])} | {least} | {median} | {worse} |"
         )
     return lines
 
@@ -48,13 +49,12 @@ def render_final(record: dict) -> list[str]:
         "| level | γ (safeguard) | Persuasion | held-out genres: least | median | worse than mask |",
         "| ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    for entry in sorted(record["final"], key=lambda e: e["level"]):
-        rows = entry["rows"]
-        least, median = _held_out(rows)
-        worse = sum(r["worse_than_mask"] for r in rows[1:])
+    chosen = record.get("choice", {}).get("recipe")  # the final rows of the chosen recipe, as the summary takes
+    for entry in sorted((e for e in record["final"] if e["recipe"] == chosen), key=lambda e: e["level"]):
+        least, median, worse = _cells(entry["rows"])
         lines.append(
-            f"| {entry['level']:g} | {entry['safeguard']['gamma']:g} | {_interval(rows[1])} | {least} | {median} | "
-            f"{worse} of {len(rows) - 1} |"
+            f"| {entry['level']:g} | {entry['safeguard']['gamma']:g} | {_interval(entry['rows'][1])} | {least} | "
+            f"{median} | {worse} |"
         )
     return lines
 

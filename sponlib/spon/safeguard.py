@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import InvalidArgumentError
-from ..models.likelihood import window_nlls
+from ..models.likelihood import check_ids, window_nlls
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
 from .vectors import SponVectors
@@ -60,6 +60,35 @@ class Interval:
         return asdict(self)
 
 
+def bootstrap_means(values: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Means of `n_boot` resamples of windows, drawn with replacement by a seeded generator: values
+    (N,) or (K, N), K statistics of the same N windows resampled together (paired) -> (n_boot,) or
+    (n_boot, K), float64."""
+    values = values.detach().to("cpu", torch.float64)
+    rows = values.reshape(-1, values.shape[-1])  # (K, N)
+    k, n = rows.shape
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, 2**22 // (n * k))  # resamples per draw, so that the (K, chunk, N) gather stays small
+    means = torch.cat(
+        [
+            rows[:, torch.randint(0, n, (min(chunk, n_boot - start), n), generator=generator)].mean(-1).T  # (c, K)
+            for start in range(0, n_boot, chunk)
+        ]
+    )  # (n_boot, K)
+    return means[:, 0] if values.ndim == 1 else means
+
+
+def percentile_interval(samples: torch.Tensor, confidence: float = 0.95) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap samples (n_boot,), non-finite ones left out
+    (nan, nan when none is finite)."""
+    finite = samples[torch.isfinite(samples)]
+    if len(finite) == 0:
+        return math.nan, math.nan
+    tail = (1.0 - confidence) / 2
+    low, high = torch.quantile(finite, torch.tensor([tail, 1.0 - tail], dtype=finite.dtype)).tolist()
+    return low, high
+
+
 def paired_bootstrap(diff: torch.Tensor, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
     """Percentile bootstrap interval of the mean of `diff` (N,), one paired difference per window:
     windows are resampled with replacement `n_boot` times, with a seeded generator (the same
@@ -69,17 +98,7 @@ def paired_bootstrap(diff: torch.Tensor, n_boot: int = 2000, confidence: float =
         raise InvalidArgumentError(f"need a non-empty vector of finite differences, got {diff.numel()} values")
     if n_boot < 1 or not 0 < confidence < 1:
         raise InvalidArgumentError(f"need n_boot >= 1 and confidence in (0, 1), got {n_boot} and {confidence}")
-    n = diff.numel()
-    generator = torch.Generator().manual_seed(seed)
-    chunk = max(1, 2**22 // n)  # resamples per draw, so that the (chunk, N) index stays small
-    means = torch.cat(
-        [
-            diff[torch.randint(0, n, (min(chunk, n_boot - start), n), generator=generator)].mean(1)  # (chunk,)
-            for start in range(0, n_boot, chunk)
-        ]
-    )  # (n_boot,)
-    tail = (1.0 - confidence) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    low, high = percentile_interval(bootstrap_means(diff, n_boot, seed), confidence)
     return Interval(diff.mean().item(), low, high, confidence)
 
 
@@ -205,10 +224,7 @@ def gamma_scan(
     grid = _grid(gammas)
     _check_pair(spon_thresholds, mask_thresholds)
     ids = getattr(windows, "ids", windows)  # (N, L)
-    if ids.ndim != 2 or len(ids) == 0 or ids.shape[1] < 2:
-        raise InvalidArgumentError(f"need a (windows, length >= 2) tensor of token ids, got shape {tuple(ids.shape)}")
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch size must be at least 1 (got {batch_size})")
+    check_ids(ids, batch_size)  # before the first forward pass
     text = windows.describe() if hasattr(windows, "describe") else {"windows": len(ids), "window_len": ids.shape[1]}
     name = text.get("source", "text")
     with Sparsifier(model, mask_thresholds, count=False):  # checks the model's fingerprint, once
