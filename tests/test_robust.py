@@ -31,6 +31,9 @@ def test_paired_comparison_reads_recovery_and_worse_than_mask():
     assert compare_paired(dense, mask, mask)["log_ratio_high"] == 0.0  # identical: no difference at all
 
 
+RUN_OPTIONS = dict(batch_size=4, progress=False, recipes=RECIPES, levels=(0.4, 0.5), checks=(0.45,))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, byte_tokenizer_module):
     folder = tmp_path_factory.mktemp("robust")
@@ -47,7 +50,7 @@ def run(tmp_path_factory, byte_tokenizer_module):
     calibration = calibrate(model, texts.refit.ids, refine_levels=(0.25, 0.5), progress=False)
     config = TrainConfig(steps=2, batch_size=4, lr=0.03, eval_every=1, checkpoint_every=0)
     args = (model, calibration, texts, config, str(folder / "robust.json"), folder / "work", folder / "art")
-    return RobustRun(*args, batch_size=4, progress=False, recipes=RECIPES), args
+    return RobustRun(*args, **RUN_OPTIONS), args
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +81,11 @@ def test_the_whole_experiment_runs_and_resumes(run):
     assert (
         run.record["choice"]["recipe"] == winner.name and "test texts are not used" in run.record["choice"]["criterion"]
     )
-    final = run.run_final(winner, levels=(0.4, 0.5), checks=(0.45,))
+    final = run.run_final(winner)
     vectors, _ = load_spon(args[-1] / "spon-teal-0.5.safetensors")
     assert 0.0 <= vectors.meta["safeguard"]["gamma"] <= 1.0 and "interval" in vectors.meta["safeguard"]
     assert not (args[-1] / "spon-teal-0.45.safetensors").exists()  # checks stay in the work folder
-    run.run_interpolation(winner, final, levels=(0.4, 0.5), checks=(0.45,))
+    run.run_interpolation(winner, final)
     (check,) = run.record["interpolation"]
     assert check["between"] == [0.4, 0.5] and "recovery_trained" in check["rows"][1]
     assert check["recipe"] == winner.name and all(e["recipe"] == winner.name for e in run.record["final"])
@@ -94,14 +97,14 @@ def test_the_whole_experiment_runs_and_resumes(run):
     assert set(summary) == {"0.4", "0.45", "0.5"} and summary["0.5"]["recipe"] == winner.name
     # a rerun finds everything done, also from the work folder's copy alone: nothing trains again
     record = json.load(open(args[4]))
-    assert record["complete"] is False  # the protocol's levels were not all run here
+    assert record["complete"] is True  # every part at the run's own levels and checks
     os.remove(args[4])
-    again = RobustRun(*args, batch_size=4, progress=False, recipes=RECIPES)
+    again = RobustRun(*args, **RUN_OPTIONS)
     assert again.record["ablation"] == record["ablation"] and again.record["diagnosis"] == record["diagnosis"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sponlib.experiments.robust.train_spon", lambda *a, **k: pytest.fail("trained again"))
         again.run_ablation(levels=(0.25, 0.5))
-        again.run_final(winner, levels=(0.4, 0.5), checks=(0.45,))
+        again.run_final(winner)
 
 
 def test_recipes_are_named_and_unknown_ones_refused():

@@ -12,8 +12,8 @@ from ..spon.training import TrainConfig
 
 
 def floats(text: str) -> tuple[float, ...]:
-    """'0.25,0.5' -> (0.25, 0.5)."""
-    return tuple(float(x) for x in text.split(","))
+    """'0.25,0.5' -> (0.25, 0.5); '' -> () (empty items dropped)."""
+    return tuple(float(x) for x in text.split(",") if x)
 
 
 def names(text: str) -> list[str]:

@@ -66,17 +66,28 @@ def cmd_robust(args) -> None:
     calibration = calibration_for(args, model, tokenizer, ["teal"])
     texts = genre_texts(tokenizer, args.windows, args.window_len, args.seed, args.train_windows, recipes=recipes)
     artifacts = None if args.no_artifacts else Path(args.artifacts or data_dir() / "artifacts" / model_name(model))
-    run = RobustRun(model, calibration, texts, config, args.json, Path(args.work), artifacts, recipes=recipes)
+    run = RobustRun(
+        model,
+        calibration,
+        texts,
+        config,
+        args.json,
+        Path(args.work),
+        artifacts,
+        recipes=recipes,
+        levels=args.levels,
+        checks=args.checks,
+    )
     run.run_ablation()
     _print_ablation(run.record)
     if args.stop_after == "ablation":
         return
     winner = run.choose()
     print(f"chosen on validation: {winner.name}")
-    final = run.run_final(winner, args.levels, args.checks)
-    run.run_diagnosis(winner)
+    final = run.run_final(winner)
     if args.stop_after != "final":
-        run.run_interpolation(winner, final, args.levels, args.checks)
+        run.run_interpolation(winner, final)
+        run.run_diagnosis(winner)
     run.write()
     for level, row in robust_summary(run.record).items():
         print(

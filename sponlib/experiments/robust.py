@@ -57,6 +57,8 @@ class RobustRun:
     batch_size: int = 16
     progress: bool = True
     recipes: tuple = RECIPES
+    levels: tuple = protocol.LEVELS  # where the final recipe trains: what `complete` asks for
+    checks: tuple = protocol.INTERPOLATION_CHECKS
     record: dict = field(init=False)
 
     def __post_init__(self):
@@ -116,9 +118,10 @@ class RobustRun:
         )
         atomic_write_json(self.work / "record.json", record)
 
-    def complete(self, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS) -> bool:
+    def complete(self) -> bool:
         """Every part done: the ablation, the final recipe at every level and check, the
         interpolation checks and the diagnosis."""
+        levels, checks = self.levels, self.checks
         chosen = self.record.get("choice", {}).get("recipe")
         final = {e["level"] for e in self.record["final"] if e["recipe"] == chosen}
         checked = {e["level"] for e in self.record["interpolation"] if e.get("recipe") == chosen}
@@ -277,8 +280,9 @@ class RobustRun:
         }
         return recipe_named(best)
 
-    def run_final(self, recipe: Recipe, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS) -> dict:
+    def run_final(self, recipe: Recipe) -> dict:
         """The recipe at every level, safeguarded; returns level -> (vectors, thresholds)."""
+        levels, checks = self.levels, self.checks
         final = {}
         for level in sorted({*levels, *checks}):
             path = self.work / f"final-{recipe.name}-{self.rule}-{level:g}.safetensors"
@@ -309,11 +313,10 @@ class RobustRun:
                 self.write()
         return final
 
-    def run_interpolation(
-        self, recipe: Recipe, final: dict, levels=protocol.LEVELS, checks=protocol.INTERPOLATION_CHECKS
-    ) -> None:
-        """SPON at each check level interpolated from the final vectors at `levels`, scored beside
-        the vectors of `recipe` trained at the check level."""
+    def run_interpolation(self, recipe: Recipe, final: dict) -> None:
+        """SPON at each check level interpolated from the final vectors at the run's levels,
+        scored beside the vectors of `recipe` trained at the check level."""
+        levels, checks = self.levels, self.checks
         ladder = SponLevels(self.calibration, {level: final[level] for level in levels})
         for level in checks:
             if self._done("interpolation", level=level, recipe=recipe.name):
