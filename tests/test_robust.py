@@ -116,3 +116,49 @@ def test_recipes_are_named_and_unknown_ones_refused():
     )
     with pytest.raises(InvalidArgumentError, match="no recipe 'nope'"):
         recipe_named("nope")
+
+
+def _row(text, recovery, trained=None, worse=False):
+    return {"text": text, "recovery": recovery, "recovery_trained": trained, "worse_than_mask": worse}
+
+
+def test_targets_are_read_from_the_record_and_can_fail():
+    from sponlib.reports.robust import render_interpolation, target_rows
+
+    def summary(in_domain, least, worse=0):
+        return {"recovery_in": in_domain, "recovery_heldout_min": least, "worse_than_mask": worse}
+
+    rows = [_row("brown-val", 0.5, 0.5), _row("persuasion", 0.6, 0.58), _row("brown-humor", 0.52, 0.49)]
+    record = {
+        "choice": {"recipe": "r"},
+        "summary": {"0.4": summary(0.6, 0.46), "0.5": summary(0.71, 0.56), "0.7": summary(0.93, 0.86)},
+        "interpolation": [{"recipe": "r", "level": 0.45, "between": [0.4, 0.5], "rows": rows}],
+    }
+    assert all(met for *_, met in target_rows(record))
+    assert "| 0.45 | 0.4 and 0.5 | 0.600 / 0.580 | 0.520 / 0.490 | 0.030 | 0 of 2 |" in render_interpolation(record)
+    record["summary"]["0.5"] = summary(0.69, 0.56, worse=1)
+    record["interpolation"][0]["rows"][2] = _row("brown-humor", 0.52, 0.40)
+    failed = {measure for measure, _, _, met in target_rows(record) if not met}
+    assert failed == {
+        "recovery at 0.5, in domain",
+        "test texts where SPON is worse than the mask, all levels",
+        "interpolated vs trained, largest gap",
+    }
+    del record["summary"]["0.7"]  # a level not measured is not met
+    assert not dict((m, met) for m, _, _, met in target_rows(record))["recovery at 0.7, held-out min"]
+
+
+def test_shipped_vectors_are_the_records_final_recipe():
+    """The shipped SPON files are the robust record's final vectors: the same recipe, steps and
+    safeguard (γ, text, interval) at every protocol level."""
+    from sponlib.experiments import protocol
+    from sponlib.paths import data_dir
+
+    record = json.load(open(data_dir() / "results" / "spon_robust.json"))
+    chosen = recipe_named(record["choice"]["recipe"])
+    for level in protocol.LEVELS:
+        entry = next(e for e in record["final"] if e["recipe"] == chosen.name and e["level"] == level)
+        vectors, thresholds = load_spon(data_dir() / "artifacts" / "smollm2-135m" / f"spon-teal-{level:g}.safetensors")
+        assert vectors.meta["safeguard"] == entry["safeguard"] and thresholds.target == level
+        assert vectors.meta["training"]["steps"] == chosen.steps
+        assert vectors.meta["training"]["val_kl_best"] == entry["training"]["val_kl_best"]

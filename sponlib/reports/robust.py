@@ -3,6 +3,7 @@ side on the genre protocol, and the chosen recipe at every level against its tar
 
 from __future__ import annotations
 
+from ..experiments import protocol
 from ..experiments.robust import tested
 
 TEST_TEXTS = "the test novel and 7 held-out Brown genres"
@@ -59,6 +60,70 @@ def render_final(record: dict) -> list[str]:
     return lines
 
 
+def render_interpolation(record: dict) -> list[str]:
+    """SPON between trained levels against vectors trained at the level: Persuasion, the least
+    held-out genre, and the largest gap over every text."""
+    lines = [
+        "| level | between | Persuasion: interpolated / trained | held-out least: interpolated / trained "
+        "| largest gap, any text | worse than mask |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    chosen = record.get("choice", {}).get("recipe")
+    for entry in sorted((e for e in record["interpolation"] if e["recipe"] == chosen), key=lambda e: e["level"]):
+        rows = entry["rows"]
+        genres = [r for r in rows[2:] if r["recovery"] is not None and r["recovery_trained"] is not None]
+        gap = max(abs(r["recovery"] - r["recovery_trained"]) for r in rows if r["recovery"] is not None)
+        least = min(r["recovery"] for r in genres)
+        least_trained = min(r["recovery_trained"] for r in genres)
+        lines.append(
+            f"| {entry['level']:g} | {' and '.join(f'{b:g}' for b in entry['between'])} | "
+            f"{_fmt(rows[1]['recovery'])} / {_fmt(rows[1]['recovery_trained'])} | {_fmt(least)} / "
+            f"{_fmt(least_trained)} | {_fmt(gap)} | {sum(r['worse_than_mask'] for r in rows[1:])} of {len(rows) - 1} |"
+        )
+    return lines
+
+
+def target_rows(record: dict) -> list[tuple[str, str, float | None, bool]]:
+    """(measure, target, measured, met) for each target of protocol.ROBUST_TARGETS, the never-worse
+    rule and the interpolation tolerance, from the record's summary and interpolation checks."""
+    summary = record.get("summary", {})
+    rows = []
+    for level, (least_in, least_out) in protocol.ROBUST_TARGETS.items():
+        found = summary.get(f"{level:g}")
+        for label, goal, key in (
+            ("in domain", least_in, "recovery_in"),
+            ("held-out min", least_out, "recovery_heldout_min"),
+        ):
+            if goal is not None:
+                value = None if found is None else found[key]
+                rows.append(
+                    (f"recovery at {level:g}, {label}", f"≥ {goal:.2f}", value, value is not None and value >= goal)
+                )
+    worse = sum(row["worse_than_mask"] for row in summary.values())
+    rows.append(("test texts where SPON is worse than the mask, all levels", "0", worse, bool(summary) and worse == 0))
+    gaps = [
+        abs(r["recovery"] - r["recovery_trained"])
+        for e in record.get("interpolation", [])
+        if e["recipe"] == record.get("choice", {}).get("recipe")
+        for r in e["rows"]
+        if r["recovery"] is not None and r["recovery_trained"] is not None
+    ]
+    gap = max(gaps, default=None)
+    tolerance = protocol.INTERPOLATION_TOLERANCE
+    rows.append(
+        ("interpolated vs trained, largest gap", f"≤ {tolerance:.2f}", gap, gap is not None and gap <= tolerance)
+    )
+    return rows
+
+
+def render_targets(record: dict) -> list[str]:
+    lines = ["| measure | target | measured | met |", "| --- | ---: | ---: | :---: |"]
+    for measure, goal, value, met in target_rows(record):
+        shown = value if isinstance(value, int) else _fmt(value)
+        lines.append(f"| {measure} | {goal} | {shown} | {'yes' if met else '**no**'} |")
+    return lines
+
+
 def _run(record: dict) -> str:
     model, device = record["model"], record["device"]
     return (
@@ -77,6 +142,10 @@ def render_robust(record: dict) -> str:
         parts += [f"Chosen on the validation genres alone: **{choice['recipe']}**.", ""]
     if record.get("final"):
         parts += ["The chosen recipe behind the safeguard, by level:", "", *render_final(record), ""]
+    if record.get("interpolation"):
+        parts += ["SPON between trained levels against vectors trained there:", "", *render_interpolation(record), ""]
+    if record.get("summary"):
+        parts += ["Against the targets (the chosen recipe):", "", *render_targets(record), ""]
     if not record.get("complete"):
         done = ", ".join(f"{e['level']:g}" for e in sorted(record.get("final", []), key=lambda e: e["level"]))
         parts += [f"Partial record: the final recipe is measured at {done or 'no level'} so far.", ""]
