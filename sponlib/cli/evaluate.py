@@ -55,8 +55,9 @@ def add_commands(sub) -> None:
     )
     p.add_argument(
         "--spon",
-        metavar="FILE",
-        help="SPON vectors (their thresholds come with them; --sparsity and --method, if given, must agree)",
+        metavar="FILE|shipped",
+        help="SPON vectors (their thresholds come with them; --sparsity and --method, if given, must agree), "
+        "or `shipped` for the vectors shipped for a known model at --sparsity, interpolated between shipped levels",
     )
     p.add_argument(
         "--thresholds",
