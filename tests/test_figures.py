@@ -13,7 +13,7 @@ import pytest
 
 from sponlib.cli import main
 from sponlib.experiments import figures
-from sponlib.experiments.protocol import RECOVERY_TARGETS
+from sponlib.experiments.protocol import LEVELS, RECOVERY_TARGETS, ROBUST_TARGETS
 from sponlib.records import results_dir
 from sponlib.reports import png
 
@@ -62,6 +62,25 @@ def test_recovery_figure_shows_the_records_recovery_and_the_targets():
     by_level = {row["level"]: row["name"] for row in levels}
     assert marks == [(by_level[level], texts[index], least) for level, index, least in RECOVERY_TARGETS]
     assert all(bar.offsetgroup == bar.name for bar in bars)  # each mark sits over its own text's bar
+
+
+def test_robust_figure_shows_the_shipped_recipe_and_its_targets():
+    robust = record(figures.ROBUST_RECORD)
+    fig = figures.robust_figure()
+    bars = [trace for trace in fig.data if trace.type == "bar"]
+    assert [bar.name for bar in bars] == list(figures.ROBUST_BARS)
+    keys = ("recovery_in", "recovery_heldout_min", "recovery_heldout_median")
+    for bar, key in zip(bars, keys):
+        assert list(bar.x) == [f"teal {level:g}" for level in LEVELS]
+        assert list(bar.y) == [robust["summary"][f"{level:g}"][key] for level in LEVELS], bar.name
+    marks = [(trace.x[0], trace.offsetgroup, trace.y[0]) for trace in fig.data if trace.type == "scatter"]
+    expected = [
+        (f"teal {level:g}", name, goal)
+        for level, goals in ROBUST_TARGETS.items()
+        for name, goal in zip(figures.ROBUST_BARS, goals)
+        if goal is not None
+    ]
+    assert marks == expected and len(marks) == 5
 
 
 def test_cka_figure_shows_the_records_heatmaps_on_one_scale():

@@ -5,7 +5,9 @@ the README's PNGs, docs/figures/<name>.png):
     drift_per_layer  drift_figure: hidden-state drift from dense per layer, masked and SPON, at
                      several teal levels
     spon_recovery    recovery_figure: share of the perplexity lost to the teal mask that SPON wins
-                     back, per level, with the protocol's targets
+                     back, per level, with the protocol's targets (the first recipe)
+    spon_robust      robust_figure: the same for the shipped, robust recipe: in domain and the
+                     least and median genre it never saw
     cka_heatmaps     cka_figure: CKA between dense layers and masked / SPON layers at the record's
                      main level
     task_scores      tasks_figure: task accuracy, knowledge and generation drift against the level,
@@ -25,10 +27,12 @@ from plotly.subplots import make_subplots
 
 from ..records import load_result
 from ..viz import plots
-from .protocol import RECOVERY_TARGETS
+from .protocol import LEVELS, RECOVERY_TARGETS, ROBUST_TARGETS
 
 ANALYSIS_RECORD = "analysis_smollm2.json"
 RECOVERY_RECORD = "spon_recovery.json"
+ROBUST_RECORD = "spon_robust.json"
+ROBUST_BARS = ("Persuasion (in domain)", "held-out genres: least", "held-out genres: median")
 TASKS_RECORD = "tasks.json"
 # (task, source, metric, panel title) of the task figure's rows
 TASK_PANELS = (
@@ -88,9 +92,52 @@ def recovery_figure(record: dict | None = None) -> go.Figure:
     fig = plots.recovery_bars(
         recovery_rows(record), title=f"Perplexity lost to the teal mask that SPON wins back ({record['model']['name']})"
     )
-    # Bars and target marks share an offset group per text, so each mark sits over its own bar.
+    fig.update_layout(xaxis_title="teal level (run)")
+    return _with_target_marks(fig, recovery_targets(record))
+
+
+def robust_rows(record: dict) -> list[dict]:
+    """One row per protocol level of the robust record's chosen recipe: recovery on the test novel
+    and the least and median over the held-out genres."""
+    summary = record["summary"]
+    return [
+        {
+            "run": f"teal {level:g}",
+            ROBUST_BARS[0]: summary[f"{level:g}"]["recovery_in"],
+            ROBUST_BARS[1]: summary[f"{level:g}"]["recovery_heldout_min"],
+            ROBUST_BARS[2]: summary[f"{level:g}"]["recovery_heldout_median"],
+        }
+        for level in LEVELS
+        if f"{level:g}" in summary
+    ]
+
+
+def robust_targets(record: dict) -> list[tuple[str, str, float]]:
+    """(run, bar, least recovery) of each target in `protocol.ROBUST_TARGETS` the record measured."""
+    marks = []
+    for level, goals in ROBUST_TARGETS.items():
+        if f"{level:g}" in record["summary"]:
+            marks += [(f"teal {level:g}", bar, goal) for bar, goal in zip(ROBUST_BARS, goals) if goal is not None]
+    return marks
+
+
+def robust_figure(record: dict | None = None) -> go.Figure:
+    """The shipped (robust) recipe's recovery per level: in domain, and the least and median
+    held-out genre, with the targets."""
+    record = load_result(ROBUST_RECORD) if record is None else record
+    fig = plots.recovery_bars(
+        robust_rows(record),
+        title=f"Perplexity lost to the teal mask that SPON wins back, on text it never saw ({record['model']['name']})",
+    )
+    fig.update_layout(xaxis_title="teal level")
+    return _with_target_marks(fig, robust_targets(record))
+
+
+def _with_target_marks(fig: go.Figure, marks: list[tuple[str, str, float]]) -> go.Figure:
+    """A short black bar over the bar each (run, bar name, least recovery) target is set for."""
+    # Bars and target marks share an offset group per bar name, so each mark sits over its own bar.
     fig.for_each_trace(lambda bar: bar.update(offsetgroup=bar.name, alignmentgroup="recovery"))
-    for number, (run, text, least) in enumerate(recovery_targets(record)):
+    for number, (run, text, least) in enumerate(marks):
         fig.add_trace(
             go.Scatter(
                 x=[run],
@@ -105,7 +152,7 @@ def recovery_figure(record: dict | None = None) -> go.Figure:
                 hovertemplate=f"target for {text}<br>%{{x}}<br>recovery ≥ %{{y:.2f}}<extra></extra>",
             )
         )
-    fig.update_layout(scattermode="group", xaxis_title="teal level (run)")
+    fig.update_layout(scattermode="group")
     return fig
 
 
@@ -207,6 +254,7 @@ def tasks_figure(record: dict | None = None) -> go.Figure:
 FIGURES: dict[str, Callable[[], go.Figure]] = {
     "drift_per_layer": drift_figure,
     "spon_recovery": recovery_figure,
+    "spon_robust": robust_figure,
     "cka_heatmaps": cka_figure,
     "task_scores": tasks_figure,
 }

@@ -178,10 +178,13 @@ def render_recovery_brief(record: dict) -> str:
 
 def render_fold_check(record: dict) -> str:
     """Perplexity of the folded export (spon_folded_cpu.json) against SPON applied at run time on
-    the same device (spon_runtime_cpu.json) and in the recovery record (GPU)."""
+    the same device (spon_runtime_cpu.json) and in the record that made the shipped vectors (GPU;
+    only the texts it scored)."""
     runtime = load_result("spon_runtime_cpu.json")
-    recovery = load_result("spon_recovery.json")
-    level = next(r for r in recovery["experiments"] if r["name"] == f"teal@{record['sparsity']:g}")
+    robust = load_result("spon_robust.json")
+    level = next(
+        e for e in robust["final"] if e["recipe"] == robust["choice"]["recipe"] and e["level"] == record["sparsity"]
+    )
     texts = [r["corpus"] for r in record["results"]]
     lines = ["| SPON | device | " + " | ".join(texts) + " |", "| --- | --- |" + " ---: |" * len(texts)]
     rows = [
@@ -196,13 +199,14 @@ def render_fold_check(record: dict) -> str:
             {r["corpus"]: r["ppl"] for r in record["results"]},
         ),
         (
-            "vectors at run time (recovery record)",
-            recovery["device"]["name"],
-            {t: level["texts"][t]["ppl_spon"] for t in texts},
+            "vectors at run time (robust record)",
+            robust["device"]["name"],
+            {row["text"]: row["ppl_spon"] for row in level["rows"]},
         ),
     ]
     for label, device, ppl in rows:
-        lines.append(f"| {label} | {device} | " + " | ".join(f"{ppl[t]:.2f}" for t in texts) + " |")
+        cells = [f"{ppl[t]:.2f}" if t in ppl else "–" for t in texts]
+        lines.append(f"| {label} | {device} | " + " | ".join(cells) + " |")
     return (
         "\n".join(lines) + f"\n\nteal {record['sparsity']:g}, {record['windows']} windows of "
         f"{record['window_len']} tokens per text, seed {record['seed']}. "
