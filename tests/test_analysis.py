@@ -13,6 +13,7 @@ from sponlib.analysis import (
     capture,
     capture_variants,
     compare,
+    lens_kl,
     mean_residuals,
     pca_paths,
     select_tokens,
@@ -216,6 +217,25 @@ def test_layer_analysis_caches_each_setting():
     assert dense["perplexity"] == pytest.approx(analysis.dense_perplexity)
     with pytest.raises(InvalidArgumentError):
         analysis.result("teal", 1.5)
+
+
+def test_layer_analysis_computes_the_metrics_asked_for_and_the_rest_later():
+    model, calibration, _ = _setup()
+    everything = LayerAnalysis(model, _ids(), calibration, lens_tokens=4).result("teal", 0.5)["metrics"]
+    analysis = LayerAnalysis(model, _ids(), calibration, lens_tokens=4)
+    first = analysis.result("teal", 0.5, metrics=("drift", "lens_kl"))
+    assert set(first["metrics"]) == {"drift", "lens_kl"}  # cosine and CKA left out until asked for
+    again = analysis.result("teal", 0.5)  # the cached setting, its missing metrics added
+    assert again is first and set(again["metrics"]) == set(everything) and len(analysis.timings) == 1
+    for name, values in everything.items():
+        assert again["metrics"][name] == pytest.approx(values, rel=1e-6, abs=1e-9)
+    # the lens and the perplexity share one product with the head: each as computed on its own
+    dense, states = analysis.dense.subset(analysis.later), first["capture"].subset(analysis.later)
+    assert first["metrics"]["lens_kl"] == pytest.approx(lens_kl(model, dense, states, 4), rel=1e-5, abs=1e-8)
+    with torch.no_grad(), Variant("m", calibration.thresholds(0.5, "teal")).active(model):
+        logprobs = torch.log_softmax(model(_ids()).logits[:, :-1], dim=-1)  # (B, L - 1, V)
+    nll = -logprobs.gather(2, _ids()[:, 1:, None]).mean()
+    assert first["perplexity"] == pytest.approx(float(torch.exp(nll)), rel=1e-5)
 
 
 def test_layer_analysis_cache_is_bounded():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sponlib.analysis import cka_matrix, cosine, debiased_cka, kl_divergence, linear_cka, minibatch_cka, relative_drift
-from sponlib.analysis.metrics import pca_fit, pca_project
+from sponlib.analysis.metrics import layer_drift, pca_fit, pca_project
 from sponlib.errors import InvalidArgumentError, NumericalError
 
 
@@ -109,6 +109,21 @@ def test_drift_and_cosine(states):
     b[1] *= 1000.0
     a[1] *= 1000.0  # token 1 exact, with a huge norm
     assert relative_drift(a, b) == pytest.approx(0.5)
+
+
+def test_layer_drift_equals_the_float64_drift_of_each_layer():
+    g = torch.Generator().manual_seed(3)
+    reference = torch.randn(5, 40, 12, generator=g)
+    states = reference + 0.1 * torch.arange(5.0)[:, None, None] * torch.randn(5, 40, 12, generator=g)
+    drift = layer_drift(list(states), list(reference))
+    assert drift[0] == 0.0 and all(a < b for a, b in zip(drift, drift[1:]))  # drift grows with the noise
+    assert drift == pytest.approx([relative_drift(s, r) for s, r in zip(states, reference)], rel=1e-6)
+    bad = states.clone()
+    bad[3, 0, 0] = float("inf")
+    with pytest.raises(NumericalError):
+        layer_drift(list(bad), list(reference))
+    with pytest.raises(InvalidArgumentError, match="one shape"):
+        layer_drift([states[0]], [reference[0, :10]])
 
 
 def test_bad_states_are_refused(states):

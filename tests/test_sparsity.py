@@ -45,6 +45,21 @@ def test_hooked_forward_equals_a_manual_masked_matmul(arch, method):
         assert (x == 0).sum() < (score <= thresholds.taus[p.name]).sum()  # the mask did zero entries
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("score", ["teal", "wina"])
+def test_masked_input_and_its_count_follow_the_definition(dtype, score):
+    from sponlib.sparsity.rules import input_scores, masked_input, sparse_input, zeroed_entries
+
+    x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, 0, :5] = torch.tensor([0.0, -0.0, 0.5, -0.5, 2.0], dtype=dtype)  # exact zeros, entries at tau
+    col_norm = torch.rand(64, generator=torch.Generator().manual_seed(1)) + 0.5 if score == "wina" else None
+    for tau in (0.0, 0.5, 1.0, -1.0):
+        keep = input_scores(x, col_norm) > tau
+        sparse = masked_input(x, tau, col_norm)
+        assert sparse.dtype == x.dtype and torch.equal(sparse, sparse_input(x, keep, None))
+        assert int(zeroed_entries(sparse, tau)) == int((~keep).sum())
+
+
 def test_hooks_are_removed_on_exit_and_on_exceptions(tiny_llama):
     model, calibration, ids = tiny_llama
     modules = [p.module for p in iter_projections(model)]

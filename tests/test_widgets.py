@@ -56,6 +56,20 @@ def test_revisiting_a_level_uses_the_cache(analysis):
     assert len(analysis.timings) == computed  # nothing recomputed
 
 
+def test_drift_explorer_computes_dense_and_unshown_metrics_once(analysis):
+    from sponlib.analysis.metrics import pca_project
+
+    explorer = DriftExplorer(analysis, level=0.35)  # a level no other test visits
+    shown = analysis.result("teal", 0.35, metrics=())["metrics"]
+    assert set(shown) == {"drift", "lens_kl"}  # the curves drawn; cosine and CKA left until asked for
+    fitted = explorer._pca(explorer.layer.value)
+    explorer.level.value = 0.65
+    assert explorer._pca(explorer.layer.value) is fitted  # the level does not change dense's side
+    dense = analysis.dense.resid()[explorer.layer.value][analysis.later]
+    assert np.allclose(explorer.pca.data[0].x, pca_project(fitted[0], dense)[:, 0])
+    assert not np.allclose(explorer.pca.data[1].x, fitted[1][:, 0])  # the masked states moved
+
+
 def test_threshold_explorer_moves_the_threshold_line(analysis):
     explorer = ThresholdExplorer(analysis, block=1, role="gate")
     line = explorer.figure.layout.shapes[0]

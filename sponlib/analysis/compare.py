@@ -22,7 +22,16 @@ from ..progress import no_bars
 from ..sparsity.sparsifier import Sparsifier
 from ..sparsity.thresholds import Thresholds
 from .capture import Capture, capture, select_tokens
-from .metrics import cka_matrix, cosine, kl_divergence, linear_cka, minibatch_cka, pca_fit, pca_project, relative_drift
+from .metrics import (
+    cka_matrix,
+    cosine,
+    kl_divergence,
+    layer_drift,
+    linear_cka,
+    minibatch_cka,
+    pca_fit,
+    pca_project,
+)
 
 # The per-layer metrics, and the value each takes for the dense model itself.
 METRICS = {
@@ -99,12 +108,13 @@ def lens_kl_rows(
     for first in range(0, dense.n_blocks, per_pass):
         layers = slice(first, min(first + per_pass, dense.n_blocks))
         p_ref = (
-            lens_logprobs(model, torch.cat([h[rows] for h in dense.resid()[layers]]))
+            lens_logprobs(model, torch.cat([h[rows] for h in dense.resid()[layers]]), chunk=rows_per_pass)
             if reference is None
             else reference[layers].reshape(-1, reference.shape[-1])
         )  # (k * n, V), layer-major
-        p_other = lens_logprobs(model, torch.cat([h[rows] for h in other.resid()[layers]]))  # (k * n, V)
-        out.append(kl_divergence(p_ref, p_other).view(-1, n))  # (k, n)
+        # one head product for the pass: the larger, the closer to the CPU's peak
+        p_other = lens_logprobs(model, torch.cat([h[rows] for h in other.resid()[layers]]), chunk=rows_per_pass)
+        out.append(kl_divergence(p_ref, p_other, overwrite=True).view(-1, n))  # (k, n)
     return torch.cat(out)
 
 
@@ -147,15 +157,16 @@ def compare(
         raise InvalidArgumentError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")
     pairs = list(zip(dense.resid(), other.resid()))
     per_pair = {
-        "drift": lambda d, o: relative_drift(o, d),
         "cosine": lambda d, o: cosine(o, d),
         "cka": linear_cka,
         "cka_debiased": lambda d, o: minibatch_cka(d, o, batch_size=cka_batch),
     }
     result = {name: [per_pair[name](d, o) for d, o in pairs] for name in metrics if name in per_pair}
+    if "drift" in metrics:
+        result["drift"] = layer_drift(other.resid(), dense.resid())
     if "lens_kl" in metrics and model is not None and lens_tokens != 0:
         result["lens_kl"] = lens_kl(model, dense, other, lens_tokens, reference=reference_lens)
-    return result
+    return {name: result[name] for name in metrics if name in result}  # in the order asked
 
 
 def layer_cka_matrix(dense: Capture, other: Capture, max_tokens: int = 1024) -> np.ndarray:

@@ -16,6 +16,9 @@ from ..models.adapters import block_projections
 from ..models.head import lens_logprobs
 from .capture import Capture, capture, input_name, select_tokens
 from .compare import Variant, compare, dense_lens
+from .metrics import kl_divergence
+
+HEAD_ROWS = 1024  # rows per product with the head: near the CPU's peak, (HEAD_ROWS, V) floats at most
 
 
 class LayerAnalysis:
@@ -29,8 +32,10 @@ class LayerAnalysis:
     between its trained levels (a pair in `spon` wins at its own level).
     Metrics leave out the first position of each window (see `sponlib.experiments.representation`); the
     probe's perplexity counts every token that has a next one. The logit lens runs on the first
-    `lens_tokens` tokens (the head is the costly part: 30 layers x 49k words for SmolLM2), and the
-    dense model's lens is computed once (`lens_tokens` x layers x vocabulary floats).
+    `lens_tokens` tokens (the head is the costly part: 30 layers x 49k words for SmolLM2; a
+    setting's lens and perplexity share one product with it), and the dense model's lens is
+    computed once (twice `lens_tokens` x layers x vocabulary floats: log-probabilities and
+    probabilities, 71 MB each for SmolLM2). A setting computes the metrics asked for (see `result`).
 
     Memory: each cached setting keeps its residual stream for the PCA views (blocks x tokens x
     width floats, 18 MB for SmolLM2 on 256 tokens); beyond `max_cached` settings the least
@@ -60,7 +65,9 @@ class LayerAnalysis:
         self._cache: OrderedDict = OrderedDict()  # setting -> result, least recently used first
         self._projections = block_projections(model)
         self._dense: Capture | None = None
-        self._dense_lens: torch.Tensor | None = None  # (L, lens_tokens, V)
+        self._dense_later: Capture | None = None  # the dense capture on the rows the metrics use
+        self._dense_lens: torch.Tensor | None = None  # (L, lens_tokens, V) log-probabilities
+        self._dense_probs: torch.Tensor | None = None  # (L, lens_tokens, V): their exp, for every KL
         self.dense_perplexity: float | None = None
 
     @property
@@ -73,8 +80,15 @@ class LayerAnalysis:
             self._dense = capture(self.model, self.ids, tokens=self.tokens, inputs=False)
             self.dense_perplexity = self.perplexity(self._dense)
             if self.lens_tokens:
-                self._dense_lens = dense_lens(self.model, self._dense.subset(self.later), self.lens_tokens)
+                self._dense_lens = dense_lens(self.model, self._dense_rows(), self.lens_tokens)
+                self._dense_probs = self._dense_lens.exp()
         return self._dense
+
+    def _dense_rows(self) -> Capture:
+        """The dense capture on the rows the metrics use, cut once."""
+        if self._dense_later is None:
+            self._dense_later = self.dense.subset(self.later)
+        return self._dense_later
 
     def variant(self, rule: str, level: float, with_spon: bool = False) -> Variant:
         level = round(float(level), 4)
@@ -113,10 +127,27 @@ class LayerAnalysis:
 
     def perplexity(self, states: Capture) -> float:
         """Perplexity of the probe text from a capture's last residual states."""
+        return self._head_pass(states, lens=False)[0]
+
+    @torch.inference_mode()
+    def _head_pass(self, states: Capture, lens: bool) -> tuple[float, list[float] | None]:
+        """The probe's perplexity and, with `lens`, the `lens_kl` metric (compare's: KL to dense's
+        lens on the first `lens_tokens` rows the metrics use, per layer) from one product with the
+        head, the costly part: one large product runs nearer the CPU's peak than one per use."""
         rows = states.tokens[:, 1] < self.ids.shape[1] - 1  # (N,) has a next token
         targets = self.ids[states.tokens[rows, 0], states.tokens[rows, 1] + 1]  # (n,)
-        logprobs = lens_logprobs(self.model, states.resid()[-1][rows])  # (n, V)
-        return float(torch.exp(-logprobs.gather(1, targets[:, None]).mean()))
+        hidden = [states.resid()[-1][rows]]  # (n, d)
+        if lens:
+            self._dense_rows()  # dense's lens, the reference, computed once
+            hidden += [h[self.later][: self.lens_tokens] for h in states.resid()]  # L x (k, d), layer-major
+        logprobs = lens_logprobs(self.model, torch.cat(hidden), chunk=HEAD_ROWS)  # (n + L k, V)
+        n = len(targets)
+        perplexity = float(torch.exp(-logprobs[:n].gather(1, targets[:, None]).mean()))
+        if not lens:
+            return perplexity, None
+        reference, probs = self._dense_lens.flatten(0, 1), self._dense_probs.flatten(0, 1)  # (L k, V) each
+        kl = kl_divergence(reference, logprobs[n:], overwrite=True, reference_probs=probs)  # (L k,)
+        return perplexity, kl.view(self._dense_lens.shape[0], -1).mean(dim=1).tolist()
 
     def _cached(self, key, compute) -> dict:
         if key in self._cache:
@@ -127,35 +158,49 @@ class LayerAnalysis:
                 self._cache.popitem(last=False)
         return self._cache[key]
 
-    def result(self, rule: str, level: float, with_spon: bool = False) -> dict:
+    def result(self, rule: str, level: float, with_spon: bool = False, metrics=None) -> dict:
         """{"capture", "measured", "perplexity", "metrics": metric -> per-layer list} at one
-        setting (cached)."""
+        setting (cached). `metrics`: those needed now (default: the analysis's `metrics`); the
+        others are computed, and cached, the first time they are asked for."""
         key = (rule, round(float(level), 4), with_spon)
+        wanted = self.metrics if metrics is None else tuple(metrics)
 
         def compute() -> dict:
             started = time.perf_counter()
-            dense = self.dense
             variant = self.variant(rule, level, with_spon)
             with variant.active(self.model) as sparsifier:
                 states = capture(self.model, self.ids, tokens=self.tokens, inputs=False)
-            metrics = compare(
-                self.model,
-                dense.subset(self.later),
-                states.subset(self.later),
-                lens_tokens=self.lens_tokens,
-                reference_lens=self._dense_lens,
-                metrics=self.metrics,
-            )
+            perplexity, lens_kl = self._head_pass(states, lens="lens_kl" in wanted and bool(self.lens_tokens))
             result = {
                 "capture": states,
                 "measured": sparsifier.summary()["weighted"],
-                "perplexity": self.perplexity(states),
-                "metrics": metrics,
+                "perplexity": perplexity,
+                "metrics": {} if lens_kl is None else {"lens_kl": lens_kl},
             }
+            self._add_metrics(result, wanted)
             self.timings[key] = time.perf_counter() - started
             return result
 
-        return self._cached(key, compute)
+        result = self._cached(key, compute)
+        self._add_metrics(result, wanted)  # those not asked for before
+        return result
+
+    def _add_metrics(self, result: dict, wanted: tuple) -> None:
+        """Compute the `wanted` metrics a cached result lacks, in place."""
+        # without lens tokens there is no lens_kl (as in compare)
+        missing = [m for m in wanted if m not in result["metrics"] and (m != "lens_kl" or self.lens_tokens)]
+        if missing:
+            dense = self._dense_rows()  # runs the dense model (and its lens) the first time
+            result["metrics"].update(
+                compare(
+                    self.model,
+                    dense,
+                    result["capture"].subset(self.later),
+                    lens_tokens=self.lens_tokens,
+                    reference_lens=self._dense_lens,
+                    metrics=missing,
+                )
+            )
 
     def projection_input(self, rule: str | None, level: float, block: int, role: str) -> dict:
         """What one projection reads at a setting (upstream masks on; rule None: dense), before its

@@ -50,9 +50,15 @@ def lens_logprobs(model, hidden: torch.Tensor, chunk: int = 256) -> torch.Tensor
     device = input_device(model)
     dtype = next(model.parameters()).dtype
     norm = final_norm(model)
-    out = []
+    out = torch.empty(0, 0)  # (N, V) on the CPU once the first chunk gives V
     for start in range(0, hidden.shape[0], chunk):
         states = hidden[start : start + chunk].to(device, dtype)  # (n, d)
         logits = head_logits(model, norm(states)).float()  # (n, V)
-        out.append(torch.log_softmax(logits, dim=-1).cpu())
-    return torch.cat(out)
+        if start == 0:
+            out = torch.empty(hidden.shape[0], logits.shape[-1])
+        rows = out[start : start + chunk]  # (n, V)
+        if logits.device.type == "cpu":
+            torch.log_softmax(logits, dim=-1, out=rows)  # written in place: no copy of the (N, V) result
+        else:
+            rows.copy_(torch.log_softmax(logits, dim=-1))
+    return out

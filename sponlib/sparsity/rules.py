@@ -12,6 +12,7 @@ sponlib.sparsity.allocation).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
@@ -63,9 +64,30 @@ def score_weights(module: nn.Linear, score: str) -> torch.Tensor | None:
 
 def sparse_input(x: torch.Tensor, keep: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
     """What the projection reads: S(x), plus its SPON vector if it has one. (..., in) -> (..., in)"""
-    sparse = x * keep
+    return with_vector(x * keep, alpha)
+
+
+def with_vector(sparse: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """S(x) + alpha, the projection's SPON vector, if it has one. (..., in) -> (..., in)"""
     # alpha broadcast over tokens; .to is a no-op unless a device map split this projection off
     return sparse if alpha is None else sparse + alpha.to(sparse.device, sparse.dtype)
+
+
+def masked_input(x: torch.Tensor, tau: float, col_norm: torch.Tensor | None) -> torch.Tensor:
+    """S(x): the entries whose score is <= tau set to 0 (what `sparse_input` gives for the keep
+    mask `input_scores(x, col_norm) > tau`). (..., in) -> (..., in)"""
+    if col_norm is None and x.dtype == comparison_dtype(x.dtype):
+        return F.hardshrink(x, tau)  # teal compared in x's own dtype: one fused pass, no mask tensor
+    return x * (input_scores(x, col_norm) > tau)
+
+
+def zeroed_entries(sparse: torch.Tensor, tau: float) -> torch.Tensor:
+    """How many entries a mask with threshold tau zeroed, from S(x) alone (finite inputs): with
+    tau >= 0 a zero input is never kept, so the zeroed entries are the zeros of S(x); with tau < 0
+    none is zeroed. -> 0-d long tensor"""
+    if tau < 0:
+        return sparse.new_zeros((), dtype=torch.long)
+    return sparse.numel() - sparse.bool().sum()  # an order of magnitude faster than count_nonzero on CPU
 
 
 def input_scores(x: torch.Tensor, col_norm: torch.Tensor | None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ..errors import InvalidArgumentError
 from ..models.adapters import iter_projections
 from ..models.fingerprint import check_fingerprint
 from ..models.placement import execution_device
-from .rules import input_scores, score_weights, sparse_input
+from .rules import masked_input, score_weights, with_vector, zeroed_entries
 from .thresholds import Thresholds
 
 
@@ -34,11 +34,11 @@ class MaskHook:
 
     def __call__(self, module: nn.Module, args: tuple):
         x = args[0]  # (..., in)
-        keep = input_scores(x, self.col_norm) > self.tau  # (..., in) bool
+        sparse = masked_input(x, self.tau, self.col_norm)  # (..., in)
         if self.count:
-            self.zeroed = self.zeroed + (~keep).sum()
-            self.seen += keep.numel()
-        return (sparse_input(x, keep, self.alpha),) + tuple(args[1:])
+            self.zeroed = self.zeroed + zeroed_entries(sparse, self.tau)
+            self.seen += x.numel()
+        return (with_vector(sparse, self.alpha),) + tuple(args[1:])
 
 
 class Sparsifier:

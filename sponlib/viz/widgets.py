@@ -79,7 +79,7 @@ class DriftExplorer(_Dashboard):
         self.drift = go.FigureWidget(plots.drift_per_layer(empty))
         self.kl = go.FigureWidget(plots.kl_per_layer(empty))
         self.pca = go.FigureWidget(plots.pca_scatter({k: np.zeros((1, 2)) for k in ("dense", "masked", "spon")}))
-        self._pcas: dict[int, object] = {}  # layer -> PCA fitted on dense
+        self._pcas: dict[int, tuple] = {}  # layer -> (PCA fitted on dense, dense's (N, 2) points in it)
         self._observe(self.rule, self.level, self.layer)
         self.widget = w.VBox(
             [w.HBox([self.rule, self.level, self.layer]), self.status, w.HBox([self.drift, self.kl]), self.pca]
@@ -91,26 +91,36 @@ class DriftExplorer(_Dashboard):
         so the first curves show before the second pass starts."""
         rule, level = self.rule.value, self.level.value
         a = self.analysis
-        masked = a.result(rule, level) if level > 0 else None
+        shown = tuple(TITLES)  # the metrics drawn: the others are left to whoever asks for them
+        masked = a.result(rule, level, metrics=shown) if level > 0 else None
         with_spon = level > 0 and a.has_spon(rule, level)
         self._show(masked, None, pending=with_spon)
         if with_spon:
-            self._show(masked, a.result(rule, level, with_spon=True))
+            self._show(masked, a.result(rule, level, with_spon=True, metrics=shown))
+
+    def _pca(self, layer: int) -> tuple:
+        """(PCA fitted on dense's states at `layer`, dense's (N, 2) points in it), once per layer:
+        neither depends on the level."""
+        if layer not in self._pcas:
+            dense = self.analysis.dense.resid()[layer][self.analysis.later]  # (N, d)
+            pca = pca_fit(dense)
+            self._pcas[layer] = (pca, pca_project(pca, dense))
+        return self._pcas[layer]
 
     def _show(self, masked: dict | None, spon: dict | None, pending: bool = False) -> None:
         rule, level, layer = self.rule.value, self.level.value, self.layer.value
         a = self.analysis
-        if layer not in self._pcas:
-            self._pcas[layer] = pca_fit(a.dense.resid()[layer][a.later])
-        pca = self._pcas[layer]
+        pca, dense_points = self._pca(layer)
         with self.drift.batch_update(), self.kl.batch_update(), self.pca.batch_update():
             for figure, metric in ((self.drift, "drift"), (self.kl, "lens_kl")):
                 figure.layout.title.text = f"{TITLES[metric]}, {rule} at {level:g}"
                 _set_curve(figure.data[0], masked["metrics"][metric] if masked else [0.0] * a.n_blocks)
                 _set_curve(figure.data[1], spon["metrics"][metric] if spon else [], visible=spon is not None)
             for trace, result in zip(self.pca.data, (None, masked, spon)):
-                states = a.dense if result is None else result["capture"]
-                points = pca_project(pca, states.resid()[layer][a.later])  # (N, 2)
+                if result is None:
+                    points = dense_points
+                else:
+                    points = pca_project(pca, result["capture"].resid()[layer][a.later])  # (N, 2)
                 trace.x, trace.y = points[:, 0].tolist(), points[:, 1].tolist()
                 trace.visible = True if (result is not None or trace.name == "dense") else "legendonly"
             self.pca.layout.title.text = f"layer {layer}: states in the plane of dense's first two components"
