@@ -12,7 +12,8 @@ import torch
 from sponlib.analysis.alignment import mean_residuals
 from sponlib.experiments.genres import genre_texts, recipe_named
 from sponlib.experiments.paired import compare_paired
-from sponlib.experiments.robust import RobustRun, robust_summary
+from sponlib.experiments.robust import RobustRun
+from sponlib.experiments.robust_record import robust_summary
 from sponlib.models.tiny import tiny_model
 from sponlib.sparsity import Sparsifier, calibrate
 from sponlib.spon import TrainConfig, load_spon

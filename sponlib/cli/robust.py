@@ -8,7 +8,8 @@ from pathlib import Path
 from ..artifacts import model_name
 from ..experiments import protocol
 from ..experiments.genres import EXTRA_RECIPES, RECIPES, genre_texts, recipe_named
-from ..experiments.robust import RobustRun, robust_summary, tested
+from ..experiments.robust import RobustRun
+from ..experiments.robust_record import robust_summary, tested
 from ..models.loading import load_model
 from ..paths import data_dir
 from ..spon.config import TrainConfig

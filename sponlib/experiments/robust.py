@@ -40,6 +40,7 @@ from . import protocol
 from .diagnosis import diagnose
 from .genres import RECIPES, GenreTexts, Recipe, recipe_named
 from .paired import compare_paired
+from .robust_record import chosen_entries, robust_summary
 
 
 @dataclass
@@ -122,9 +123,8 @@ class RobustRun:
         """Every part done: the ablation, the final recipe at every level and check, the
         interpolation checks and the diagnosis."""
         levels, checks = self.levels, self.checks
-        chosen = self.record.get("choice", {}).get("recipe")
-        final = {e["level"] for e in self.record["final"] if e["recipe"] == chosen}
-        checked = {e["level"] for e in self.record["interpolation"] if e.get("recipe") == chosen}
+        final = {e["level"] for e in chosen_entries(self.record, "final")}
+        checked = {e["level"] for e in chosen_entries(self.record, "interpolation")}
         return (
             all(
                 self._done("ablation", recipe=r.name, level=lv)
@@ -355,35 +355,3 @@ def _progress(record: dict) -> int:
 def _training_summary(training: dict) -> dict:
     keep = ("best_step", "val_kl_base", "val_kl_best", "train_tokens", "tokens_per_s", "elapsed_s", "lr")
     return {k: training.get(k) for k in keep} | {"history": training.get("history")}
-
-
-def tested(rows: list[dict]) -> dict:
-    """What an entry's rows (the validation text, then the test novel, then the held-out genres)
-    say on the tests: the in-domain recovery with its interval, the least (and where) and the
-    median recovery over the held-out genres, and on how many test texts SPON is worse than the mask."""
-    in_domain = rows[1]
-    genres = [row for row in rows[2:] if row["recovery"] is not None]  # None: the mask did no damage
-    worst = min(genres, key=lambda row: row["recovery"], default=None)
-    return {
-        "recovery_in": in_domain["recovery"],
-        "recovery_in_interval": [in_domain["recovery_low"], in_domain["recovery_high"]],
-        "recovery_heldout_min": None if worst is None else worst["recovery"],
-        "recovery_heldout_median": statistics.median(row["recovery"] for row in genres) if genres else None,
-        "worst_heldout": None if worst is None else worst["text"],
-        "worse_than_mask": sum(row["worse_than_mask"] for row in rows[1:]),
-    }
-
-
-def robust_summary(record: dict, device: str | None = None) -> dict:
-    """Per level of the final recipe: what its tests say (`tested`), γ and the device."""
-    chosen = record.get("choice", {}).get("recipe")
-    entries = sorted((e for e in record.get("final", []) if e["recipe"] == chosen), key=lambda e: e["level"])
-    return {
-        f"{entry['level']:g}": {
-            "recipe": entry["recipe"],
-            **tested(entry["rows"]),
-            "gamma": entry["safeguard"]["gamma"],
-            "device": device,
-        }
-        for entry in entries
-    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..experiments.protocol import TASK_LEVELS
 from ..experiments.recovery import format_recovery, recovery_verdicts
+from ..experiments.robust_record import chosen_entries
 from ..experiments.tasks import TASK_ROWS, task_verdicts
 from ..records import load_result
 from .provenance import provenance_line, run_line
@@ -182,9 +183,7 @@ def render_fold_check(record: dict) -> str:
     only the texts it scored)."""
     runtime = load_result("spon_runtime_cpu.json")
     robust = load_result("spon_robust.json")
-    level = next(
-        e for e in robust["final"] if e["recipe"] == robust["choice"]["recipe"] and e["level"] == record["sparsity"]
-    )
+    level = next(e for e in chosen_entries(robust, "final") if e["level"] == record["sparsity"])
     texts = [r["corpus"] for r in record["results"]]
     lines = ["| SPON | device | " + " | ".join(texts) + " |", "| --- | --- |" + " ---: |" * len(texts)]
     rows = [

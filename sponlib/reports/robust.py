@@ -4,7 +4,7 @@ side on the genre protocol, and the chosen recipe at every level against its tar
 from __future__ import annotations
 
 from ..experiments import protocol
-from ..experiments.robust import tested
+from ..experiments.robust_record import chosen_entries, interpolation_gaps, tested
 
 TEST_TEXTS = "the test novel and 7 held-out Brown genres"
 
@@ -50,8 +50,7 @@ def render_final(record: dict) -> list[str]:
         "| level | γ (safeguard) | Persuasion | held-out genres: least | median | worse than mask |",
         "| ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    chosen = record.get("choice", {}).get("recipe")  # the final rows of the chosen recipe, as the summary takes
-    for entry in sorted((e for e in record["final"] if e["recipe"] == chosen), key=lambda e: e["level"]):
+    for entry in chosen_entries(record, "final"):  # as the summary takes them
         least, median, worse = _cells(entry["rows"])
         lines.append(
             f"| {entry['level']:g} | {entry['safeguard']['gamma']:g} | {_interval(entry['rows'][1])} | {least} | "
@@ -68,11 +67,10 @@ def render_interpolation(record: dict) -> list[str]:
         "| largest gap, any text | worse than mask |",
         "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
-    chosen = record.get("choice", {}).get("recipe")
-    for entry in sorted((e for e in record["interpolation"] if e["recipe"] == chosen), key=lambda e: e["level"]):
+    for entry in chosen_entries(record, "interpolation"):
         rows = entry["rows"]
         genres = [r for r in rows[2:] if r["recovery"] is not None and r["recovery_trained"] is not None]
-        gap = max(abs(r["recovery"] - r["recovery_trained"]) for r in rows if r["recovery"] is not None)
+        gap = max(interpolation_gaps(entry))
         least = min(r["recovery"] for r in genres)
         least_trained = min(r["recovery_trained"] for r in genres)
         lines.append(
@@ -101,14 +99,7 @@ def target_rows(record: dict) -> list[tuple[str, str, float | None, bool]]:
                 )
     worse = sum(row["worse_than_mask"] for row in summary.values())
     rows.append(("test texts where SPON is worse than the mask, all levels", "0", worse, bool(summary) and worse == 0))
-    gaps = [
-        abs(r["recovery"] - r["recovery_trained"])
-        for e in record.get("interpolation", [])
-        if e["recipe"] == record.get("choice", {}).get("recipe")
-        for r in e["rows"]
-        if r["recovery"] is not None and r["recovery_trained"] is not None
-    ]
-    gap = max(gaps, default=None)
+    gap = max((g for entry in chosen_entries(record, "interpolation") for g in interpolation_gaps(entry)), default=None)
     tolerance = protocol.INTERPOLATION_TOLERANCE
     rows.append(
         ("interpolated vs trained, largest gap", f"≤ {tolerance:.2f}", gap, gap is not None and gap <= tolerance)
