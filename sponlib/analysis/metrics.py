@@ -21,23 +21,34 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError, NumericalError
 
+NON_FINITE_STATES = "NaN or infinite states: the sparse model diverged or the dtype overflowed"
 
-def _paired(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _same_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape or a.dim() != 2 or a.shape[0] == 0:
         raise InvalidArgumentError(
             f"expected two (N, d) tensors of one shape with N >= 1; got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+    return a, b
+
+
+def _paired(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _same_shape(a, b)
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise NumericalError("NaN or infinite states: the sparse model diverged or the dtype overflowed")
+        raise NumericalError(NON_FINITE_STATES)
     return a.double(), b.double()
+
+
+def _token_drift(h: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(N, d), (N, d) -> () mean over tokens of ‖h − h_ref‖ / ‖h_ref‖, in the inputs' dtype."""
+    return ((h - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).mean()
 
 
 def relative_drift(states: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean over tokens of ‖h − h_ref‖ / ‖h_ref‖. Per token, then averaged, so that the few
     tokens with huge residual norms (the first position of a window) do not dominate."""
-    h, ref = _paired(states, reference)
-    return float(((h - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).mean())
+    return float(_token_drift(*_paired(states, reference)))
 
 
 def cosine(states: torch.Tensor, reference: torch.Tensor) -> float:
@@ -54,17 +65,12 @@ def layer_drift(states: list[torch.Tensor], reference: list[torch.Tensor]) -> li
         raise InvalidArgumentError(f"expected as many states as references; got {len(states)} and {len(reference)}")
     drifts = []
     for h, ref in zip(states, reference):
-        h, ref = torch.as_tensor(h), torch.as_tensor(ref)
-        if h.shape != ref.shape or h.dim() != 2 or h.shape[0] == 0:
-            raise InvalidArgumentError(
-                f"expected two (N, d) tensors of one shape with N >= 1; got {tuple(h.shape)} and {tuple(ref.shape)}"
-            )
+        h, ref = _same_shape(h, ref)
         dtype = torch.promote_types(h.dtype, torch.float32)
-        h, ref = h.to(dtype), ref.to(dtype)
-        drifts.append(((h - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).mean())  # ()
+        drifts.append(_token_drift(h.to(dtype), ref.to(dtype)))  # ()
     drift = torch.stack(drifts).double()  # (L,)
     if not torch.isfinite(drift).all():
-        raise NumericalError("NaN or infinite states: the sparse model diverged or the dtype overflowed")
+        raise NumericalError(NON_FINITE_STATES)
     return drift.tolist()
 
 
