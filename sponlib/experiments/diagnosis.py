@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..analysis.metrics import kl_divergence
 from ..models.adapters import iter_projections
 from ..models.placement import input_device
 from ..sparsity.sparsifier import Sparsifier
@@ -26,7 +27,7 @@ POSITION_BUCKETS = ((1, 8), (8, 64), (64, 10**9))  # [start, end) of the predict
 def _token_stats(logits: torch.Tensor, dense_logp: torch.Tensor, targets: torch.Tensor) -> dict:
     """(B, L-1, V) logits of a variant -> per-token KL(p_dense ‖ p) and NLL of the target, (B, L-1)."""
     logp = F.log_softmax(logits.float(), dim=-1)
-    kl = (dense_logp.exp() * (dense_logp - logp)).sum(-1)
+    kl = kl_divergence(dense_logp, logp)  # (B, L-1)
     nll = -logp.gather(-1, targets[..., None]).squeeze(-1)
     return {"kl": kl, "nll": nll}
 
