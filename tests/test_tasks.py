@@ -325,6 +325,43 @@ def test_record_runs_every_cell_resumes_and_summarises(tmp_path, tiny_family, mo
     assert again["cells"] == entry["cells"]
 
 
+def test_record_reruns_the_cells_whose_calibration_or_vectors_changed(tmp_path, tiny_family, monkeypatch):
+    from sponlib.experiments import tasks as record
+
+    model, tokenizer, calibration, spon = tiny_family
+    path = tmp_path / "tasks.json"
+    sizes = record.TaskSizes(cloze=2, choice=2, drift=1)
+    files = {"calibration_sha256": "c1", "spon_sha256": {"0.5": "v1"}}
+    first = record.run_family(
+        path, model, tokenizer, calibration, spon, [0.5], sizes=sizes, progress=False, provenance=files
+    )
+    ran = []
+    real = record.run_cell
+    monkeypatch.setattr(record, "run_cell", lambda *a, **k: ran.append(1) or real(*a, **k))
+
+    new_vectors = {"calibration_sha256": "c1", "spon_sha256": {"0.5": "v2"}}
+    again = record.run_family(
+        path, model, tokenizer, calibration, spon, [0.5], sizes=sizes, progress=False, provenance=new_vectors
+    )
+    assert len(ran) == 1  # the SPON cell alone: dense and masked still hold
+    assert again["cells"]["masked@0.5"] == first["cells"]["masked@0.5"]
+    assert json.loads(path.read_text())["families"]["tiny-llama"]["spon_sha256"] == {"0.5": "v2"}
+
+    ran.clear()
+    record.run_family(
+        path,
+        model,
+        tokenizer,
+        calibration,
+        spon,
+        [0.5],
+        sizes=sizes,
+        progress=False,
+        provenance={"calibration_sha256": "c2", "spon_sha256": {"0.5": "v2"}},
+    )
+    assert len(ran) == 1  # the masked cell alone
+
+
 def test_record_refuses_a_file_that_is_not_a_tasks_record(tmp_path, tiny_family):
     from sponlib.experiments import tasks as record
 

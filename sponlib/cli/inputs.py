@@ -188,6 +188,7 @@ def trained(args, model) -> tuple[dict, Calibration, dict]:
     calibration = Calibration.load(calibration_path, model)
     provenance = {
         "calibration": display_path(calibration_path),
+        "calibration_sha256": sha256_file(calibration_path),
         "spon_files": {f"{level:g}": display_path(path) for level, path in files.items()},
         "spon_sha256": {f"{level:g}": sha256_file(path) for level, path in files.items()},
     }

@@ -7,7 +7,8 @@ A cell is one variant of the model (dense; the calibrated mask at a level; the m
 vectors with their own thresholds); each cell runs every task on the same examples, so cells
 compare pairwise. Per-example outcomes are kept in the record: the summary's paired intervals
 (SPON minus mask) come from them, and so can any later analysis. Families accumulate in one file;
-a family's cells are written as they finish, and a rerun with the same settings resumes.
+a family's cells are written as they finish, and a rerun with the same settings resumes, keeping
+only the cells made with the same calibration and SPON files (`run_family`'s `provenance`).
 """
 
 from __future__ import annotations
@@ -177,6 +178,31 @@ def _load_record(path: Path) -> dict:
     return record
 
 
+def _reusable_cells(earlier: dict, settings: dict, provenance: dict) -> dict:
+    """The cells of an earlier run of the family that still hold: every cell needs the same
+    settings; a masked cell also the same calibration, a SPON cell the same vectors at its level
+    (by the files' sha256 in the provenance), so that new vectors never meet old results."""
+    if earlier.get("settings") != settings:
+        return {}
+
+    def same(key: str, level: float | None = None) -> bool:
+        old, new = earlier.get(key), provenance.get(key)
+        if level is not None:
+            old, new = (old or {}).get(f"{level:g}"), (new or {}).get(f"{level:g}")
+        return old == new
+
+    kept = {}
+    for name, cell in earlier.get("cells", {}).items():
+        variant = cell.get("variant")
+        if (
+            variant == "dense"
+            or (variant == "masked" and same("calibration_sha256"))
+            or (variant == "spon" and same("spon_sha256", cell["level"]))
+        ):
+            kept[name] = cell
+    return kept
+
+
 def run_family(
     path: str | os.PathLike,
     model,
@@ -199,8 +225,7 @@ def run_family(
     settings = _settings(sizes, levels, method, tasks, next(model.parameters()).dtype)
     record = _load_record(path)
     family = model_record(model)["name"]
-    entry = record.get("families", {}).get(family, {})
-    cells = entry.get("cells", {}) if entry.get("settings") == settings else {}
+    cells = _reusable_cells(record.get("families", {}).get(family, {}), settings, provenance or {})
     entry = {
         "model": model_record(model),
         "device": device_record(device),
