@@ -82,6 +82,8 @@ def cmd_robust(args) -> None:
     run.run_ablation()
     _print_ablation(run.record)
     if args.stop_after == "ablation":
+        run.write()  # also when every entry was resumed: --json names where the record goes
+        print(f"wrote {args.json}")
         return
     winner = run.choose()
     print(f"chosen on validation: {winner.name}")
