@@ -3,6 +3,7 @@ the promised size through chromium (never downloaded), and is committed under do
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import plotly.io as pio
 import pytest
 
 from sponlib.cli import main
+from sponlib.errors import InvalidArgumentError
 from sponlib.experiments import figures
 from sponlib.experiments.protocol import LEVELS, RECOVERY_TARGETS, ROBUST_TARGETS
 from sponlib.records import results_dir
@@ -142,6 +144,32 @@ def test_export_writes_pngs_of_the_promised_size(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in written)  # no temp files
     for name, path in zip(figures.FIGURES, written):
         assert png_size(path.read_bytes()) == (png.WIDTH, figures.FIGURES[name]().layout.height), name
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_recompression_keeps_every_pixel_and_chunk_and_shrinks_the_file():
+    rows = b"".join(b"\x00" + bytes((x * y) % 7 for x in range(64)) for y in range(48))  # 64 x 48 grey
+    fast = zlib.compress(rows, 1)
+    pieces = [fast[i : i + 100] for i in range(0, len(fast), 100)]  # several IDATs, as chromium writes
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 48, 8, 0, 0, 0, 0))
+    text = _chunk(b"tEXt", b"Software\x00test")
+    original = PNG_SIGNATURE + header + text + b"".join(_chunk(b"IDAT", p) for p in pieces) + _chunk(b"IEND", b"")
+    smaller = png.recompressed(original)
+    assert len(smaller) < len(original) and png_size(smaller) == (64, 48)
+    kinds, pixels, pos = [], b"", 8
+    while pos < len(smaller):
+        (length,) = struct.unpack(">I", smaller[pos : pos + 4])
+        kind, body = smaller[pos + 4 : pos + 8], smaller[pos + 8 : pos + 8 + length]
+        assert struct.unpack(">I", smaller[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body)
+        kinds.append(kind)
+        pixels += body if kind == b"IDAT" else b""
+        pos += 12 + length
+    assert kinds == [b"IHDR", b"tEXt", b"IDAT", b"IEND"] and zlib.decompress(pixels) == rows
+    with pytest.raises(InvalidArgumentError, match="not a PNG"):
+        png.recompressed(b"GIF89a")
 
 
 @pytest.mark.parametrize("name", figures.FIGURES)

@@ -12,6 +12,8 @@ import asyncio
 import concurrent.futures
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -78,7 +80,26 @@ def render_png(figures: dict[str, go.Figure], scale: float = SCALE) -> dict[str,
                 for name, fig in figures.items()
             }
 
-    return _run(render())
+    return {name: recompressed(data) for name, data in _run(render()).items()}
+
+
+def recompressed(png: bytes) -> bytes:
+    """The same image with its pixel data deflated at zlib's highest level in one IDAT chunk:
+    chromium writes PNGs fast rather than small (about a quarter larger). Pixels are unchanged."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise InvalidArgumentError("not a PNG: its signature is missing")
+    chunks, pos = [], 8
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        chunks.append((png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    pixels = zlib.compress(zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT")), 9)
+    first = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    kept = [chunk for chunk in chunks if chunk[0] != b"IDAT"]
+    kept.insert(first, (b"IDAT", pixels))  # IDAT keeps its place among the other chunks
+    return png[:8] + b"".join(
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)) for kind, body in kept
+    )
 
 
 def export_figures(
