@@ -148,6 +148,15 @@ def test_targets_are_read_from_the_record_and_can_fail():
     del record["summary"]["0.7"]  # a level not measured is not met
     assert not dict((m, met) for m, _, _, met in target_rows(record))["recovery at 0.7, held-out min"]
 
+    # the second family is held to its own targets, without interpolation checks
+    gemma = {"model": {"name": "gemma3-270m"}, "choice": {"recipe": "r"}, "summary": {"0.5": summary(0.7, 0.61)}}
+    assert [(m, goal, met) for m, goal, _, met in target_rows(gemma)] == [
+        ("recovery at 0.5, held-out min", "≥ 0.60", True),
+        ("test texts where SPON is worse than the mask, all levels", "0", True),
+    ]
+    gemma["summary"]["0.5"] = summary(0.7, 0.59)
+    assert not target_rows(gemma)[0][3]
+
 
 def test_shipped_vectors_are_the_records_final_recipe():
     """The shipped SPON files are the robust record's final vectors: the same recipe, steps and

@@ -27,7 +27,8 @@ from plotly.subplots import make_subplots
 
 from ..records import load_result
 from ..viz import plots
-from .protocol import LEVELS, RECOVERY_TARGETS, ROBUST_TARGETS
+from .protocol import LEVELS, RECOVERY_TARGETS
+from .protocol import robust_targets as robust_targets_of
 
 ANALYSIS_RECORD = "analysis_smollm2.json"
 RECOVERY_RECORD = "spon_recovery.json"
@@ -113,9 +114,10 @@ def robust_rows(record: dict) -> list[dict]:
 
 
 def robust_targets(record: dict) -> list[tuple[str, str, float]]:
-    """(run, bar, least recovery) of each target in `protocol.ROBUST_TARGETS` the record measured."""
+    """(run, bar, least recovery) of each target the record's model is held to
+    (`protocol.robust_targets`) at a level the record measured."""
     marks = []
-    for level, goals in ROBUST_TARGETS.items():
+    for level, goals in robust_targets_of(record.get("model", {}).get("name")).items():
         if f"{level:g}" in record["summary"]:
             marks += [(f"teal {level:g}", bar, goal) for bar, goal in zip(ROBUST_BARS, goals) if goal is not None]
     return marks

@@ -49,4 +49,15 @@ INTERPOLATION_CHECKS = (0.45, 0.55)  # SPON between trained levels, against vect
 # What the robust recipe is held to: level -> (least in-domain, least held-out) recovery; and never
 # worse than the mask (paired 95% interval) on any test text at any level.
 ROBUST_TARGETS = {0.4: (None, 0.45), 0.5: (0.70, 0.55), 0.7: (0.90, 0.85)}
+# The second family, Gemma-3-270m, trained by the recipe chosen on the default model, is held to
+# the least held-out recovery at 0.5 and the same never-worse rule (no interpolation checks).
+ROBUST_TARGETS_BY_MODEL = {MODEL: ROBUST_TARGETS, "gemma3-270m": {0.5: (None, 0.60)}}
+
+
+def robust_targets(model_name: str | None) -> dict:
+    """level -> (least in-domain, least held-out) recovery the robust record of a model is held
+    to; the default model's targets for a model the protocol names none for."""
+    return ROBUST_TARGETS_BY_MODEL.get(model_name, ROBUST_TARGETS)
+
+
 INTERPOLATION_TOLERANCE = 0.05  # recovery within this of vectors trained at the level

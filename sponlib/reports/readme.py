@@ -36,6 +36,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "widget_latency_cpu.json": speed.render_widget_latency,
     "spon_generalization.json": quality.render_generalization,
     "spon_robust.json": robust.render_robust,
+    "spon_robust_lr.json": robust.render_robust,
+    "spon_robust_gemma3.json": robust.render_robust,
     "gemv_cpu.json": speed.render_gemv_cpu,
     "kernels_h200.json": speed.render_kernels,
     "spon_recovery_gemma3.json": lambda record: quality.render_recovery(record, targets=False),

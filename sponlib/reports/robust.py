@@ -82,11 +82,13 @@ def render_interpolation(record: dict) -> list[str]:
 
 
 def target_rows(record: dict) -> list[tuple[str, str, float | None, bool]]:
-    """(measure, target, measured, met) for each target of protocol.ROBUST_TARGETS, the never-worse
-    rule and the interpolation tolerance, from the record's summary and interpolation checks."""
+    """(measure, target, measured, met) for each target the record's model is held to
+    (protocol.robust_targets), the never-worse rule and, where the model's protocol has them, the
+    interpolation tolerance, from the record's summary and interpolation checks."""
     summary = record.get("summary", {})
+    goals = protocol.robust_targets(record.get("model", {}).get("name"))
     rows = []
-    for level, (least_in, least_out) in protocol.ROBUST_TARGETS.items():
+    for level, (least_in, least_out) in goals.items():
         found = summary.get(f"{level:g}")
         for label, goal, key in (
             ("in domain", least_in, "recovery_in"),
@@ -99,6 +101,8 @@ def target_rows(record: dict) -> list[tuple[str, str, float | None, bool]]:
                 )
     worse = sum(row["worse_than_mask"] for row in summary.values())
     rows.append(("test texts where SPON is worse than the mask, all levels", "0", worse, bool(summary) and worse == 0))
+    if goals is not protocol.ROBUST_TARGETS and not record.get("interpolation"):
+        return rows  # a family held to fewer targets, without interpolation checks
     gap = max((g for entry in chosen_entries(record, "interpolation") for g in interpolation_gaps(entry)), default=None)
     tolerance = protocol.INTERPOLATION_TOLERANCE
     rows.append(
@@ -116,11 +120,31 @@ def render_targets(record: dict) -> list[str]:
 
 
 def _run(record: dict) -> str:
-    model, device = record["model"], record["device"]
+    model, device, training = record["model"], record["device"], record["settings"]["training"]
     return (
+        f"Training: AdamW at {training['lr']:g}, {training['batch_size']} windows per step "
+        f"({training['steps']} steps unless the recipe says otherwise). "
         f"Model `{model['name']}`, {record.get('dtype', 'dtype not recorded')}, {device['device']} "
         f"({device['name']}), torch {record['versions']['torch']}. Command: `{record['command']}`"
     )
+
+
+def _missing(record: dict) -> str:
+    """What a record that is not complete holds, and which parts it lacks."""
+    done = ", ".join(f"{e['level']:g}" for e in sorted(record.get("final", []), key=lambda e: e["level"]))
+    lacking = [
+        name
+        for name, part in (
+            ("the final recipe", record.get("final")),
+            ("interpolation checks", record.get("interpolation")),
+            ("the diagnosis", record.get("diagnosis")),
+        )
+        if not part
+    ]
+    measured = f"the final recipe at {done}" if done else "the ablation alone"
+    if not lacking:
+        return f"Partial record: it holds {measured} so far."
+    return f"This record holds {measured}; not in it: {', '.join(lacking)}."
 
 
 def render_robust(record: dict) -> str:
@@ -138,8 +162,7 @@ def render_robust(record: dict) -> str:
     if record.get("summary"):
         parts += ["Against the targets (the chosen recipe):", "", *render_targets(record), ""]
     if not record.get("complete"):
-        done = ", ".join(f"{e['level']:g}" for e in sorted(record.get("final", []), key=lambda e: e["level"]))
-        parts += [f"Partial record: the final recipe is measured at {done or 'no level'} so far.", ""]
+        parts += [_missing(record), ""]
     parts.append(
         f"Tests: {TEST_TEXTS}, {tests['windows']} windows of {tests['window_len']} tokens each (humour: all "
         f"it holds), seed {tests['seed']}; validation: {texts['validation']['source']}; teal mask; worse than "
