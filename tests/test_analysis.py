@@ -73,6 +73,10 @@ def test_captured_states_are_what_the_model_computes():
     assert torch.allclose(
         lens_logprobs(model, cap["blocks.1.resid_post"], chunk=7), torch.log_softmax(logits, -1), atol=1e-5
     )
+    # into a reused tensor: the same values, with nothing left of what it held
+    into = torch.full_like(logits, float("nan"))
+    written = lens_logprobs(model, cap["blocks.1.resid_post"], chunk=7, out=into)
+    assert written is into and torch.equal(into, lens_logprobs(model, cap["blocks.1.resid_post"], chunk=7))
 
 
 def test_token_selection_bounds_memory_and_is_seeded():

@@ -143,6 +143,10 @@ def test_teacher_logits_from_cached_states_equal_the_model(arch):
     ids = _ids(2)
     with torch.no_grad():
         torch.testing.assert_close(head_logits(model, final_hidden(model, ids)), model(ids).logits)
+        hidden = final_hidden(model, ids).flatten(0, 1)  # (N, d)
+        into = torch.full((hidden.shape[0], model.config.vocab_size), float("nan"))
+        assert head_logits(model, hidden, out=into) is into
+        assert torch.equal(into, head_logits(model, hidden))  # the same product, written in place
 
 
 def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
