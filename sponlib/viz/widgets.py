@@ -12,7 +12,9 @@ At a level between the trained ones (`spon_levels`), SPON is interpolated and th
 
 from __future__ import annotations
 
+import gc
 import time
+from contextlib import contextmanager
 
 import ipywidgets as w
 import numpy as np
@@ -26,6 +28,21 @@ from . import plots
 
 SLIDER_LEVELS = tuple(round(0.05 * i, 2) for i in range(0, 19))  # 0 .. 0.9: the slider stops
 TITLES = {"drift": "Drift of the residual stream from dense", "lens_kl": "Logit-lens KL to dense"}
+
+
+@contextmanager
+def _collection_after():
+    """Python's cyclic garbage collection waits until the redraw is done. With a model loaded a
+    full collection walks some 700,000 objects (0.4 s on 2 cores), and the allocations of a
+    redraw would otherwise start one in the middle of it; reference counting still frees
+    everything else at once, and the collection runs at the next allocation after the redraw."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Dashboard:
@@ -48,7 +65,8 @@ class _Dashboard:
 
     def refresh(self) -> None:
         started = time.perf_counter()
-        self._draw()
+        with _collection_after():
+            self._draw()
         self.last_update_s = time.perf_counter() - started
 
     def _draw(self) -> None:
