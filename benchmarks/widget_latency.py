@@ -7,7 +7,8 @@ Goals (2 CPU cores, SmolLM2-135M, 256 tokens): under 2 s for a new level, under 
 cached one. Levels between the trained SPON levels get interpolated vectors, so every level up to
 the highest trained one takes the SPON pass. The time is that of `slider.value = level`
 returning: the observer computes (or looks up) the setting and writes the new data into the
-FigureWidget; sending it to a browser is not included (no front end here).
+FigureWidget; sending it to a browser is not included (no front end here). The record also holds
+the compute floor of a new level, timed in the same run (`compute_floor`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,26 @@ from sponlib.records import write_result
 from sponlib.viz import DriftExplorer, ThresholdExplorer
 
 GOALS = {"new": 2.0, "cached": 0.2}  # seconds
+
+
+@torch.inference_mode()
+def compute_floor(model, ids: torch.Tensor, lens_tokens: int, rounds: int = 3) -> float:
+    """Seconds of the work a new level with SPON cannot skip, timed now on this machine (median
+    of `rounds`): two forward passes over the probe (masked, SPON) with no hooks, and two products
+    of the head with the rows a redraw reads (every next-token position, and the lens tokens of
+    every layer). Redraw times are read against it: the same code's times move by a third from
+    one run to the next on a shared 2-core machine, and the floor moves with them."""
+    head = model.get_output_embeddings().weight  # (V, d)
+    rows = ids.shape[1] - 1 + model.config.num_hidden_layers * lens_tokens
+    hidden, logits = torch.randn(rows, head.shape[1]), torch.empty(rows, head.shape[0])  # (rows, d), (rows, V)
+    times = []
+    for _ in range(rounds + 1):  # the first round warms up
+        started = time.perf_counter()
+        for _ in range(2):
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            torch.matmul(hidden, head.T, out=logits)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
 
 
 def _move(dashboard, level: float) -> tuple[float, float]:
@@ -63,6 +84,8 @@ def main() -> None:
     probe = load_windows(load_corpus(args.corpus), tokenizer, args.tokens, 1, seed=0)
     levels = [float(x) for x in args.levels.split(",")]
 
+    lens_tokens = LayerAnalysis(model, probe.ids, calibration).lens_tokens
+    floor = compute_floor(model, probe.ids, lens_tokens)
     rows = []
     for name, make in (("DriftExplorer", DriftExplorer), ("ThresholdExplorer", ThresholdExplorer)):
         analysis = LayerAnalysis(model, probe.ids, calibration, spon_levels=spon)
@@ -101,6 +124,7 @@ def main() -> None:
                 "met": max(times) < goal,
                 "moves": len(times),
             }
+    print(f"compute floor of a new level with SPON (two bare forward passes, two head products): {floor:.3f} s")
     for key, s in summary.items():
         print(
             f"{key:28s} median {s['median_s']:.3f} s, max {s['max_s']:.3f} s (goal < {s['goal_s']} s: "
@@ -112,7 +136,8 @@ def main() -> None:
         {
             "probe": probe.describe(),
             "threads": args.threads,
-            "lens_tokens": LayerAnalysis(model, probe.ids, calibration).lens_tokens,
+            "lens_tokens": lens_tokens,
+            "floor_s": floor,
             "cpu_count": os.cpu_count(),
             "spon_trained_levels": list(spon.levels),
             "rows": rows,
