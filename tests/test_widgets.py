@@ -87,3 +87,29 @@ def test_threshold_explorer_moves_the_threshold_line(analysis):
 def test_unknown_rule_is_refused_up_front(analysis):
     with pytest.raises(InvalidArgumentError):
         DriftExplorer(analysis, rules=("magnitude",))
+
+
+def test_a_redraw_defers_garbage_collection_and_restores_it(analysis, monkeypatch):
+    import gc
+
+    explorer = DriftExplorer(analysis)
+    during = []
+    monkeypatch.setattr(explorer, "_draw", lambda: during.append(gc.isenabled()))
+    assert gc.isenabled()
+    explorer.level.value = 0.35
+    assert during == [False] and gc.isenabled()
+
+    def failing():
+        raise RuntimeError("a draw that fails")
+
+    monkeypatch.setattr(explorer, "_draw", failing)
+    with pytest.raises(RuntimeError):
+        explorer.refresh()
+    assert gc.isenabled()  # restored on errors too
+    gc.disable()
+    try:
+        monkeypatch.setattr(explorer, "_draw", lambda: None)
+        explorer.refresh()
+        assert not gc.isenabled()  # a caller's own choice is left as it was
+    finally:
+        gc.enable()
