@@ -35,15 +35,9 @@ def render_widget_latency(record: dict) -> str:
     return (
         "\n".join(lines) + f"\n\nProbe: {probe['windows']} window of {probe['window_len']} tokens of "
         f"{probe['source']}, logit lens on {record['lens_tokens']} tokens, {record['threads']} torch threads. "
-        f"A new level with SPON vectors runs two forward passes (masked, then SPON)"
-        + (
-            f"; the work it cannot skip, two bare forward passes and two products with the head, took "
-            f"{record['floor_s']:.3f} s in the same run"
-            if "floor_s" in record
-            else ""
-        )
-        + ".\n\n"
-        + run_line(record)
+        f"A new level with SPON vectors runs two forward passes (masked, then SPON); the work it cannot "
+        f"skip, two bare forward passes and two products with the head, took {record['floor_s']:.3f} s in "
+        f"the same run.\n\n" + run_line(record)
     )
 
 
