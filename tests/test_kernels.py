@@ -549,3 +549,18 @@ def test_op_refuses_negative_or_nan_thresholds_on_the_cpu(tokens):
     for tau in (-0.5, float("nan")):
         with pytest.raises(InvalidArgumentError, match=">= 0"):
             sparse_gemv(x, input_major(weight), torch.tensor([tau]), bias)
+
+
+def test_tiles_come_from_the_tuned_table_when_shipped_else_from_the_heuristic():
+    from sponlib.kernels.tiles import GemvConfig, gemv_config, tuned_configs
+
+    table = tuned_configs("NVIDIA H200")
+    assert table, "the H200 table ships with the package"
+    (n_in, n_out), tuned = next(iter(table.items()))
+    assert gemv_config(n_in, n_out, "NVIDIA H200") == tuned
+    wide = gemv_config(4096, 12288, "NVIDIA H200")  # a shape the table lacks (Qwen3-8B gate/up)
+    assert (wide.block_n, wide.finisher, wide.pdl) == (1024, True, True)
+    narrow = gemv_config(576, 192)
+    assert isinstance(narrow, GemvConfig) and narrow.block_n == 64 and not narrow.finisher
+    for config in table.values():  # every tuned split-K runs in one pass of whole steps
+        assert config.k_per_program % config.block_k == 0

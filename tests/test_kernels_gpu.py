@@ -105,6 +105,13 @@ def _configs():
         GemvConfig(128, 16, 10**6, prefetch=True),  # one slice per tile, one launch
         GemvConfig(64, 16, 96, atomic=True, compact=True),  # kept rows listed first
         GemvConfig(128, 32, 10**6, compact=True),
+        GemvConfig(64, 16, 16, atomic=True, evict=True),  # one step per program, cache hints
+        GemvConfig(128, 8, 32, prefetch=True, atomic=True, pdl=True),  # dependent launch (GPU only)
+        GemvConfig(64, 16, 32, prefetch=True, atomic=True, finisher=True),  # atomics, then a cast kernel
+        GemvConfig(256, 8, 32, atomic=True, finisher=True, evict=True, pdl=True),
+        GemvConfig(64, 16, 64, atomic=True, select=True),  # kept rows picked in registers
+        GemvConfig(128, 8, 10**6, select=True),  # one slice per tile: the loop runs over all kept rows
+        GemvConfig(256, 8, 32, atomic=True, finisher=True, select=True, pdl=True),
     )
 
 
@@ -262,3 +269,62 @@ def test_fused_group_under_torch_compile_matches_separate_projections():
         for got, module in zip(compiled(x), separate):
             assert _relative_error(got.clone(), module(x).double()) < TOLERANCE[torch.bfloat16]
     assert fused.pending is None
+
+
+@needs_gpu
+@pytest.mark.parametrize("finisher", [False, True], ids=["counter", "finisher"])
+def test_dependent_launches_in_a_cuda_graph_read_the_previous_output(finisher):
+    """A chain of launches as programmatic dependents, captured in one graph: each launch reads the
+    output the one before it wrote, so a launch that read too early would show here."""
+    GemvConfig, triton_sparse_gemv = _gemv()
+    gen = torch.Generator().manual_seed(13)
+    weight_t = (torch.randn(2048, 2048, generator=gen) * 1.2 / 2048**0.5).to("cuda", torch.bfloat16)  # (K, K)
+    tau = torch.tensor([0.5], device="cuda")
+    workspace = torch.zeros(4096, device="cuda")
+    config = GemvConfig(256, 16, 64, prefetch=True, atomic=True, pdl=True, finisher=finisher)
+    x = torch.randn(2048, generator=gen).to("cuda", torch.bfloat16)
+    triton_sparse_gemv(x, weight_t, tau, config=config, workspace=workspace)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain = [x]
+        for _ in range(6):
+            chain.append(triton_sparse_gemv(chain[-1], weight_t, tau, config=config, workspace=workspace))
+    for _ in range(3):
+        x.copy_(torch.randn(2048, generator=gen).to("cuda", torch.bfloat16))
+        graph.replay()
+        for before, after in zip(chain, chain[1:]):
+            ref = _reference64(before, weight_t, None, None, tau)
+            assert _relative_error(after, ref) < TOLERANCE[torch.bfloat16]
+        assert not workspace.any()
+
+
+def _shipped_rows():
+    import json
+
+    from sponlib.kernels.tiles import CONFIG_DIR
+
+    rows = []
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        rows += [(path.stem, row) for row in json.loads(path.read_text())["configs"]]
+    return rows
+
+
+@pytest.mark.parametrize(
+    "gpu, row", _shipped_rows(), ids=lambda v: v if isinstance(v, str) else f"{v['in']}x{v['out']}"
+)
+def test_every_shipped_tile_config_computes_the_reference(gpu, row):
+    """Each row of the tuned tables, on its own shape (small shapes only under the interpreter),
+    twice with one workspace: the result, every output written, the workspace left zero."""
+    GemvConfig, triton_sparse_gemv = _gemv()
+    if INTERPRET and row["in"] * row["out"] > 2**20:
+        pytest.skip("too large for Triton's interpreter")
+    config = GemvConfig(**{k: v for k, v in row.items() if k in GemvConfig.__dataclass_fields__})
+    gen = torch.Generator().manual_seed(row["in"] + row["out"])
+    workspace = torch.zeros(2 * row["out"], device=DEVICE)
+    for sparsity in (0.0, 0.5):
+        x, weight_t, bias, _, tau = _random_case(gen, row["in"], row["out"], torch.bfloat16, sparsity, False)
+        for _ in range(2):
+            out = torch.full((row["out"],), float("nan"), device=DEVICE, dtype=torch.bfloat16)
+            y = triton_sparse_gemv(x, weight_t, tau, bias, config=config, out=out, workspace=workspace)
+            assert torch.isfinite(y).all() and not workspace.any()
+            assert _relative_error(y, _reference64(x, weight_t, bias, None, tau)) < TOLERANCE[torch.bfloat16]

@@ -1,11 +1,13 @@
 """Sparse forward passes of one projection: what a kernel computes, and implementations of it.
 
     reference     the torch reference of the sparse GEMV, on any device (the ground truth)
-    triton_gemv   the Triton kernel for one token on the GPU (needs triton)
+    triton_gemv   the Triton kernel for one token on the GPU (needs triton), and its launch
+    triton_steps  the kernel's building blocks: the mask, the loops over a slice, the epilogue
     tiles         its tile shapes: the tables tuned per GPU model, and a heuristic
     ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
     module        `SparseLinear`, and swapping it into a Hugging Face model and back
     decoding      `StaticDecoder`: batch-1 greedy decoding with a static KV cache, captured whole
+    timing        timing kernels as a captured decoder runs them (CUDA graphs over weight copies)
 
 A projection y = W x + b under activation sparsity reads only the weight rows of its kept inputs
 when W is stored input-major (Wᵀ, shape (in, out)): a zeroed input skips one contiguous row.

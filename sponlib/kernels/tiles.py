@@ -32,7 +32,11 @@ class GemvConfig:
     num_stages: int = 1
     prefetch: bool = False  # issue the next block's loads before consuming the current one
     atomic: bool = False  # split-K sums by atomics in one launch (else partials + a second kernel)
+    finisher: bool = False  # with atomic: no arrival counter; a second small kernel casts and re-zeroes
     compact: bool = False  # list the kept inputs first, then loop over kept rows only
+    select: bool = False  # pick the kept inputs in registers, loop over kept rows with two steps in flight
+    evict: bool = False  # weights streamed past the cache (evict first), the input kept in it (evict last)
+    pdl: bool = False  # programmatic dependent launch: start while the previous kernel drains (sm_90+)
 
     def inputs_per_program(self, n_in: int) -> int:
         """k_per_program, no more than the inputs there are (rounded up to whole steps)."""
@@ -68,11 +72,15 @@ def device_name(device: torch.device) -> str | None:
 
 def gemv_config(n_in: int, n_out: int, device: str | None = None) -> GemvConfig:
     """Tiles for a (n_in -> n_out) projection: the tuned ones for this GPU model and shape when
-    shipped (sponlib/kernels/configs/), otherwise wide output tiles and enough input slices that
-    a few programs run per multiprocessor, summed by atomics in one launch."""
+    shipped (sponlib/kernels/configs/), otherwise what won most of the wide shapes on the H200
+    (output tiles of 1024 columns, 8 inputs a step, 4 steps a slice, sums finished by a second
+    kernel, dependent launch where the GPU has it) and, for narrow outputs, tiles of 64–128
+    columns with enough input slices that a few programs run per multiprocessor."""
     tuned = tuned_configs(device).get((n_in, n_out))
     if tuned is not None:
         return tuned
+    if n_out >= 4096:
+        return GemvConfig(1024, 8, 32, num_warps=4, prefetch=True, atomic=True, finisher=True, pdl=True)
     block_n = 128 if n_out >= 2048 else 64
     block_k = 64
     programs_wanted = 1024

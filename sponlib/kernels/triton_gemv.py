@@ -9,12 +9,25 @@ a field of `GemvConfig`:
 
 - split: one slice per output tile (one launch, bias and store in the same program), or several
   slices summed either by float32 atomics into a workspace that the last slice to arrive reads,
-  writes out and returns to zero (one launch, no zero-fill: `atomic`), or through partial sums
-  and a second small kernel (deterministic, one launch more).
+  writes out and returns to zero (one launch, no zero-fill: `atomic`), or by float32 atomics
+  that a second small kernel casts, adds the bias to and returns to zero (`atomic` and
+  `finisher`: no arrival counter, so no program waits on a fence after its adds), or through
+  partial sums and a second small kernel (deterministic, one launch more).
 - `prefetch`: the next block's mask and weight loads are issued before the current block is
   consumed, two blocks in flight per program.
 - `compact`: the slice's kept inputs are listed first (prefix sum, scratch memory), then every
   step loads BLOCK_K kept rows.
+- `select`: the same in registers: the next BLOCK_K kept inputs are picked from the slice by a
+  one-hot match on their rank among the kept, with the next step's loads in flight (no scratch
+  memory, no barrier).
+- `evict`: cache hints: weight rows, read once, are evicted first; the input, read by every
+  program, last.
+- `pdl`: programmatic dependent launch (Hopper and later): the kernel may be scheduled while the
+  one before it drains, and waits (griddepcontrol.wait) before it touches memory, so a chain of
+  launches loses less time between kernels. The result is the same.
+
+When the output tiles divide N exactly (EVEN_N), the weight loads carry no column mask, so a
+row's piece is one run of 16-byte loads.
 
 Projections that read the same input (q/k/v, gate/up) can run as one launch on their
 concatenated weight ("segments"): each output tile lies in one segment and uses that segment's
@@ -28,143 +41,19 @@ another, so it cannot find races: the GPU tests do that).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .tiles import MAX_SEGMENTS, GemvConfig, device_name, gemv_config
+from .triton_steps import dot_kept, dot_stream, finish
 
-
-@triton.jit
-def _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM: tl.constexpr):
-    """Mask of one block of inputs x (float32): score > τ, a NaN kept (it is not <= τ), nothing
-    outside `ok`."""
-    score = tl.abs(x)
-    if HAS_NORM:
-        score = score * tl.load(norm_ptr + offs_k, mask=ok, other=0.0)
-    return ((score > tau) | (score != score)) & ok
-
-
-@triton.jit
-def _dot_compact(
-    x_ptr,
-    w_ptr,
-    norm_ptr,
-    rows_ptr,
-    vals_ptr,
-    tau,
-    offs_n,
-    n_ok,
-    k_begin,
-    k_stop,
-    k_per_program,
-    N,
-    HAS_NORM: tl.constexpr,
-    K_POW2: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """The slice's products, gathered first: the kept inputs of the whole slice are listed in order
-    in scratch memory, then every loop step loads BLOCK_K kept rows. Steps scale with 1 − s, where
-    masked loads of consecutive rows would wait as long for half-empty blocks as for full ones.
-    -> (BLOCK_K, BLOCK_N) float32, to be summed over K."""
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    offs = k_begin + tl.arange(0, K_POW2)  # (K_POW2,)
-    ok = (offs < k_stop) & (tl.arange(0, K_POW2) < k_per_program)
-    x_all = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    keep_all = _keep(x_all, tau, norm_ptr, offs, ok, HAS_NORM)
-    slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * K_POW2  # this program's scratch
-    position = tl.cumsum(keep_all.to(tl.int32), axis=0) - 1  # index among the kept
-    kept = tl.sum(keep_all.to(tl.int32), axis=0)
-    tl.store(rows_ptr + slot + position, offs, mask=keep_all)
-    tl.store(vals_ptr + slot + position, x_all, mask=keep_all)
-    tl.debug_barrier()  # the lists are written by all threads, read by all threads
-    for start in range(0, kept, BLOCK_K):
-        j = start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-        ok_j = j < kept
-        rows = tl.load(rows_ptr + slot + j, mask=ok_j, other=0)
-        x = tl.load(vals_ptr + slot + j, mask=ok_j, other=0.0)
-        w = tl.load(
-            w_ptr + rows[:, None] * N + offs_n[None, :], mask=ok_j[:, None] & n_ok[None, :], other=0.0
-        )  # (BLOCK_K, BLOCK_N)
-        acc += w.to(tl.float32) * x[:, None]
-    return acc
-
-
-@triton.jit
-def _block(x_ptr, w_ptr, norm_ptr, tau, offs_k, k_stop, offs_n, n_ok, N, HAS_NORM: tl.constexpr):
-    """One block of inputs (float32) and the weight rows of its kept ones, a dropped row issuing no
-    load: (BLOCK_K,), (BLOCK_K, BLOCK_N)."""
-    ok = offs_k < k_stop
-    x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)
-    keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
-    w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=keep[:, None] & n_ok[None, :], other=0.0)
-    return x, w
-
-
-@triton.jit
-def _dot_stream(
-    x_ptr,
-    w_ptr,
-    norm_ptr,
-    tau,
-    offs_n,
-    n_ok,
-    k_begin,
-    k_stop,
-    k_per_program,
-    N,
-    HAS_NORM: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """The slice's products one block of inputs after the other. With PREFETCH two blocks are in
-    flight: the next block's mask and weight loads are issued before the current block is
-    consumed, so their latency overlaps instead of adding up. -> (BLOCK_K, BLOCK_N) float32."""
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    offs_k = k_begin + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    if PREFETCH:
-        x, w = _block(x_ptr, w_ptr, norm_ptr, tau, offs_k, k_stop, offs_n, n_ok, N, HAS_NORM)
-        for _ in range(0, k_per_program, BLOCK_K):
-            offs_next = offs_k + BLOCK_K
-            x_next, w_next = _block(x_ptr, w_ptr, norm_ptr, tau, offs_next, k_stop, offs_n, n_ok, N, HAS_NORM)
-            acc += w.to(tl.float32) * x[:, None]
-            x, w, offs_k = x_next, w_next, offs_next
-    else:
-        for k_start in range(0, k_per_program, BLOCK_K):
-            x, w = _block(x_ptr, w_ptr, norm_ptr, tau, offs_k + k_start, k_stop, offs_n, n_ok, N, HAS_NORM)
-            acc += w.to(tl.float32) * x[:, None]
-    return acc
-
-
-@triton.jit
-def _finish(
-    y, bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr
-):
-    """Where a slice's sums y (BLOCK_N,) go: its row of partial sums (SPLIT_MODE 1), the output
-    with the bias (no split), or the float32 workspace by atomics (SPLIT_MODE 2)."""
-    pid_n = tl.program_id(0)
-    if SPLIT_MODE == 1:
-        tl.store(part_ptr + tl.program_id(1) * N + offs_n, y, mask=n_ok)
-    else:
-        if SPLIT_MODE == 2:
-            # Add into the float32 workspace; the last slice to arrive for this tile takes the sum
-            # and leaves workspace and counter at zero for the next call: one launch, no memset.
-            tl.atomic_add(part_ptr + offs_n, y, mask=n_ok, sem="relaxed")
-            tl.debug_barrier()  # every thread's adds happen before the one thread's release below
-            arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
-            if arrived == split - 1:
-                y = tl.atomic_add(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok, sem="relaxed")  # read at L2
-                tl.store(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok)
-                tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed")
-                if HAS_BIAS:
-                    y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-        else:
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+try:  # grid dependency control, Triton 3.4 and later
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - depends on the installation
+    gdc_launch_dependents = gdc_wait = None
 
 
 @triton.jit
@@ -175,7 +64,7 @@ def _sparse_gemv_kernel(
     norm_ptr,  # (G, K) float32 column norms per segment (wina), or any pointer when HAS_NORM is off
     bias_ptr,  # (N,) bias, or any pointer when HAS_BIAS is off
     out_ptr,  # (N,) output
-    part_ptr,  # SPLIT_MODE 1: (split, N) float32 partial sums; 2: (N,) float32 zeros, left zero
+    part_ptr,  # SPLIT_MODE 1: (split, N) float32 partial sums; 2, 3: (N,) float32 zeros, left zero
     count_ptr,  # SPLIT_MODE 2: (tiles,) int32 zeros, left zero
     rows_ptr,  # COMPACT: (split * tiles * K_POW2,) int32 scratch for the kept rows' indices
     vals_ptr,  # COMPACT: same shape, float32 scratch for their inputs
@@ -190,11 +79,20 @@ def _sparse_gemv_kernel(
     SPLIT_MODE: tl.constexpr,
     PREFETCH: tl.constexpr,
     COMPACT: tl.constexpr,
+    SELECT: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVICT: tl.constexpr,
+    PDL: tl.constexpr,
     K_POW2: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_N outputs of one input slice (program id 1) of K_PER_PROGRAM inputs."""
+    if PDL:
+        # let the next launch be scheduled as soon as every program here has started, and touch
+        # no memory before the previous launch has finished (its output may be this input)
+        gdc_launch_dependents()
+        gdc_wait()
     n_start = tl.program_id(0) * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     n_ok = offs_n < N
@@ -203,8 +101,8 @@ def _sparse_gemv_kernel(
     norm_ptr += segment * K
     k_begin = tl.program_id(1) * k_per_program  # k_per_program is a multiple of BLOCK_K: slices never overlap
     k_stop = tl.minimum(k_begin + k_per_program, K)
-    if COMPACT:
-        acc = _dot_compact(
+    if COMPACT or SELECT:
+        acc = dot_kept(
             x_ptr,
             w_ptr,
             norm_ptr,
@@ -218,12 +116,15 @@ def _sparse_gemv_kernel(
             k_per_program,
             N,
             HAS_NORM,
+            EVEN_N,
+            EVICT,
+            COMPACT,
             K_POW2,
             BLOCK_K,
             BLOCK_N,
         )
     else:
-        acc = _dot_stream(
+        acc = dot_stream(
             x_ptr,
             w_ptr,
             norm_ptr,
@@ -235,12 +136,14 @@ def _sparse_gemv_kernel(
             k_per_program,
             N,
             HAS_NORM,
+            EVEN_N,
+            EVICT,
             PREFETCH,
             BLOCK_K,
             BLOCK_N,
         )
     # reduced over K once, at the end
-    _finish(tl.sum(acc, axis=0), bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS, SPLIT_MODE)
+    finish(tl.sum(acc, axis=0), bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS, SPLIT_MODE)
 
 
 @triton.jit
@@ -266,6 +169,44 @@ def _sum_partials_kernel(
     tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
+@triton.jit
+def _cast_sums_kernel(
+    part_ptr,  # (N,) float32 sums, returned to zero
+    bias_ptr,  # (N,) or any pointer when HAS_BIAS is off
+    out_ptr,  # (N,)
+    N,
+    HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()  # the sums are complete only when the main launch has finished
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    n_ok = offs_n < N
+    y = tl.load(part_ptr + offs_n, mask=n_ok, other=0.0)
+    tl.store(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+def _cast_sums(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, pdl: bool, dummy) -> None:
+    """SPLIT_MODE 3's second launch: out = the workspace's sums (+ bias), and the workspace zero again."""
+    n_out, block = out.shape[0], 1024
+    _cast_sums_kernel[(triton.cdiv(n_out, block),)](
+        part,
+        dummy if bias is None else bias,
+        out,
+        n_out,
+        HAS_BIAS=bias is not None,
+        PDL=pdl,
+        BLOCK_N=block,
+        num_warps=4,
+        **({"launch_pdl": True} if pdl else {}),
+    )
+
+
 def _sum_partials(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, split: int, dummy) -> None:
     """SPLIT_MODE 1's second launch: out = the sum of the `split` rows of partial sums (+ bias)."""
     n_out, reduce_block = out.shape[0], 128
@@ -282,6 +223,18 @@ def _sum_partials(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tens
     )
 
 
+@functools.lru_cache(maxsize=None)
+def supports_pdl(device: torch.device) -> bool:
+    """Programmatic dependent launch needs a real GPU of compute capability 9.0 or later (not
+    Triton's CPU interpreter)."""
+    return gdc_wait is not None and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _kept_scratch(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """COMPACT's scratch: int32 indices and float32 inputs of each program's kept rows."""
+    return torch.empty(size, device=device, dtype=torch.int32), torch.empty(size, device=device, dtype=torch.float32)
+
+
 def _split_buffers(mode: int, split: int, out: torch.Tensor, workspace: torch.Tensor | None):
     """Where the slices of a split-K launch meet: (partial sums, per-tile arrival counters) for
     SPLIT_MODE 1 (rows of partial sums, no counters) and 2 (the zeroed float32 workspace: sums,
@@ -290,7 +243,7 @@ def _split_buffers(mode: int, split: int, out: torch.Tensor, workspace: torch.Te
     if mode == 1:
         part = torch.empty((split, n_out), device=out.device, dtype=torch.float32)
         return part, part
-    if mode == 2:
+    if mode in (2, 3):
         if workspace is None:
             workspace = torch.zeros(2 * n_out, device=out.device, dtype=torch.float32)
         assert workspace.shape == (2 * n_out,) and workspace.dtype == torch.float32
@@ -326,7 +279,7 @@ def triton_sparse_gemv(
         block_n //= 2
     starts = [sum(segments[:i]) for i in range(1, len(segments))] + [n_out] * (MAX_SEGMENTS - len(segments))
     split = config.split(n_in)
-    mode = 0 if split == 1 else 2 if config.atomic else 1
+    mode = 0 if split == 1 else (3 if config.finisher else 2) if config.atomic else 1
     if out is None:
         out = torch.empty(n_out, device=x.device, dtype=x.dtype)
     assert out.shape == (n_out,) and out.dtype == x.dtype
@@ -334,11 +287,8 @@ def triton_sparse_gemv(
     dummy = tau  # a valid pointer for arguments the kernel does not read
     grid = (triton.cdiv(n_out, block_n), split)
     k_pow2 = triton.next_power_of_2(config.inputs_per_program(n_in))
-    if config.compact:  # int32 indices and float32 inputs of each program's kept rows
-        rows = torch.empty(grid[0] * grid[1] * k_pow2, device=x.device, dtype=torch.int32)
-        vals = torch.empty(grid[0] * grid[1] * k_pow2, device=x.device, dtype=torch.float32)
-    else:
-        rows = vals = dummy
+    rows, vals = _kept_scratch(grid[0] * grid[1] * k_pow2, x.device) if config.compact else (dummy, dummy)
+    pdl = config.pdl and supports_pdl(x.device)
     _sparse_gemv_kernel[grid](
         x,
         weight_t,
@@ -361,12 +311,19 @@ def triton_sparse_gemv(
         SPLIT_MODE=mode,
         PREFETCH=config.prefetch,
         COMPACT=config.compact,
-        K_POW2=k_pow2 if config.compact else 1,
+        SELECT=config.select,
+        EVEN_N=n_out % block_n == 0,
+        EVICT=config.evict,
+        PDL=pdl,
+        K_POW2=k_pow2 if config.compact or config.select else 1,
         BLOCK_K=config.block_k,
         BLOCK_N=block_n,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **({"launch_pdl": True} if pdl else {}),
     )
     if mode == 1:
         _sum_partials(part, bias, out, split, dummy)
+    elif mode == 3:
+        _cast_sums(part, bias, out, pdl, dummy)
     return out
