@@ -1,0 +1,186 @@
+"""End-to-end part of benchmarks/kernels_h200.py: batch-1 greedy decoding, dense against sparse
+(seven launches per block, then q/k/v and gate/up fused), each compiled with CUDA graphs through
+sponlib.kernels.StaticDecoder, on a Llama-3-8B-shaped model with random bf16 weights and on the
+default model with its shipped calibration and SPON vectors.
+
+The byte-count bound counts the bytes a token must read (all weights but the embedding table, of
+which one row, and the whole static KV cache) and which of them sparsity removes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from kernel_shapes import DTYPE, E2E_LEVELS, LLAMA3_8B
+
+
+def decode_bytes(model, sparsity_by_name: dict[str, float], max_len: int) -> tuple[float, float]:
+    """Bytes one decoding step reads: (dense, sparse) for the model's projections' measured
+    sparsity. All parameters except the embedding table (one row of it), plus the static KV cache."""
+    from sponlib.models import iter_projections
+
+    config = model.config
+    projections = {p.name: p.module.weight.numel() * p.module.weight.element_size() for p in iter_projections(model)}
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr()
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    other = total - sum(projections.values()) - embedding.numel() * embedding.element_size() * (0 if tied else 1)
+    other += embedding.shape[1] * embedding.element_size()  # the one embedding row
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_cache = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * max_len * embedding.element_size()
+    dense = sum(projections.values()) + other + kv_cache
+    sparse = sum(b * (1 - sparsity_by_name.get(n, 0.0)) for n, b in projections.items()) + other + kv_cache
+    return float(dense), float(sparse)
+
+
+def measured_sparsity(model, thresholds, prompt: torch.Tensor, max_len: int, alphas=None, tokens: int = 16) -> dict:
+    """Per projection, the share of inputs zeroed while decoding `tokens` tokens eagerly."""
+    from sponlib.kernels import StaticDecoder
+    from sponlib.sparsity import Sparsifier
+
+    decoder = StaticDecoder(model, max_len, mode="eager")
+    with Sparsifier(model, thresholds, check=False, alphas=alphas) as sp:
+        token = decoder.prefill(prompt)
+        sp.reset_stats()  # the decoding steps only, not the prompt
+        position = torch.tensor([prompt.shape[1]], device=prompt.device)
+        for _ in range(tokens):
+            token = decoder.step(token, position)
+            position += 1
+        return {"by_projection": sp.measured(), **sp.summary()}
+
+
+def e2e(
+    model,
+    name: str,
+    thresholds_by_level: dict,
+    prompt: torch.Tensor,
+    alphas_by_level=None,
+    max_len: int = 512,
+    tokens: int = 256,
+) -> dict:
+    """Dense, then sparse at each level, batch-1 greedy decoding compiled with CUDA graphs."""
+    from sponlib.kernels import StaticDecoder, set_thresholds, swap_in, swap_out
+
+    alphas_by_level = alphas_by_level or {}
+    levels = sorted(thresholds_by_level)
+    measured = {
+        level: measured_sparsity(model, thresholds_by_level[level], prompt, max_len, alphas_by_level.get(level))
+        for level in levels
+    }
+    bytes_by_level = {level: decode_bytes(model, measured[level]["by_projection"], max_len) for level in levels}
+    started = time.perf_counter()
+    dense_s = StaticDecoder(model, max_len, mode="compile").seconds_per_token(prompt, tokens)
+    compile_dense = time.perf_counter() - started
+    torch._dynamo.reset()
+    dense_bytes = bytes_by_level[levels[0]][0]
+    rows = [
+        {
+            "variant": "dense",
+            "sparsity": 0.0,
+            "tokens_per_s": round(1 / dense_s, 1),
+            "ms_per_token": round(dense_s * 1e3, 3),
+            "GBps": round(dense_bytes / dense_s / 1e9, 1),
+        }
+    ]
+    print(
+        f"e2e {name} dense: {1 / dense_s:8.1f} tokens/s {dense_bytes / dense_s / 1e9:7.1f} GB/s "
+        f"(compile + warm-up {compile_dense:.0f} s)",
+        flush=True,
+    )
+    first_alphas = alphas_by_level.get(levels[0]) or (next(iter(alphas_by_level.values()), None))
+    for fuse in (False, True):  # seven launches per block, then q/k/v and gate/up fused
+        variant = ("sparse+spon" if alphas_by_level else "sparse") + ("-fused" if fuse else "")
+        swap_in(model, thresholds_by_level[levels[0]], first_alphas, check=False, fuse=fuse)
+        decoder = StaticDecoder(model, max_len, mode="compile")
+        for level in levels:
+            set_thresholds(model, thresholds_by_level[level], alphas_by_level.get(level))
+            seconds = decoder.seconds_per_token(prompt, tokens)
+            dense_b, sparse_b = bytes_by_level[level]
+            row = {
+                "variant": variant,
+                "sparsity": level,
+                "measured_sparsity": round(measured[level]["weighted"], 4),
+                "tokens_per_s": round(1 / seconds, 1),
+                "ms_per_token": round(seconds * 1e3, 3),
+                "GBps": round(sparse_b / seconds / 1e9, 1),
+                "speedup": round(dense_s / seconds, 3),
+                "bound": round(dense_b / sparse_b, 3),
+                "share_of_bound": round(dense_s / seconds / (dense_b / sparse_b), 3),
+            }
+            rows.append(row)
+            print(
+                f"e2e {name} {variant} s={level:<4} (measured {row['measured_sparsity']:.3f}): "
+                f"{row['tokens_per_s']:8.1f} tokens/s {row['GBps']:7.1f} GB/s x{row['speedup']:.2f} "
+                f"of bound x{row['bound']:.2f}",
+                flush=True,
+            )
+        del decoder
+        torch._dynamo.reset()
+        swap_out(model)
+    return {
+        "model": name,
+        "max_len": max_len,
+        "prompt_tokens": int(prompt.shape[1]),
+        "timed_tokens": tokens,
+        "weights_GB": round(bytes_by_level[levels[0]][0] / 1e9, 3),
+        "rows": rows,
+    }
+
+
+def e2e_llama(levels=E2E_LEVELS, tokens: int = 256) -> dict:
+    """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.sparsity.calibrate on random tokens."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sponlib.sparsity import calibrate
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA3_8B), dtype=DTYPE).eval()
+    config = model.config
+    with torch.no_grad():  # seeded N(0, 0.02) weights, unit norms, whatever the library's init did
+        for name, param in model.named_parameters():
+            param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0.0, 0.02)
+    model.requires_grad_(False)
+    ids = torch.randint(0, config.vocab_size, (8, 128), device="cuda")
+    calibration = calibrate(
+        model,
+        ids,
+        scores=("teal",),
+        refine_windows=8,
+        refine_levels=[lv for lv in levels if lv > 0],
+        batch_size=8,
+        progress=False,
+    )
+    thresholds = {level: calibration.thresholds(level, "teal") for level in levels}
+    prompt = torch.randint(0, config.vocab_size, (1, 64), device="cuda")
+    result = e2e(model, "llama3-8b-shaped (random bf16 weights)", thresholds, prompt, tokens=tokens)
+    del model
+    torch.cuda.empty_cache()
+    return result
+
+
+def e2e_smollm2(levels=E2E_LEVELS, tokens: int = 256) -> dict:
+    """The default model, bf16, shipped calibration and SPON vectors (teal) folded into biases."""
+    from sponlib.artifacts import shipped_calibration, shipped_spon
+    from sponlib.data import load_corpus, load_windows
+    from sponlib.models import load_model
+
+    model, tokenizer = load_model("smollm2-135m", dtype="bfloat16", device="cuda")
+    model.requires_grad_(False)
+    calibration = shipped_calibration(model)
+    spon = shipped_spon(model, "teal")
+    thresholds = {0.0: calibration.thresholds(0.0, "teal")} if 0.0 in levels else {}
+    alphas = {}
+    for level in levels:
+        if level > 0 and ("teal", level) in spon:
+            thresholds[level], level_alphas = spon[("teal", level)]
+            alphas[level] = {n: a.to("cuda") for n, a in level_alphas.items()}
+    zero = {n: torch.zeros_like(a) for n, a in next(iter(alphas.values())).items()}
+    alphas.setdefault(0.0, zero)
+    prompt = load_windows(load_corpus("persuasion"), tokenizer, 64, 1, seed=0).ids[:1].to("cuda")  # (1, 64)
+    result = e2e(model, "smollm2-135m", thresholds, prompt, alphas, tokens=tokens)
+    del model
+    torch.cuda.empty_cache()
+    return result

@@ -1,0 +1,168 @@
+"""The tile sweep of benchmarks/kernels_h200.py (`--parts sweep`): for each projection shape and
+fused group, time the sparse GEMV's variants at s = 0 and 0.5 and keep the fastest by
+time(0) + time(0.5), the table `sponlib.kernels.tiles.gemv_config` reads
+(sponlib/kernels/configs/<gpu>.json, written with --write-configs).
+
+Stage 1 tries output tiles of 64 to 2048 columns (row pieces of 128 B to 4 KB in bf16), 8 to 64
+inputs per step, 1 to 8 steps per program (split-K by atomics over the rest); from 2 steps up
+with two blocks in flight, or over the kept rows only, picked in registers; from 4 steps up also
+with the kept rows listed in scratch memory first; and the split's sums
+finished by the last slice to arrive or by a second small kernel. Stage 2 takes
+the four best of stage 1 and adds cache hints, programmatic dependent launch and both; and the
+best once more with partial sums and a second kernel instead of atomics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import torch
+import triton
+
+from sponlib.kernels.tiles import GemvConfig
+from sponlib.records import library_versions
+
+from kernel_parts import GemvData
+from kernel_shapes import sweep_shapes
+
+MAX_PROGRAMS = 16384  # more only adds scheduling; fewer than the multiprocessors leaves some idle
+
+
+def candidates(n_in: int, n_out: int) -> list[GemvConfig]:
+    """Stage 1's configurations for one shape (module docstring)."""
+    fewest = 132 if n_in * n_out >= 2**22 else 1  # small shapes cannot fill the GPU whatever the tiles
+    found = []
+    for block_n in (64, 128, 256, 512, 1024, 2048):
+        if block_n > max(64, triton.next_power_of_2(n_out)) or (n_out >= 4096 and block_n < 256):
+            continue  # narrow tiles lost on every wide shape in earlier sweeps
+        for block_k in (8, 16, 32, 64):
+            tile = block_n * block_k
+            if not 2048 <= tile <= 32768:
+                continue
+            for steps in (1, 2, 4, 8) if n_in > 4096 else (1, 2, 4):
+                k_per = block_k * steps
+                programs = triton.cdiv(n_out, block_n) * triton.cdiv(n_in, k_per)
+                if k_per > triton.next_power_of_2(n_in) or not fewest <= programs <= MAX_PROGRAMS:
+                    continue
+                warps = (4,) if tile <= 8192 else (4, 8) if tile <= 16384 else (8,)
+                variants = ({},) if steps == 1 else ({"prefetch": True}, {"select": True})
+                if steps >= 4:
+                    variants += ({"compact": True},)
+                if programs > triton.cdiv(n_out, block_n):  # split-K: the two ways to finish
+                    variants += tuple({**v, "finisher": True} for v in variants)
+                found += [GemvConfig(block_n, block_k, k_per, w, 1, atomic=True, **v) for w in warps for v in variants]
+    return list(dict.fromkeys(found))
+
+
+# Two dependent launches captured in a CUDA graph, checked against the reference: run in a child
+# process, because a launch the driver refuses during capture can leave this process's context broken.
+_PDL_PROBE = """
+import torch
+from sponlib.kernels.tiles import GemvConfig
+from sponlib.kernels.triton_gemv import triton_sparse_gemv
+x = torch.randn(4096, device="cuda", dtype=torch.bfloat16)
+w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+tau = torch.tensor([0.67], device="cuda")
+config = GemvConfig(256, 32, 64, prefetch=True, atomic=True, pdl=True)
+space = torch.zeros(8192, device="cuda")
+triton_sparse_gemv(x, w, tau, config=config, workspace=space)
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    y = triton_sparse_gemv(x, w, tau, config=config, workspace=space)
+    z = triton_sparse_gemv(y, w, tau, config=config, workspace=space)
+graph.replay()
+ref_y = (x.float() * (x.float().abs() > 0.67)) @ w.float()
+ref_z = (y.float() * (y.float().abs() > 0.67)) @ w.float()
+assert (y.float() - ref_y).norm() / ref_y.norm() < 1e-2 and (z.float() - ref_z).norm() / ref_z.norm() < 1e-2
+"""
+
+
+def pdl_in_graphs() -> bool:
+    """Whether kernels launched as programmatic dependents capture and replay correctly here."""
+    done = subprocess.run([sys.executable, "-c", _PDL_PROBE], capture_output=True, text=True)
+    if done.returncode:
+        print(f"programmatic dependent launch left out: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+    return done.returncode == 0
+
+
+def _timed(data: GemvData, config: GemvConfig) -> tuple[float, GemvConfig, dict]:
+    at = {level: data.sparse(level, config) for level in (0.0, 0.5)}
+    return at[0.0]["sparse_us"] + at[0.5]["sparse_us"], config, at
+
+
+def _write_configs(chosen: list[dict]) -> None:
+    """The winners into the GPU model's table; the rows of shapes not swept this time stay."""
+    from sponlib.io import atomic_write_json
+    from sponlib.kernels.tiles import config_file, tuned_configs
+
+    path = config_file(torch.cuda.get_device_name(0))
+    path.parent.mkdir(exist_ok=True)
+    swept = {(row["in"], row["out"]) for row in chosen}
+    table = json.loads(path.read_text())["configs"] if path.is_file() else []
+    kept = [row for row in table if (row["in"], row["out"]) not in swept]
+    atomic_write_json(
+        path,
+        {
+            "gpu": torch.cuda.get_device_name(0),
+            "written_by": "python benchmarks/kernels_h200.py --parts sweep --write-configs",
+            "created": time.strftime("%Y-%m-%d"),
+            "versions": library_versions(),
+            "selection": "fastest time(s=0) + time(s=0.5); bf16; N(0, 1) inputs",
+            "configs": kept + chosen,
+        },
+    )
+    tuned_configs.cache_clear()  # later parts of this run read the new table
+    print(f"wrote {path}", flush=True)
+
+
+def sweep(write_configs: bool, models=None, on_shape=None) -> list[dict]:
+    """Both stages over every shape of `models` (default: all; module docstring); rows of every
+    timing, and with `write_configs` the winners written after each shape, so an interrupted
+    sweep keeps them; `on_shape(rows)` is called after each shape too."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    hints = ({"evict": True}, {"pdl": True}, {"evict": True, "pdl": True}) if pdl_in_graphs() else ({"evict": True},)
+    rows, chosen = [], []
+    for model, roles, n_in, n_out in sweep_shapes():
+        if models and model not in models:
+            continue
+        data = GemvData(n_in, n_out, gen, cap=256)
+        started = time.perf_counter()
+        timed = sorted((_timed(data, c) for c in candidates(n_in, n_out)), key=lambda t: t[0])
+        extras = [GemvConfig(**{**best.__dict__, **hint}) for _, best, _ in timed[:4] for hint in hints]
+        timed += [_timed(data, c) for c in extras]
+        best = min(timed, key=lambda t: t[0])[1]
+        if best.split(n_in) > 1:
+            timed.append(_timed(data, GemvConfig(**{**best.__dict__, "atomic": False})))
+        for _, config, at in timed:
+            rows += [
+                {"model": model, "roles": roles, **config.__dict__, "split": config.split(n_in), **r}
+                for r in at.values()
+            ]
+        _, config, at = min(timed, key=lambda t: t[0])
+        chosen.append(
+            {
+                "in": n_in,
+                "out": n_out,
+                "roles": f"{model} {roles}",
+                **config.__dict__,
+                "us_at_0": at[0.0]["sparse_us"],
+                "us_at_0.5": at[0.5]["sparse_us"],
+                "dense_us": at[0.0]["dense_us"],
+            }
+        )
+        print(
+            f"sweep {model} {roles} {n_in}->{n_out}: {len(timed)} variants in {time.perf_counter() - started:.0f} s;"
+            f" best {config} split {config.split(n_in)}: {at[0.0]['sparse_us']} / {at[0.5]['sparse_us']} us at"
+            f" s=0 / 0.5 (dense {at[0.0]['dense_us']} us)",
+            flush=True,
+        )
+        del data
+        torch.cuda.empty_cache()
+        if write_configs:
+            _write_configs(chosen)
+        if on_shape is not None:
+            on_shape(rows)
+    return rows
