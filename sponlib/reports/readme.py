@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..io import atomic_write_text
 from ..records import load_result
-from . import quality, robust, speed
+from . import kernels, quality, robust, speed
 
 _BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -39,7 +39,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "spon_robust_lr.json": robust.render_robust,
     "spon_robust_gemma3.json": robust.render_robust,
     "gemv_cpu.json": speed.render_gemv_cpu,
-    "kernels_h200.json": speed.render_kernels,
+    "kernels_h200.json": kernels.render_kernels,
     "spon_recovery_gemma3.json": lambda record: quality.render_recovery(record, targets=False),
     "tasks.json": quality.render_tasks,
     "multigpu.json": speed.render_multigpu,
