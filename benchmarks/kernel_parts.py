@@ -115,11 +115,14 @@ TEAL_LEVELS = (0.0, 0.25, 0.5, 0.7)  # TEAL tunes itself per level: the float16 
 
 
 def gemv(levels=LEVELS, dtypes=(torch.bfloat16,), teal=None) -> list[dict]:
-    """Every projection shape at every level, per dtype; TEAL beside ours in float16 (TEAL_LEVELS)."""
+    """Every projection shape at every level, per dtype; TEAL beside ours in float16 on the
+    Llama-3-8B shapes (at TEAL_LEVELS: TEAL tunes itself per shape and level)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
     for dtype in dtypes:
         for model, roles, n_in, n_out in gemv_shapes():
+            if dtype == torch.float16 and model != "llama3-8b":
+                continue  # float16 runs are for the comparison with TEAL
             data = GemvData(n_in, n_out, gen, dtype)
             contender = teal if dtype == torch.float16 else None
             for level in TEAL_LEVELS if contender else levels:
@@ -208,9 +211,12 @@ def layer(levels=LEVELS, dtypes=(torch.bfloat16,), teal=None) -> list[dict]:
     rows = []
     for dtype in dtypes:
         for model, shapes in MODEL_SHAPES.items():
+            if dtype == torch.float16 and model != "llama3-8b":
+                continue  # float16 runs are for the comparison with TEAL
             data = LayerData(shapes, gen, dtype)
             dense_s = data.time(data.dense_layer)
-            for level in TEAL_LEVELS if teal is not None and dtype == torch.float16 else levels:
+            contender = teal if dtype == torch.float16 else None
+            for level in TEAL_LEVELS if contender else levels:
                 tau = normal_threshold(level)
                 taus = {g: torch.full((g,), tau, device="cuda") for g in (1, 2, 3)}  # one per segment
                 separate_s = data.time(lambda c: data.separate_layer(c, taus))
@@ -234,8 +240,8 @@ def layer(levels=LEVELS, dtypes=(torch.bfloat16,), teal=None) -> list[dict]:
                     "share_of_ideal": round(dense_s / separate_s / ideal, 3),
                 }
                 teal_text = ""
-                if teal is not None and dtype == torch.float16:
-                    teal_s = data.time(lambda c: data.teal_layer(c, teal, tau, level))
+                if contender is not None:
+                    teal_s = data.time(lambda c: data.teal_layer(c, contender, tau, level))
                     row.update(
                         teal_us=round(teal_s * 1e6, 2),
                         teal_speedup=round(dense_s / teal_s, 3),
