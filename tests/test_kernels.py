@@ -559,7 +559,7 @@ def test_tiles_come_from_the_tuned_table_when_shipped_else_from_the_heuristic():
     (n_in, n_out), tuned = next(iter(table.items()))
     assert gemv_config(n_in, n_out, "NVIDIA H200") == tuned
     wide = gemv_config(4096, 12288, "NVIDIA H200")  # a shape the table lacks (Qwen3-8B gate/up)
-    assert (wide.block_n, wide.finisher, wide.pdl) == (1024, True, True)
+    assert (wide.block_n, wide.atomic, wide.pdl, wide.split(4096)) == (128, True, False, 10)
     narrow = gemv_config(576, 192)
     assert isinstance(narrow, GemvConfig) and narrow.block_n == 64 and not narrow.finisher
     for config in table.values():  # every tuned split-K runs in one pass of whole steps

@@ -72,15 +72,13 @@ def device_name(device: torch.device) -> str | None:
 
 def gemv_config(n_in: int, n_out: int, device: str | None = None) -> GemvConfig:
     """Tiles for a (n_in -> n_out) projection: the tuned ones for this GPU model and shape when
-    shipped (sponlib/kernels/configs/), otherwise what won most of the wide shapes on the H200
-    (output tiles of 1024 columns, 8 inputs a step, 4 steps a slice, sums finished by a second
-    kernel, dependent launch where the GPU has it) and, for narrow outputs, tiles of 64–128
-    columns with enough input slices that a few programs run per multiprocessor."""
+    shipped (sponlib/kernels/configs/), otherwise wide output tiles and enough input slices that
+    a few programs run per multiprocessor, summed by atomics in one launch. (The newer variants,
+    cache hints, dependent launch, a finishing kernel and kept rows picked in registers, are
+    chosen only through a tuned table; docs/kernel_notes.md, v4.)"""
     tuned = tuned_configs(device).get((n_in, n_out))
     if tuned is not None:
         return tuned
-    if n_out >= 4096:
-        return GemvConfig(1024, 8, 32, num_warps=4, prefetch=True, atomic=True, finisher=True, pdl=True)
     block_n = 128 if n_out >= 2048 else 64
     block_k = 64
     programs_wanted = 1024
