@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from .tiles import MAX_SEGMENTS, GemvConfig, device_name, gemv_config
-from .triton_steps import dot_kept, dot_stream, finish
+from .triton_steps import dot_kept, dot_stream, finish, store_output
 
 try:  # grid dependency control, Triton 3.4 and later
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -163,10 +163,7 @@ def _sum_partials_kernel(
     parts = tl.load(
         part_ptr + offs_s[:, None] * N + offs_n[None, :], mask=(offs_s < split)[:, None] & n_ok[None, :], other=0.0
     )  # (SPLIT_POW2, BLOCK_N)
-    y = tl.sum(parts, axis=0)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    store_output(tl.sum(parts, axis=0), bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
 
 
 @triton.jit
@@ -179,6 +176,8 @@ def _cast_sums_kernel(
     PDL: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    """SPLIT_MODE 3's second kernel: BLOCK_N of the workspace's sums to the output, the workspace
+    left zero."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()  # the sums are complete only when the main launch has finished
@@ -186,9 +185,7 @@ def _cast_sums_kernel(
     n_ok = offs_n < N
     y = tl.load(part_ptr + offs_n, mask=n_ok, other=0.0)
     tl.store(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
 
 
 def _cast_sums(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, pdl: bool, dummy) -> None:
@@ -237,8 +234,8 @@ def _kept_scratch(size: int, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def _split_buffers(mode: int, split: int, out: torch.Tensor, workspace: torch.Tensor | None):
     """Where the slices of a split-K launch meet: (partial sums, per-tile arrival counters) for
-    SPLIT_MODE 1 (rows of partial sums, no counters) and 2 (the zeroed float32 workspace: sums,
-    then counters); the output itself, unread, without a split."""
+    SPLIT_MODE 1 (rows of partial sums, no counters) and 2 and 3 (the zeroed float32 workspace:
+    sums, then counters, which 3 leaves unused); the output itself, unread, without a split."""
     n_out = out.shape[0]
     if mode == 1:
         part = torch.empty((split, n_out), device=out.device, dtype=torch.float32)

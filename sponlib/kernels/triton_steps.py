@@ -170,6 +170,14 @@ def dot_stream(
 
 
 @triton.jit
+def store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS: tl.constexpr):
+    """The finished float32 sums y (BLOCK_N,) plus the bias, cast to the output's dtype and stored."""
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
 def finish(
     y, bias_ptr, out_ptr, part_ptr, count_ptr, offs_n, n_ok, N, split, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr
 ):
@@ -193,10 +201,6 @@ def finish(
                 y = tl.atomic_add(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok, sem="relaxed")  # read at L2
                 tl.store(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok)
                 tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed")
-                if HAS_BIAS:
-                    y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+                store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
         else:
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+            store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
