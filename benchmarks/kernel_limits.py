@@ -17,7 +17,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from sponlib.kernels.timing import copies_for, graph_time
+from sponlib.kernels.timing import graph_time
+
+from kernel_parts import GemvData
 
 CEILING_LEVELS = (0.25, 0.5, 0.7)
 PIECE_BYTES = (128, 256, 512, 1024, 2048, 4096, 8192)
@@ -29,15 +31,12 @@ def compacted_ceilings(shapes, levels=CEILING_LEVELS, dtype=torch.bfloat16) -> l
     gen = torch.Generator(device="cuda").manual_seed(3)
     rows = []
     for model, roles, n_in, n_out in shapes:
-        weight_bytes = n_in * n_out * 2
-        copies = copies_for(weight_bytes, cap=256)
-        weights = [torch.randn(n_out, n_in, device="cuda", dtype=dtype, generator=gen) for _ in range(copies)]
-        xs = [torch.randn(1, n_in, device="cuda", dtype=dtype, generator=gen) for _ in range(copies)]
-        dense_s = graph_time([lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, weights)])
+        data = GemvData(n_in, n_out, gen, dtype, cap=256)  # the weight copies, inputs and dense time
+        weight_bytes, dense_s = data.weight_bytes, data.dense_s
         for level in levels:
             kept = round(n_in * (1 - level))
-            compact = [w[:, :kept].contiguous() for w in weights]  # (out, kept) each
-            inputs = [x[:, :kept].contiguous() for x in xs]  # (1, kept) each
+            compact = [w[:, :kept].contiguous() for w in data.weights]  # (out, kept) each
+            inputs = [x[:, :kept].contiguous() for x in data.xs]  # (1, kept) each
             compact_s = graph_time([lambda x=x, w=w: F.linear(x, w) for x, w in zip(inputs, compact)])
             rows.append(
                 {
@@ -59,8 +58,8 @@ def compacted_ceilings(shapes, levels=CEILING_LEVELS, dtype=torch.bfloat16) -> l
                 f" | compacted {compact_s * 1e6:7.2f} us x{dense_s / compact_s:.2f} (ideal x{1 / (1 - level):.2f})",
                 flush=True,
             )
-            del compact, inputs
-        del weights, xs
+            compact = inputs = None
+        data = None  # its weights go before the next shape's
         torch.cuda.empty_cache()
     return rows
 
