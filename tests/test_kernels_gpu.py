@@ -67,7 +67,7 @@ def test_triton_matches_the_reference_on_random_cases(dtype, wina):
     GemvConfig, triton_sparse_gemv = _gemv()
     gen = torch.Generator().manual_seed(1000 + DTYPES.index(dtype) * 2 + wina)
     checked = 0
-    for _ in range(12 if INTERPRET else 40):
+    for _ in range(12 if INTERPRET else 16):  # on a GPU most of the time goes to compiling
         n_in = SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))]
         n_out = SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))]
         sparsity = float(torch.tensor([0.0, 0.25, 0.5, 0.7, 0.9, 0.99])[torch.randint(6, (1,), generator=gen)])
@@ -104,6 +104,7 @@ def _configs():
         GemvConfig(64, 16, 48, prefetch=True, atomic=True),  # two blocks in flight
         GemvConfig(128, 16, 10**6, prefetch=True),  # one slice per tile, one launch
         GemvConfig(64, 16, 96, atomic=True, compact=True),  # kept rows listed first
+        GemvConfig(64, 16, 96, prefetch=True, atomic=True, finisher=True, compact=True),  # ... next step in flight
         GemvConfig(128, 32, 10**6, compact=True),
         GemvConfig(64, 16, 16, atomic=True, evict=True),  # one step per program, cache hints
         GemvConfig(128, 8, 32, prefetch=True, atomic=True, pdl=True),  # dependent launch (GPU only)

@@ -33,7 +33,7 @@ class GemvConfig:
     prefetch: bool = False  # issue the next block's loads before consuming the current one
     atomic: bool = False  # split-K sums by atomics in one launch (else partials + a second kernel)
     finisher: bool = False  # with atomic: no arrival counter; a second small kernel casts and re-zeroes
-    compact: bool = False  # list the kept inputs first, then loop over kept rows only
+    compact: bool = False  # list the kept inputs first, then loop over kept rows only (prefetch: two in flight)
     select: bool = False  # pick the kept inputs in registers, loop over kept rows with two steps in flight
     evict: bool = False  # weights streamed past the cache (evict first), the input kept in it (evict last)
     pdl: bool = False  # programmatic dependent launch: start while the previous kernel drains (sm_90+)

@@ -16,7 +16,7 @@ a field of `GemvConfig`:
 - `prefetch`: the next block's mask and weight loads are issued before the current block is
   consumed, two blocks in flight per program.
 - `compact`: the slice's kept inputs are listed first (prefix sum, scratch memory), then every
-  step loads BLOCK_K kept rows.
+  step loads BLOCK_K kept rows (with `prefetch`, the next step's rows in flight too).
 - `select`: the same in registers: the next BLOCK_K kept inputs are picked from the slice by a
   one-hot match on their rank among the kept, with the next step's loads in flight (no scratch
   memory, no barrier).
@@ -119,6 +119,7 @@ def _sparse_gemv_kernel(
             EVEN_N,
             EVICT,
             COMPACT,
+            PREFETCH,
             K_POW2,
             BLOCK_K,
             BLOCK_N,
@@ -183,7 +184,9 @@ def _cast_sums_kernel(
         gdc_wait()  # the sums are complete only when the main launch has finished
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     n_ok = offs_n < N
-    y = tl.load(part_ptr + offs_n, mask=n_ok, other=0.0)
+    # Read at L2, where the atomics landed, by an atomic add of zero: a plain load here read stale
+    # values on the H200 (docs/kernel_notes.md, v4), even with the launches in stream order.
+    y = tl.atomic_add(part_ptr + offs_n, tl.zeros((BLOCK_N,), tl.float32), mask=n_ok, sem="relaxed")
     tl.store(part_ptr + offs_n, tl.zeros_like(y), mask=n_ok)
     store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
 

@@ -33,6 +33,15 @@ def _pick(offs, x_all, position, kept, first, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _listed(rows_ptr, vals_ptr, first, kept, BLOCK_K: tl.constexpr):
+    """Entries first .. first + BLOCK_K − 1 of a program's list of kept rows in scratch memory: row
+    indices, inputs (float32) and which of the BLOCK_K exist, (BLOCK_K,) each."""
+    j = first + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    ok = j < kept
+    return tl.load(rows_ptr + j, mask=ok, other=0), tl.load(vals_ptr + j, mask=ok, other=0.0), ok
+
+
+@triton.jit
 def dot_kept(
     x_ptr,
     w_ptr,
@@ -50,6 +59,7 @@ def dot_kept(
     EVEN_N: tl.constexpr,
     EVICT: tl.constexpr,
     SCRATCH: tl.constexpr,
+    PREFETCH: tl.constexpr,
     K_POW2: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -71,13 +81,19 @@ def dot_kept(
         tl.store(rows_ptr + slot + position, offs, mask=keep_all)
         tl.store(vals_ptr + slot + position, x_all, mask=keep_all)
         tl.debug_barrier()  # the lists are written by all threads, read by all threads
-        for start in range(0, kept, BLOCK_K):
-            j = start + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-            ok_j = j < kept
-            rows = tl.load(rows_ptr + slot + j, mask=ok_j, other=0)
-            x = tl.load(vals_ptr + slot + j, mask=ok_j, other=0.0)
+        if PREFETCH:
+            rows, x, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, 0, kept, BLOCK_K)
             w = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
-            acc += w.to(tl.float32) * x[:, None]
+            for start in range(BLOCK_K, kept + BLOCK_K, BLOCK_K):  # the last step's loads are all masked off
+                rows, x_next, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
+                w_next = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)
+                acc += w.to(tl.float32) * x[:, None]
+                x, w = x_next, w_next
+        else:
+            for start in range(0, kept, BLOCK_K):
+                rows, x, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
+                w = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
+                acc += w.to(tl.float32) * x[:, None]
     else:
         position = tl.where(keep_all, position, -1)
         rows, x, ok_j = _pick(offs, x_all, position, kept, 0, BLOCK_K)
