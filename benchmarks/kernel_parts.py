@@ -40,6 +40,7 @@ class GemvData:
         self.xs = [
             torch.randn(1, n_in, device="cuda", dtype=dtype, generator=gen) for _ in range(self.copies)
         ]  # (1, in) each
+        self._references = {}  # sparsity -> float64 reference output on the first copy
         self.dense_s = graph_time([lambda x=x, w=w: F.linear(x, w) for x, w in zip(self.xs, self.weights)])
 
     def ours(self, tau: torch.Tensor, config=None) -> list:
@@ -61,6 +62,17 @@ class GemvData:
         x = self.xs[0]
         reference = (x.double() * keep_mask(x, torch.tensor(tau, device="cuda"))) @ self.weights_t[0].double()
         return round(float((y.double().reshape(-1) - reference.reshape(-1)).abs().max()), 4)
+
+    def relative_error(self, level: float, config) -> float:
+        """‖y − reference‖ / ‖reference‖ of `config` on the first copy at sparsity `level`
+        (reference: float64 product, float32 rule)."""
+        tau = torch.tensor([normal_threshold(level)], device="cuda")
+        if level not in self._references:
+            x = self.xs[0]
+            self._references[level] = (x.double() * keep_mask(x, tau[0])) @ self.weights_t[0].double()
+        reference = self._references[level].reshape(-1)
+        y = self.ours(tau, config)[0]().double().reshape(-1)
+        return round(float((y - reference).norm() / reference.norm()), 5)
 
     def sparse(self, level: float, config=None, teal=None) -> dict:
         """Time sponlib's calls at sparsity `level` (and TEAL's, when given) against dense."""

@@ -6,33 +6,47 @@ time(0) + time(0.5), the table `sponlib.kernels.tiles.gemv_config` reads
 Stage 1 tries output tiles of 64 to 2048 columns (row pieces of 128 B to 4 KB in bf16), 8 to 64
 inputs per step, 1 to 8 steps per program (split-K by atomics over the rest); from 2 steps up
 with two blocks in flight, or over the kept rows only, picked in registers; from 4 steps up also
-with the kept rows listed in scratch memory first; and the split's sums
+with the kept rows listed in scratch memory first, with or without the next step in flight; and the split's sums
 finished by the last slice to arrive or by a second small kernel. Stage 2 takes
 the four best of stage 1 and adds cache hints, programmatic dependent launch and both; and the
-best once more with partial sums and a second kernel instead of atomics.
+best once more with partial sums and a second kernel instead of atomics. The shipped table's
+row for the shape, if any, always competes, so a sweep over a subset of the variants
+(`--sweep-variants`) never replaces a faster row with a slower one.
+
+Every configuration's result is checked against a float64 reference at both levels; one that is
+off is left out. Triton compiles each configuration on first use; a pool of processes compiles them all into
+Triton's on-disk cache first (most of a sweep's time on a fresh machine), and the timing process
+then loads them from there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import torch
+import torch.multiprocessing as mp
 import triton
 
-from sponlib.kernels.tiles import GemvConfig
+from sponlib.kernels.tiles import GemvConfig, tuned_configs
 from sponlib.records import library_versions
 
 from kernel_parts import GemvData
 from kernel_shapes import sweep_shapes
 
 MAX_PROGRAMS = 16384  # more only adds scheduling; fewer than the multiprocessors leaves some idle
+VARIANTS = ("plain", "prefetch", "select", "compact")  # stage 1's loop variants
 
 
-def candidates(n_in: int, n_out: int) -> list[GemvConfig]:
-    """Stage 1's configurations for one shape (module docstring)."""
+def _variant(config: GemvConfig) -> str:
+    return "compact" if config.compact else "select" if config.select else "prefetch" if config.prefetch else "plain"
+
+
+def candidates(n_in: int, n_out: int, variants=VARIANTS) -> list[GemvConfig]:
+    """Stage 1's configurations for one shape (module docstring), of the loop `variants` only."""
     fewest = 132 if n_in * n_out >= 2**22 else 1  # small shapes cannot fill the GPU whatever the tiles
     found = []
     for block_n in (64, 128, 256, 512, 1024, 2048):
@@ -48,13 +62,35 @@ def candidates(n_in: int, n_out: int) -> list[GemvConfig]:
                 if k_per > triton.next_power_of_2(n_in) or not fewest <= programs <= MAX_PROGRAMS:
                     continue
                 warps = (4,) if tile <= 8192 else (4, 8) if tile <= 16384 else (8,)
-                variants = ({},) if steps == 1 else ({"prefetch": True}, {"select": True})
+                loops = ({},) if steps == 1 else ({"prefetch": True}, {"select": True})
                 if steps >= 4:
-                    variants += ({"compact": True},)
+                    loops += ({"compact": True}, {"compact": True, "prefetch": True})
                 if programs > triton.cdiv(n_out, block_n):  # split-K: the two ways to finish
-                    variants += tuple({**v, "finisher": True} for v in variants)
-                found += [GemvConfig(block_n, block_k, k_per, w, 1, atomic=True, **v) for w in warps for v in variants]
-    return list(dict.fromkeys(found))
+                    loops += tuple({**v, "finisher": True} for v in loops)
+                found += [GemvConfig(block_n, block_k, k_per, w, 1, atomic=True, **v) for w in warps for v in loops]
+    return [c for c in dict.fromkeys(found) if _variant(c) in variants]
+
+
+def _compile(n_in: int, n_out: int, configs: list[GemvConfig]) -> None:
+    """Run each configuration once on the shape (one pool worker's share), which leaves its
+    compiled kernels in Triton's on-disk cache."""
+    from sponlib.kernels.triton_gemv import triton_sparse_gemv
+
+    x = torch.randn(n_in, device="cuda", dtype=torch.bfloat16)
+    weight_t = torch.randn(n_in, n_out, device="cuda", dtype=torch.bfloat16)
+    tau = torch.tensor([0.67], device="cuda")
+    workspace = torch.zeros(2 * n_out, device="cuda")
+    for config in configs:
+        triton_sparse_gemv(x, weight_t, tau, config=config, workspace=workspace)
+    torch.cuda.synchronize()
+
+
+def precompile(n_in: int, n_out: int, configs: list[GemvConfig]) -> None:
+    """Compile `configs` for the shape in a pool of processes (one per spare CPU core, at most 14)."""
+    workers = max(1, min(14, (os.cpu_count() or 2) - 2, len(configs)))
+    shares = [configs[i::workers] for i in range(workers)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pool.starmap(_compile, [(n_in, n_out, share) for share in shares])
 
 
 # Two dependent launches captured in a CUDA graph, checked against the reference: run in a child
@@ -89,8 +125,18 @@ def pdl_in_graphs() -> bool:
 
 
 def _timed(data: GemvData, config: GemvConfig) -> tuple[float, GemvConfig, dict]:
-    at = {level: data.sparse(level, config) for level in (0.0, 0.5)}
-    return at[0.0]["sparse_us"] + at[0.5]["sparse_us"], config, at
+    """time(0) + time(0.5) of one configuration, and its rows; a configuration whose result is off
+    the float64 reference by more than bf16 allows (relative 1e-2) is timed but never chosen."""
+    at = {
+        level: {**data.sparse(level, config), "relative_error": data.relative_error(level, config)}
+        for level in (0.0, 0.5)
+    }
+    wrong = any(row["relative_error"] > 1e-2 for row in at.values())
+    if wrong:
+        print(
+            f"sweep: {config} is off the reference ({[r['relative_error'] for r in at.values()]}); left out", flush=True
+        )
+    return float("inf") if wrong else at[0.0]["sparse_us"] + at[0.5]["sparse_us"], config, at
 
 
 def _write_configs(chosen: list[dict]) -> None:
@@ -118,21 +164,25 @@ def _write_configs(chosen: list[dict]) -> None:
     print(f"wrote {path}", flush=True)
 
 
-def sweep(write_configs: bool, models=None, on_shape=None) -> list[dict]:
-    """Both stages over every shape of `models` (default: all; module docstring); rows of every
-    timing, and with `write_configs` the winners written after each shape, so an interrupted
-    sweep keeps them; `on_shape(rows)` is called after each shape too."""
+def sweep(write_configs: bool, models=None, on_shape=None, variants=VARIANTS) -> list[dict]:
+    """Both stages over every shape of `models` (default: all; module docstring) with the loop
+    `variants` given; rows of every timing, and with `write_configs` the winners written after
+    each shape, so an interrupted sweep keeps them; `on_shape(rows)` is called after each shape too."""
     gen = torch.Generator(device="cuda").manual_seed(2)
     hints = ({"evict": True}, {"pdl": True}, {"evict": True, "pdl": True}) if pdl_in_graphs() else ({"evict": True},)
+    shipped = tuned_configs(torch.cuda.get_device_name(0))
     rows, chosen = [], []
     for model, roles, n_in, n_out in sweep_shapes():
         if models and model not in models:
             continue
-        data = GemvData(n_in, n_out, gen, cap=256)
         started = time.perf_counter()
-        timed = sorted((_timed(data, c) for c in candidates(n_in, n_out)), key=lambda t: t[0])
+        stage1 = candidates(n_in, n_out, variants) + ([shipped[n_in, n_out]] if (n_in, n_out) in shipped else [])
+        precompile(n_in, n_out, stage1)
+        data = GemvData(n_in, n_out, gen, cap=256)
+        timed = sorted((_timed(data, c) for c in dict.fromkeys(stage1)), key=lambda t: t[0])
         extras = [GemvConfig(**{**best.__dict__, **hint}) for _, best, _ in timed[:4] for hint in hints]
-        timed += [_timed(data, c) for c in extras]
+        precompile(n_in, n_out, extras)
+        timed += [_timed(data, c) for c in dict.fromkeys(extras) if c not in stage1]
         best = min(timed, key=lambda t: t[0])[1]
         if best.split(n_in) > 1:
             timed.append(_timed(data, GemvConfig(**{**best.__dict__, "atomic": False})))

@@ -47,7 +47,7 @@ from kernel_e2e import e2e_llama, e2e_smollm2
 from kernel_limits import compacted_ceilings, gather_efficiency
 from kernel_parts import ceilings, gemv, layer
 from kernel_shapes import DTYPE, sweep_shapes
-from kernel_sweep import sweep
+from kernel_sweep import VARIANTS, sweep
 
 PARTS = ("ceilings", "limits", "gemv", "layer", "e2e-llama", "e2e-smollm2")
 SECTIONS = ("summary", "ceilings", "limits", "gemv", "layer", "e2e", "sweep", "teal", "runs")
@@ -124,7 +124,10 @@ def _run_parts(parts: list[str], args, record: dict, save) -> None:
         save("limits")
     if "sweep" in parts:
         models = args.sweep_models.split(",") if args.sweep_models else None
-        record["sweep"] = sweep(args.write_configs, models, on_shape=lambda rows: record.update(sweep=rows) or save(""))
+        variants = args.sweep_variants.split(",") if args.sweep_variants else VARIANTS
+        record["sweep"] = sweep(
+            args.write_configs, models, on_shape=lambda rows: record.update(sweep=rows) or save(""), variants=variants
+        )
         save("sweep")
     if "gemv" in parts:
         record["gemv"] = gemv(dtypes=dtypes, teal=teal)
@@ -148,18 +151,25 @@ def main() -> None:
     parser.add_argument("--teal", metavar="PATH", help="a TEAL checkout: time its kernel beside ours, in float16")
     parser.add_argument("--sweep-models", help="with the sweep: only these models' shapes (llama3-8b, smollm2-135m)")
     parser.add_argument(
+        "--sweep-variants",
+        help=f"with the sweep: only these loop variants in stage 1 ({', '.join(VARIANTS)}; default all); the"
+        " shipped table's row competes too",
+    )
+    parser.add_argument(
         "--write-configs",
         action="store_true",
         help="with the sweep: write the fastest tiles to sponlib/kernels/configs/<gpu>.json",
     )
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("kernels_h200.py: no CUDA device; this benchmark needs a GPU (the CPU one is sparse_gemv_cpu.py)")
-        raise SystemExit(0)
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS) - {"sweep"}
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}")
+    if args.sweep_variants and set(args.sweep_variants.split(",")) - set(VARIANTS):
+        parser.error(f"unknown sweep variants in {args.sweep_variants!r}; choose from {', '.join(VARIANTS)}")
+    if not torch.cuda.is_available():
+        print("kernels_h200.py: no CUDA device; this benchmark needs a GPU (the CPU one is sparse_gemv_cpu.py)")
+        raise SystemExit(0)
     path = Path(args.json)
     previous = json.loads(path.read_text()) if path.is_file() else {}
     record = {k: previous[k] for k in SECTIONS if k in previous and k != "summary"}

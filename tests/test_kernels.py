@@ -564,3 +564,32 @@ def test_tiles_come_from_the_tuned_table_when_shipped_else_from_the_heuristic():
     assert isinstance(narrow, GemvConfig) and narrow.block_n == 64 and not narrow.finisher
     for config in table.values():  # every tuned split-K runs in one pass of whole steps
         assert config.k_per_program % config.block_k == 0
+
+
+def test_kernel_benchmark_refuses_unknown_parts_and_sweep_variants_before_needing_a_gpu():
+    for wrong, said in (
+        ("--parts=gemv,bogus", "unknown parts ['bogus']"),
+        ("--sweep-variants=select,bogus", "choose from plain, prefetch, select, compact"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "benchmarks/kernels_h200.py", wrong, "--json", "unused.json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert not (ROOT / "unused.json").exists()
+
+
+def test_sweep_candidates_keep_only_the_variants_asked_for():
+    # the sweep's module lives beside the benchmark script, which puts its folder on the path
+    code = (
+        "from kernel_sweep import candidates, VARIANTS\n"
+        "every = candidates(4096, 14336)\n"
+        "only = candidates(4096, 14336, ('select',))\n"
+        "assert only and all(c.select for c in only) and set(only) < set(every)\n"
+        "assert any(c.compact and c.prefetch for c in every)\n"
+        "assert all(c.k_per_program % c.block_k == 0 for c in every)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
+    assert done.returncode == 0, done.stderr
