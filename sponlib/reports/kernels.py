@@ -38,7 +38,13 @@ def _headline(summary: dict) -> str:
     return text + ".\n\n"
 
 
-def _limits(limits: dict, gemv: list[dict]) -> str:
+def _measured_by(runs: list[dict], part: str) -> int | None:
+    """Index of the run whose `part` the record holds: the last that ran it and was not superseded."""
+    found = [i for i, r in enumerate(runs) if part in r["parts"] and part not in r.get("superseded", ())]
+    return found[-1] if found else None
+
+
+def _limits(limits: dict, gemv: list[dict], same_run: bool) -> str:
     ours = {(r["in"], r["out"], r["sparsity"]): r["speedup"] for r in gemv if _dtype(r) == "bfloat16"}
     lines = [
         "| shape | in → out | sparsity | cuBLAS µs | compacted µs | ceiling vs cuBLAS | sponlib vs cuBLAS | 1/(1−s) |",
@@ -57,7 +63,14 @@ def _limits(limits: dict, gemv: list[dict]) -> str:
             f"| {r['piece_bytes']} B | {r['random_GBps']:.0f} | {r['contiguous_GBps']:.0f} | {r['efficiency']:.0%} |"
         )
     return (
-        "Physical limits, same GPU, same run: cuBLAS on the compacted weight (only the kept input rows, "
+        "Physical limits, same GPU, "
+        + (
+            "same run"
+            if same_run
+            else "another run than the projection table's (each ratio is taken within its own run: dense "
+            "times move by up to 15% between runs)"
+        )
+        + ": cuBLAS on the compacted weight (only the kept input rows, "
         "contiguous: a perfect gather; the sponlib column is the same shape in the projection table, fused "
         "shapes have none there), and the read rate of random pieces of a 2 GiB buffer against consecutive "
         "pieces, by piece length (a tile of BLOCK_N outputs reads 2·BLOCK_N-byte pieces of each kept row).\n\n"
@@ -147,7 +160,8 @@ def render_kernels(record: dict) -> str:
     first = runs[-1]
     text = _headline(record["summary"])
     if "limits" in record:
-        text += _limits(record["limits"], record.get("gemv", []))
+        same_run = _measured_by(runs, "limits") == _measured_by(runs, "gemv")
+        text += _limits(record["limits"], record.get("gemv", []), same_run)
     text += _gemv(record["gemv"]) + _teal(record["gemv"], record.get("layer", [])) + _layer(record["layer"])
     if record.get("e2e"):
         text += _e2e(record["e2e"])
@@ -169,6 +183,10 @@ def render_kernels(record: dict) -> str:
             else ""
         )
         + "Runs (each part names the run that measured it): "
-        + "; ".join(f"{', '.join(r['parts'])}: `{r['command']}`" for r in runs)
+        + "; ".join(
+            f"{', '.join(p for p in r['parts'] if p not in r.get('superseded', ()))}: `{r['command']}`"
+            for r in runs
+            if set(r["parts"]) - set(r.get("superseded", ()))
+        )
         + "\n"
     )
