@@ -195,12 +195,12 @@ def _opcheck_arguments(case: int) -> tuple:
     """Positional arguments of torch.ops.sponlib.sparse_gemv.default."""
     if case == 0:  # one token, teal, float32, bias: the row path
         x, weight_t, b, _, tau = _op_case(20, (1,), dtype=torch.float32)
-        return x, weight_t, tau.float(), b, None, [weight_t.shape[1]], None
+        return x, weight_t, tau.float(), b, None, [weight_t.shape[1]], None, 0.0
     # a (2, 3) batch, wina, float64, two segments, no bias, with a workspace
     x, weight_t, _, _, _ = _op_case(21, (2, 3), n_out=48)
     col_norm = torch.rand(2, x.shape[-1], dtype=torch.float64) + 0.5
     tau = torch.tensor([0.4, 1.1], dtype=torch.float64)
-    return x, weight_t, tau, None, col_norm, [32, 16], new_workspace(48, "cpu")
+    return x, weight_t, tau, None, col_norm, [32, 16], new_workspace(48, "cpu"), 0.5
 
 
 @pytest.mark.parametrize("case", [0, 1], ids=["row-path", "segments-wina"])
@@ -274,6 +274,8 @@ BAD_ARGUMENTS = {  # what is wrong -> (the arguments it changes, given the valid
     "workspace-short": (lambda a: {"workspace": torch.zeros(24)}, "workspace"),
     "workspace-float64": (lambda a: {"workspace": torch.zeros(48, dtype=torch.float64)}, "float32"),
     "tau-on-another-device": (lambda a: {"tau": torch.zeros(1, device="meta")}, "move them"),
+    "sparsity-one": (lambda a: {"sparsity": 1.0}, "calibration's target level"),
+    "sparsity-nan": (lambda a: {"sparsity": float("nan")}, "in \\[0, 1\\)"),
 }
 
 
@@ -551,19 +553,45 @@ def test_op_refuses_negative_or_nan_thresholds_on_the_cpu(tokens):
             sparse_gemv(x, input_major(weight), torch.tensor([tau]), bias)
 
 
-def test_tiles_come_from_the_tuned_table_when_shipped_else_from_the_heuristic():
-    from sponlib.kernels.tiles import GemvConfig, gemv_config, tuned_configs
+def test_tiles_come_from_the_tuned_table_by_sparsity_band_else_from_the_heuristic():
+    from sponlib.kernels.tiles import GemvConfig, gemv_config, tile_band, tuned_configs
 
+    assert (tile_band(0.0), tile_band(0.49), tile_band(0.5), tile_band(0.95)) == (0.0, 0.0, 0.5, 0.5)
     table = tuned_configs("NVIDIA H200")
     assert table, "the H200 table ships with the package"
-    (n_in, n_out), tuned = next(iter(table.items()))
-    assert gemv_config(n_in, n_out, "NVIDIA H200") == tuned
-    wide = gemv_config(4096, 12288, "NVIDIA H200")  # a shape the table lacks (Qwen3-8B gate/up)
+    assert any(band == 0.5 for _, _, band in table), "some shapes have tiles of their own from sparsity 0.5"
+    for (n_in, n_out, band), tuned in table.items():
+        assert gemv_config(n_in, n_out, "NVIDIA H200", band) == tuned
+        assert gemv_config(n_in, n_out, "NVIDIA H200", 0.3) == table[n_in, n_out, 0.0]
+        # a band the table lacks for this shape falls back to the band below
+        assert gemv_config(n_in, n_out, "NVIDIA H200", 0.7) == table.get((n_in, n_out, 0.5), table[n_in, n_out, 0.0])
+        assert tuned.k_per_program % tuned.block_k == 0  # every tuned split-K runs in one pass of whole steps
+    wide = gemv_config(4096, 12288, "NVIDIA H200", 0.5)  # a shape the table lacks (Qwen3-8B gate/up)
     assert (wide.block_n, wide.atomic, wide.pdl, wide.split(4096)) == (128, True, False, 10)
     narrow = gemv_config(576, 192)
     assert isinstance(narrow, GemvConfig) and narrow.block_n == 64 and not narrow.finisher
-    for config in table.values():  # every tuned split-K runs in one pass of whole steps
-        assert config.k_per_program % config.block_k == 0
+
+
+def test_swapped_in_modules_carry_the_tile_band_of_their_calibrated_level():
+    model = _tiny64()
+    thresholds = _calibrated(model, "teal", 0.5)
+    names = list(thresholds.levels)
+    thresholds.levels = {name: 0.6 if i % 2 else 0.2 for i, name in enumerate(names)}
+    swap_in(model, thresholds, fuse=True)
+    modules = sparse_linears(model)
+    for name, module in modules.items():
+        if isinstance(module, SparseLinear):
+            assert module.tile_band == (0.5 if thresholds.levels[name] >= 0.5 else 0.0), name
+    fused = {m.fused for m in modules.values() if isinstance(m, SegmentOf)}
+    for group in fused:  # the band of the mean level, weighted by the segments' outputs
+        mean = sum(level * size for level, size in zip(group.levels, group.segments)) / sum(group.segments)
+        assert group.tile_band == (0.5 if mean >= 0.5 else 0.0)
+    thresholds.levels = dict.fromkeys(names, 0.7)
+    set_thresholds(model, thresholds)
+    assert {getattr(m, "fused", m).tile_band for m in modules.values()} == {0.5}
+    thresholds.levels[names[0]] = 1.0
+    with pytest.raises(InvalidArgumentError, match=r"\[0, 1\)"):
+        set_thresholds(model, thresholds)
 
 
 def test_kernel_benchmark_refuses_unknown_parts_and_sweep_variants_before_needing_a_gpu():

@@ -311,7 +311,11 @@ def _shipped_rows():
 
 
 @pytest.mark.parametrize(
-    "gpu, row", _shipped_rows(), ids=lambda v: v if isinstance(v, str) else f"{v['in']}x{v['out']}"
+    "gpu, row",
+    _shipped_rows(),
+    ids=lambda v: (
+        v if isinstance(v, str) else f"{v['in']}x{v['out']}" + (f"@{v['min_sparsity']}" if "min_sparsity" in v else "")
+    ),
 )
 def test_every_shipped_tile_config_computes_the_reference(gpu, row):
     """Each row of the tuned tables, on its own shape (small shapes only under the interpreter),

@@ -7,7 +7,9 @@ swapping it into a Hugging Face model's projections and back.
     swap_out(model)                      every SparseLinear -> the nn.Linear it came from
 
 A SparseLinear keeps the weight input-major (Wᵀ, (in, out)) so that a dropped input skips one
-contiguous row, its threshold as a tensor, and SPON's vector folded into its bias
+contiguous row, its threshold as a tensor, the band of its calibrated sparsity (which picks the GPU
+kernel's tiles: `tiles.TILE_BANDS`; a compiled model recompiles once when it changes band), and
+SPON's vector folded into its bias
 (b' = b + W α, in float64): the model computes W S(x) + b', which equals W (S(x) + α) + b up to
 rounding, the function `sponlib.sparsity.Sparsifier` computes with hooks. The original bias is
 kept, so swapping out restores the dense model exactly.
@@ -27,6 +29,14 @@ from ..sparsity.rules import comparison_dtype, score_weights
 from ..sparsity.thresholds import Thresholds
 from .ops import new_workspace, sparse_gemv
 from .reference import input_major, sparse_gemv_reference
+from .tiles import tile_band
+
+
+def _check_level(sparsity: float, what: str) -> float:
+    value = float(sparsity)
+    if not 0.0 <= value < 1.0:  # NaN too
+        raise InvalidArgumentError(f"calibrated sparsity of {what} must be in [0, 1); got {sparsity!r}")
+    return value
 
 
 def _check_tau(tau: float, what: str) -> float:
@@ -46,9 +56,11 @@ class SparseLinear(nn.Module):
         bias: torch.Tensor | None = None,
         col_norm: torch.Tensor | None = None,
         dense_bias: torch.Tensor | None = None,
+        sparsity: float = 0.0,
     ):
         super().__init__()
         self.in_features, self.out_features = weight_t.shape
+        self.tile_band = tile_band(_check_level(sparsity, "a SparseLinear"))
         compare = comparison_dtype(weight_t.dtype)
         self.register_buffer("weight_t", weight_t.contiguous())  # (in, out)
         self.register_buffer(
@@ -62,14 +74,19 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, tau: float, score: str = "teal", alpha: torch.Tensor | None = None
+        cls,
+        linear: nn.Linear,
+        tau: float,
+        score: str = "teal",
+        alpha: torch.Tensor | None = None,
+        sparsity: float = 0.0,
     ) -> "SparseLinear":
-        """From an nn.Linear, its threshold, the score rule ("teal" or "wina") and optionally
-        its SPON vector α (in,), folded into the bias."""
+        """From an nn.Linear, its threshold, the score rule ("teal" or "wina"), optionally its
+        SPON vector α (in,), folded into the bias, and the sparsity the threshold was calibrated for."""
         weight = linear.weight.detach()  # (out, in)
         dense_bias = None if linear.bias is None else linear.bias.detach().clone()
         bias = None if dense_bias is None else dense_bias.clone()  # folding writes into it, never into dense_bias
-        module = cls(input_major(weight), tau, bias, score_weights(linear, score), dense_bias)
+        module = cls(input_major(weight), tau, bias, score_weights(linear, score), dense_bias, sparsity)
         if alpha is not None:
             module.set_alpha(alpha)
         return module
@@ -86,11 +103,16 @@ class SparseLinear(nn.Module):
         else:
             self.bias.copy_(folded)  # in place: compiled graphs keep reading this buffer
 
-    def set_tau(self, tau: float) -> None:
+    def set_tau(self, tau: float, sparsity: float | None = None) -> None:
+        """A new threshold, in place, and the sparsity it was calibrated for, when given."""
         self.tau.fill_(_check_tau(tau, "a SparseLinear"))
+        if sparsity is not None:
+            self.tile_band = tile_band(_check_level(sparsity, "a SparseLinear"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_gemv(x, self.weight_t, self.tau, self.bias, self.col_norm, workspace=self.workspace)
+        return sparse_gemv(
+            x, self.weight_t, self.tau, self.bias, self.col_norm, workspace=self.workspace, sparsity=self.tile_band
+        )
 
     def to_linear(self) -> nn.Linear:
         """The dense nn.Linear this module came from (exact: Wᵀ transposed back, original bias)."""
@@ -100,7 +122,7 @@ class SparseLinear(nn.Module):
         rule = "teal" if self.col_norm is None else "wina"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, rule={rule}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}, tile_band={self.tile_band}"
         )
 
 
@@ -110,7 +132,9 @@ class FusedSparseLinear(nn.Module):
     and bias. The model still calls its projections one by one: `SegmentOf` modules stand in for
     them (the first runs the launch, the others take their part of its output)."""
 
-    def __init__(self, linears: list[nn.Linear], taus: list[float], score: str = "teal"):
+    def __init__(
+        self, linears: list[nn.Linear], taus: list[float], score: str = "teal", levels: list[float] | None = None
+    ):
         super().__init__()
         if len({linear.in_features for linear in linears}) != 1 or not 2 <= len(linears) <= 3:
             raise InvalidArgumentError("a fused group is 2 or 3 projections of the same input width")
@@ -140,6 +164,9 @@ class FusedSparseLinear(nn.Module):
         self.register_buffer("bias", dense_bias.clone() if any(self.has_dense_bias) else None)  # (Σout,)
         self.register_buffer("workspace", new_workspace(sum(self.segments), weight.device), persistent=False)
         self.pending = None  # (input, outputs) of the last launch, until every segment took its part
+        self.levels = [0.0] * len(linears)  # calibrated sparsity per segment
+        for index, level in enumerate(levels or ()):
+            self.set_level(index, level)
 
     def columns(self, index: int) -> slice:
         start = sum(self.segments[:index])
@@ -147,7 +174,9 @@ class FusedSparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (..., in) -> one output per segment, (..., out_g) each."""
-        y = sparse_gemv(x, self.weight_t, self.tau, self.bias, self.col_norm, self.segments, self.workspace)
+        y = sparse_gemv(
+            x, self.weight_t, self.tau, self.bias, self.col_norm, self.segments, self.workspace, self.tile_band
+        )
         return torch.split(y, self.segments, dim=-1)
 
     def segment_alone(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -163,6 +192,13 @@ class FusedSparseLinear(nn.Module):
 
     def set_tau(self, index: int, tau: float) -> None:
         self.tau[index] = _check_tau(tau, "a fused projection")
+
+    def set_level(self, index: int, sparsity: float) -> None:
+        """Segment `index`'s calibrated sparsity; the launch's tile band is that of the segments'
+        mean level, weighted by their outputs (the weight bytes each reads)."""
+        self.levels[index] = _check_level(sparsity, "a fused projection")
+        mean = sum(level * size for level, size in zip(self.levels, self.segments)) / sum(self.segments)
+        self.tile_band = tile_band(mean)
 
     def set_alpha(self, index: int, alpha: torch.Tensor | None) -> None:
         """Fold SPON vector α (in,) into segment `index`'s bias (float64); None restores it."""
@@ -277,7 +313,10 @@ def swap_in(
         for roles in FUSED_GROUPS if fuse else ():
             members = [block[role] for role in roles]
             fused = FusedSparseLinear(
-                [p.module for p in members], [thresholds.taus[p.name] for p in members], thresholds.score
+                [p.module for p in members],
+                [thresholds.taus[p.name] for p in members],
+                thresholds.score,
+                [thresholds.levels.get(p.name, 0.0) for p in members],
             )
             for index, p in enumerate(members):
                 if p.name in alphas:
@@ -289,7 +328,13 @@ def swap_in(
                 _replace(
                     model,
                     p.name,
-                    SparseLinear.from_linear(p.module, thresholds.taus[p.name], thresholds.score, alphas.get(p.name)),
+                    SparseLinear.from_linear(
+                        p.module,
+                        thresholds.taus[p.name],
+                        thresholds.score,
+                        alphas.get(p.name),
+                        thresholds.levels.get(p.name, 0.0),
+                    ),
                 )
     return model
 
@@ -321,10 +366,11 @@ def set_thresholds(model: nn.Module, thresholds: Thresholds, alphas: dict[str, t
         alpha = (alphas or {}).get(name)
         if isinstance(module, SegmentOf):
             module.fused.set_tau(module.index, thresholds.taus[name])
+            module.fused.set_level(module.index, thresholds.levels.get(name, 0.0))
             if alpha is not None or module.fused.bias is not None:
                 module.fused.set_alpha(module.index, alpha)  # writes into the bias buffer in place
             continue
-        module.set_tau(thresholds.taus[name])
+        module.set_tau(thresholds.taus[name], thresholds.levels.get(name, 0.0))
         if alpha is None and module.bias is None:
             continue
         # refold even without a vector (α = 0), so that the bias buffer keeps its storage

@@ -72,12 +72,13 @@ def _sparse_gemv_op(
     col_norm: Optional[torch.Tensor],
     segments: list[int],
     workspace: Optional[torch.Tensor],
+    sparsity: float,
 ) -> torch.Tensor:
     return _torch_path(x, weight_t, tau, bias, col_norm, segments)
 
 
 @_sparse_gemv_op.register_kernel("cuda")
-def _sparse_gemv_cuda(x, weight_t, tau, bias, col_norm, segments, workspace):
+def _sparse_gemv_cuda(x, weight_t, tau, bias, col_norm, segments, workspace, sparsity):
     if (
         triton_sparse_gemv is None
         or x.numel() != x.shape[-1]
@@ -93,12 +94,13 @@ def _sparse_gemv_cuda(x, weight_t, tau, bias, col_norm, segments, workspace):
         None if col_norm is None else col_norm.float(),
         tuple(segments),
         workspace=workspace,
+        sparsity=sparsity,
     )  # (N,)
     return y.reshape(*x.shape[:-1], weight_t.shape[1])
 
 
 @_sparse_gemv_op.register_fake
-def _sparse_gemv_fake(x, weight_t, tau, bias, col_norm, segments, workspace):
+def _sparse_gemv_fake(x, weight_t, tau, bias, col_norm, segments, workspace, sparsity):
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
@@ -110,8 +112,14 @@ def check_gemv_arguments(
     col_norm: torch.Tensor | None,
     segments: Sequence[int],
     workspace: torch.Tensor | None = None,
+    sparsity: float = 0.0,
 ) -> None:
     """Shapes, dtypes and devices, with what to do when they are wrong (no device sync)."""
+    if not 0.0 <= sparsity < 1.0:  # NaN too
+        raise InvalidArgumentError(
+            f"sparsity is the share of inputs the thresholds zero, in [0, 1); got {sparsity!r} "
+            "(it only picks the kernel's tiles: pass the calibration's target level)"
+        )
     n_in, n_out = weight_t.shape if weight_t.dim() == 2 else (None, None)
     if n_in is None or x.shape[-1] != n_in:
         raise InvalidArgumentError(
@@ -166,15 +174,19 @@ def sparse_gemv(
     col_norm: torch.Tensor | None = None,
     segments: Sequence[int] | None = None,
     workspace: torch.Tensor | None = None,
+    sparsity: float = 0.0,
 ) -> torch.Tensor:
     """y = S(x) Wᵀ + b on whatever path suits the device and the number of tokens (module
     docstring). x (..., in), weight_t (in, out) input-major, tau (G,) thresholds per output
     segment, bias (out,), col_norm (G, in) for the wina rule, segments: the G output sizes of
     projections sharing x (default: one), workspace: `new_workspace(out, device)`, kept by the
-    caller so that the GPU kernel needs no zero-fill per call -> (..., out)."""
+    caller so that the GPU kernel needs no zero-fill per call, sparsity: the share of inputs the
+    thresholds were calibrated to zero, which picks the GPU kernel's tiles for that sparsity band
+    (`tiles.TILE_BANDS`; the result does not depend on it) -> (..., out)."""
     segments = [weight_t.shape[-1]] if segments is None else [int(s) for s in segments]
-    check_gemv_arguments(x, weight_t, tau, bias, col_norm, segments, workspace)
-    return torch.ops.sponlib.sparse_gemv(x, weight_t, tau, bias, col_norm, segments, workspace)
+    sparsity = float(sparsity)
+    check_gemv_arguments(x, weight_t, tau, bias, col_norm, segments, workspace, sparsity)
+    return torch.ops.sponlib.sparse_gemv(x, weight_t, tau, bias, col_norm, segments, workspace, sparsity)
 
 
 def new_workspace(n_out: int, device: torch.device | str) -> torch.Tensor:

@@ -47,6 +47,14 @@ class GemvConfig:
 
 
 CONFIG_DIR = Path(__file__).with_name("configs")  # tuned tiles per GPU, written by the benchmark's sweep
+# Sparsity levels from which a tuned table may hold other tiles for a shape: the variants that loop
+# over kept rows only win from 0.5 up and lose at 0 (docs/kernel_notes.md, v5).
+TILE_BANDS = (0.0, 0.5)
+
+
+def tile_band(sparsity: float) -> float:
+    """The band of a target sparsity: the highest start in TILE_BANDS not above it."""
+    return max(band for band in TILE_BANDS if band <= sparsity)
 
 
 def config_file(device_name: str) -> Path:
@@ -54,14 +62,18 @@ def config_file(device_name: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def tuned_configs(device_name: str | None) -> dict[tuple[int, int], GemvConfig]:
-    """(in, out) -> the fastest tiles measured on this GPU model, if a table was shipped for it."""
+def tuned_configs(device_name: str | None) -> dict[tuple[int, int, float], GemvConfig]:
+    """(in, out, band) -> the fastest tiles measured on this GPU model for that shape and sparsity
+    band (a row's "min_sparsity", 0 when absent), if a table was shipped for it."""
     if device_name is None or not config_file(device_name).is_file():
         return {}
     table = json.loads(config_file(device_name).read_text())
     fields = {f for f in GemvConfig.__dataclass_fields__}
     return {
-        (row["in"], row["out"]): GemvConfig(**{k: v for k, v in row.items() if k in fields}) for row in table["configs"]
+        (row["in"], row["out"], float(row.get("min_sparsity", 0.0))): GemvConfig(
+            **{k: v for k, v in row.items() if k in fields}
+        )
+        for row in table["configs"]
     }
 
 
@@ -70,15 +82,17 @@ def device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
-def gemv_config(n_in: int, n_out: int, device: str | None = None) -> GemvConfig:
-    """Tiles for a (n_in -> n_out) projection: the tuned ones for this GPU model and shape when
-    shipped (sponlib/kernels/configs/), otherwise wide output tiles and enough input slices that
-    a few programs run per multiprocessor, summed by atomics in one launch. (The newer variants,
-    cache hints, dependent launch, a finishing kernel and kept rows picked in registers, are
-    chosen only through a tuned table; docs/kernel_notes.md, v4.)"""
-    tuned = tuned_configs(device).get((n_in, n_out))
-    if tuned is not None:
-        return tuned
+def gemv_config(n_in: int, n_out: int, device: str | None = None, sparsity: float = 0.0) -> GemvConfig:
+    """Tiles for a (n_in -> n_out) projection whose thresholds zero about a share `sparsity` of
+    its inputs: the tuned ones for this GPU model, shape and sparsity band when shipped
+    (sponlib/kernels/configs/; a lower band's when the table has none for this one), otherwise
+    wide output tiles and enough input slices that a few programs run per multiprocessor, summed
+    by atomics in one launch. (The newer variants, cache hints, dependent launch, a finishing
+    kernel and kept rows listed first, are chosen only through a tuned table; docs/kernel_notes.md.)"""
+    table = tuned_configs(device)
+    for band in sorted((b for b in TILE_BANDS if b <= tile_band(sparsity)), reverse=True):
+        if (n_in, n_out, band) in table:
+            return table[n_in, n_out, band]
     block_n = 128 if n_out >= 2048 else 64
     block_k = 64
     programs_wanted = 1024

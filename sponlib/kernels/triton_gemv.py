@@ -261,19 +261,21 @@ def triton_sparse_gemv(
     config: GemvConfig | None = None,
     out: torch.Tensor | None = None,
     workspace: torch.Tensor | None = None,
+    sparsity: float = 0.0,
 ) -> torch.Tensor:
     """One token through the sparse GEMV. x (K,) float16/bfloat16, weight_t (K, N) contiguous in
     x's dtype, tau (G,) float32, bias (N,) or None, col_norm (G, K) float32 or None, segments:
     the G output sizes (default one segment of N), out (N,) to write into, workspace (2N,)
     float32 zeros that the atomic split leaves zero (`ops.new_workspace`; zeroed per call when
-    None) -> (N,) in x's dtype.
+    None), sparsity: the share of inputs τ is expected to zero, which picks the tiles when
+    `config` is None -> (N,) in x's dtype.
 
     Arguments are assumed checked (`sponlib.kernels.ops` checks them); shapes are asserted."""
     n_in, n_out = weight_t.shape
     segments = tuple(segments or (n_out,))
     assert x.shape == (n_in,) and weight_t.is_contiguous() and x.is_contiguous()
     assert len(segments) <= MAX_SEGMENTS and sum(segments) == n_out and tau.shape == (len(segments),)
-    config = config or gemv_config(n_in, n_out, device_name(x.device))
+    config = config or gemv_config(n_in, n_out, device_name(x.device), sparsity)
     block_n = config.block_n
     while any(size % block_n for size in segments[:-1]):  # output tiles must not straddle segments
         block_n //= 2
