@@ -43,13 +43,14 @@ class GemvData:
         self._references = {}  # sparsity -> float64 reference output on the first copy
         self.dense_s = graph_time([lambda x=x, w=w: F.linear(x, w) for x, w in zip(self.xs, self.weights)])
 
-    def ours(self, tau: torch.Tensor, config=None) -> list:
-        """Calls of sponlib's sparse GEMV: through the op, or the kernel itself with `config`."""
+    def ours(self, tau: torch.Tensor, config=None, level: float = 0.0) -> list:
+        """Calls of sponlib's sparse GEMV: through the op, told the level as a calibrated model
+        tells it (it picks the tiles), or the kernel itself with `config`."""
         from sponlib.kernels.triton_gemv import triton_sparse_gemv
 
         if config is None:
             return [
-                lambda x=x, w=w: sparse_gemv(x, w, tau, workspace=self.workspace)
+                lambda x=x, w=w: sparse_gemv(x, w, tau, workspace=self.workspace, sparsity=level)
                 for x, w in zip(self.xs, self.weights_t)
             ]
         return [
@@ -79,7 +80,7 @@ class GemvData:
         tau_value = normal_threshold(level)
         tau = torch.tensor([tau_value], device="cuda")
         achieved = float(torch.stack([(x.float().abs() <= tau).float().mean() for x in self.xs]).mean())
-        calls = self.ours(tau, config)
+        calls = self.ours(tau, config, level)
         sparse_s = graph_time(calls)
         vectors = 2 * (self.n_in + self.n_out)  # x read, y written
         ideal = 1 / (1 - achieved)
@@ -184,11 +185,13 @@ class LayerData:
         for role, source in READS.items():
             F.linear(self.inputs[c][source], self.dense[c][role])
 
-    def separate_layer(self, c: int, taus: dict) -> None:
+    def separate_layer(self, c: int, taus: dict, level: float) -> None:
         for role, source in READS.items():
-            sparse_gemv(self.inputs[c][source], self.separate[c][role], taus[1], workspace=self.spaces[role])
+            sparse_gemv(
+                self.inputs[c][source], self.separate[c][role], taus[1], workspace=self.spaces[role], sparsity=level
+            )
 
-    def fused_layer(self, c: int, taus: dict) -> None:
+    def fused_layer(self, c: int, taus: dict, level: float) -> None:
         for group, roles in GROUPS.items():
             sparse_gemv(
                 self.inputs[c][READS[roles[0]]],
@@ -196,6 +199,7 @@ class LayerData:
                 taus[len(roles)],
                 segments=self.segments[group],
                 workspace=self.spaces[group],
+                sparsity=level,
             )
 
     def teal_layer(self, c: int, teal, tau: float, level: float) -> None:
@@ -231,8 +235,8 @@ def layer(levels=LEVELS, dtypes=(torch.bfloat16,), teal=None) -> list[dict]:
             for level in TEAL_LEVELS if contender else levels:
                 tau = normal_threshold(level)
                 taus = {g: torch.full((g,), tau, device="cuda") for g in (1, 2, 3)}  # one per segment
-                separate_s = data.time(lambda c: data.separate_layer(c, taus))
-                fused_s = data.time(lambda c: data.fused_layer(c, taus))
+                separate_s = data.time(lambda c: data.separate_layer(c, taus, level))
+                fused_s = data.time(lambda c: data.fused_layer(c, taus, level))
                 ideal = 1 / (1 - data.measured(tau))
                 row = {
                     "model": model,

@@ -9,7 +9,9 @@ with two blocks in flight, or over the kept rows only, picked in registers; from
 with the kept rows listed in scratch memory first, with or without the next step in flight; and the split's sums
 finished by the last slice to arrive or by a second small kernel. Stage 2 takes
 the four best of stage 1 and adds cache hints, programmatic dependent launch and both; and the
-best once more with partial sums and a second kernel instead of atomics. The shipped table's
+best once more with partial sums and a second kernel instead of atomics. The table gets the
+fastest by time(0) + time(0.5) per shape and, where another is fastest at 0.5 alone, that one
+as the shape's row from sparsity 0.5 up (`tiles.TILE_BANDS`). The shipped table's
 row for the shape, if any, always competes, so a sweep over a subset of the variants
 (`--sweep-variants`) never replaces a faster row with a slower one.
 
@@ -156,12 +158,53 @@ def _write_configs(chosen: list[dict]) -> None:
             "written_by": "python benchmarks/kernels_h200.py --parts sweep --write-configs",
             "created": time.strftime("%Y-%m-%d"),
             "versions": library_versions(),
-            "selection": "fastest time(s=0) + time(s=0.5); bf16; N(0, 1) inputs",
+            "selection": "fastest time(s=0) + time(s=0.5); rows with min_sparsity 0.5: fastest time(s=0.5);"
+            " bf16; N(0, 1) inputs; every result checked against a float64 reference",
             "configs": kept + chosen,
         },
     )
     tuned_configs.cache_clear()  # later parts of this run read the new table
     print(f"wrote {path}", flush=True)
+
+
+def _sweep_shape(data: GemvData, variants, hints, shipped: list[GemvConfig]) -> list[tuple]:
+    """Both stages on one shape: (time(0) + time(0.5), config, rows by level) of every timing."""
+    n_in, n_out = data.n_in, data.n_out
+    stage1 = candidates(n_in, n_out, variants) + shipped
+    precompile(n_in, n_out, stage1)
+    timed = sorted((_timed(data, c) for c in dict.fromkeys(stage1)), key=lambda t: t[0])
+    extras = [GemvConfig(**{**best.__dict__, **hint}) for _, best, _ in timed[:4] for hint in hints]
+    precompile(n_in, n_out, extras)
+    timed += [_timed(data, c) for c in dict.fromkeys(extras) if c not in stage1]
+    best = min(timed, key=lambda t: t[0])[1]
+    if best.split(n_in) > 1:
+        timed.append(_timed(data, GemvConfig(**{**best.__dict__, "atomic": False})))
+    return timed
+
+
+def _chosen(label: str, n_in: int, n_out: int, timed: list[tuple]) -> list[dict]:
+    """The table's rows for one shape: band 0, fastest by time(0) + time(0.5); band 0.5, fastest
+    at 0.5 alone, when that is another configuration (tiles.TILE_BANDS)."""
+    right = [t for t in timed if t[0] != float("inf")]
+    by_sum = min(right, key=lambda t: t[0])
+    at_half = min(right, key=lambda t: t[2][0.5]["sparse_us"])
+    rows = []
+    for band, (_, config, at) in ((0.0, by_sum), (0.5, at_half)):
+        if band and config == by_sum[1]:
+            continue
+        rows.append(
+            {
+                "in": n_in,
+                "out": n_out,
+                "roles": label,
+                **({"min_sparsity": band} if band else {}),
+                **config.__dict__,
+                "us_at_0": at[0.0]["sparse_us"],
+                "us_at_0.5": at[0.5]["sparse_us"],
+                "dense_us": at[0.0]["dense_us"],
+            }
+        )
+    return rows
 
 
 def sweep(write_configs: bool, models=None, on_shape=None, variants=VARIANTS) -> list[dict]:
@@ -176,39 +219,24 @@ def sweep(write_configs: bool, models=None, on_shape=None, variants=VARIANTS) ->
         if models and model not in models:
             continue
         started = time.perf_counter()
-        stage1 = candidates(n_in, n_out, variants) + ([shipped[n_in, n_out]] if (n_in, n_out) in shipped else [])
-        precompile(n_in, n_out, stage1)
         data = GemvData(n_in, n_out, gen, cap=256)
-        timed = sorted((_timed(data, c) for c in dict.fromkeys(stage1)), key=lambda t: t[0])
-        extras = [GemvConfig(**{**best.__dict__, **hint}) for _, best, _ in timed[:4] for hint in hints]
-        precompile(n_in, n_out, extras)
-        timed += [_timed(data, c) for c in dict.fromkeys(extras) if c not in stage1]
-        best = min(timed, key=lambda t: t[0])[1]
-        if best.split(n_in) > 1:
-            timed.append(_timed(data, GemvConfig(**{**best.__dict__, "atomic": False})))
+        own = [config for (k, n, _), config in shipped.items() if (k, n) == (n_in, n_out)]
+        timed = _sweep_shape(data, variants, hints, own)
         for _, config, at in timed:
             rows += [
                 {"model": model, "roles": roles, **config.__dict__, "split": config.split(n_in), **r}
                 for r in at.values()
             ]
-        _, config, at = min(timed, key=lambda t: t[0])
-        chosen.append(
-            {
-                "in": n_in,
-                "out": n_out,
-                "roles": f"{model} {roles}",
-                **config.__dict__,
-                "us_at_0": at[0.0]["sparse_us"],
-                "us_at_0.5": at[0.5]["sparse_us"],
-                "dense_us": at[0.0]["dense_us"],
-            }
-        )
-        print(
-            f"sweep {model} {roles} {n_in}->{n_out}: {len(timed)} variants in {time.perf_counter() - started:.0f} s;"
-            f" best {config} split {config.split(n_in)}: {at[0.0]['sparse_us']} / {at[0.5]['sparse_us']} us at"
-            f" s=0 / 0.5 (dense {at[0.0]['dense_us']} us)",
-            flush=True,
-        )
+        chosen += _chosen(f"{model} {roles}", n_in, n_out, timed)
+        for row in chosen[-2:]:
+            if (row["in"], row["out"]) == (n_in, n_out):
+                print(
+                    f"sweep {model} {roles} {n_in}->{n_out} from s={row.get('min_sparsity', 0.0)}: {len(timed)} "
+                    f"variants in {time.perf_counter() - started:.0f} s; best "
+                    f"{GemvConfig(**{k: row[k] for k in GemvConfig.__dataclass_fields__})}: {row['us_at_0']} / "
+                    f"{row['us_at_0.5']} us at s=0 / 0.5 (dense {row['dense_us']} us)",
+                    flush=True,
+                )
         del data
         torch.cuda.empty_cache()
         if write_configs:
