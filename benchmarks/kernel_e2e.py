@@ -3,12 +3,17 @@
 sponlib.kernels.StaticDecoder, on a Llama-3-8B-shaped model with random bf16 weights and on the
 default model with its shipped calibration and SPON vectors.
 
+Hugging Face's own fast path is timed beside them (`hf-generate`): generate() with a static KV
+cache of the same length, which transformers compiles itself on a GPU; the dense StaticDecoder is
+the baseline only if it is at least as fast.
+
 The byte-count bound counts the bytes a token must read (all weights but the embedding table, of
 which one row, and the whole static KV cache) and which of them sparsity removes.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -51,6 +56,61 @@ def measured_sparsity(model, thresholds, prompt: torch.Tensor, max_len: int, alp
         return {"by_projection": sp.measured(), **sp.summary()}
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def hf_generate_seconds_per_token(model, prompt: torch.Tensor, tokens: int, max_len: int) -> tuple[float, bool]:
+    """Greedy decoding through transformers' generate() with a static KV cache of `max_len`
+    tokens, as its docs advise for speed (on a GPU it compiles the forward step itself: torch.compile,
+    mode reduce-overhead). Seconds per token from two runs `tokens` new tokens apart, after a
+    warm-up run; and whether generate() compiled."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=max_len)
+    # newer transformers name the argument `cache`, older ones `past_key_values`
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def run(new_tokens: int) -> float:
+        cache.reset()
+        _synchronize(prompt.device)
+        started = time.perf_counter()
+        out = model.generate(
+            prompt,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            **{cache_arg: cache},
+        )
+        _synchronize(prompt.device)
+        assert out.shape[1] == prompt.shape[1] + new_tokens, "generate() stopped early"
+        return time.perf_counter() - started
+
+    run(16 + tokens)  # compilation and warm-up
+    short = run(16)
+    return (run(16 + tokens) - short) / tokens, getattr(model, "_compiled_call", None) is not None
+
+
+def _hf_row(model, prompt: torch.Tensor, tokens: int, max_len: int, dense_s: float) -> dict:
+    """The hf-generate row; an error is recorded and printed rather than ending the part."""
+    try:
+        seconds, compiled = hf_generate_seconds_per_token(model, prompt, tokens, max_len)
+    except Exception as error:  # noqa: BLE001 - a baseline that fails is reported, the part goes on
+        print(f"e2e hf-generate failed: {error!r}", flush=True)
+        return {"variant": "hf-generate", "sparsity": 0.0, "error": repr(error)}
+    print(f"e2e hf-generate: {1 / seconds:8.1f} tokens/s (compiled: {compiled}); dense is x{seconds / dense_s:.2f}")
+    return {
+        "variant": "hf-generate",
+        "sparsity": 0.0,
+        "tokens_per_s": round(1 / seconds, 1),
+        "ms_per_token": round(seconds * 1e3, 3),
+        "compiled": compiled,
+        "dense_vs_this": round(seconds / dense_s, 3),
+    }
+
+
 def e2e(
     model,
     name: str,
@@ -89,6 +149,8 @@ def e2e(
         f"(compile + warm-up {compile_dense:.0f} s)",
         flush=True,
     )
+    rows.append(_hf_row(model, prompt, tokens, max_len, dense_s))
+    torch._dynamo.reset()
     first_alphas = alphas_by_level.get(levels[0]) or (next(iter(alphas_by_level.values()), None))
     for fuse in (False, True):  # seven launches per block, then q/k/v and gate/up fused
         variant = ("sparse+spon" if alphas_by_level else "sparse") + ("-fused" if fuse else "")

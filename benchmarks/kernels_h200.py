@@ -86,6 +86,9 @@ def summarise(record: dict) -> dict:
         summary["e2e_seven_launch_speedup_at_0.5"] = by_variant["sparse"]
         summary["e2e_fused_speedup_at_0.5"] = by_variant["sparse-fused"]
         summary["e2e_bound_at_0.5"] = _at(llama["rows"], 0.5, "bound", variant="sparse")
+        hf = _at(llama["rows"], 0.0, "dense_vs_this", variant="hf-generate")
+        if hf is not None:
+            summary["e2e_dense_vs_hf_generate"] = hf  # > 1: the dense baseline is the faster
         summary["e2e_overhead_at_0"] = round(
             min(1 / _at(llama["rows"], 0.0, "speedup", variant=v) for v in by_variant) - 1, 4
         )

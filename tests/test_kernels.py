@@ -621,3 +621,21 @@ def test_sweep_candidates_keep_only_the_variants_asked_for():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
     assert done.returncode == 0, done.stderr
+
+
+def test_the_transformers_generate_baseline_times_decoding_on_a_tiny_model():
+    """The decoding part's hf-generate row, on the CPU (no compilation there): a tiny random
+    Llama generates exactly the tokens asked for, and the time per token is positive."""
+    code = (
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM, LlamaConfig\n"
+        "from kernel_e2e import hf_generate_seconds_per_token\n"
+        "torch.manual_seed(0)\n"
+        "config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,\n"
+        "                     num_attention_heads=4, num_key_value_heads=2)\n"
+        "model = AutoModelForCausalLM.from_config(config).eval()\n"
+        "seconds, compiled = hf_generate_seconds_per_token(model, torch.randint(0, 128, (1, 8)), 48, 128)\n"
+        "assert seconds > 0 and compiled is False, (seconds, compiled)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -146,6 +146,15 @@ def _e2e(runs: dict) -> str:
         for r in run["rows"]:
             if r["variant"] == "dense":
                 lines.append(f"| {name} | dense | 0 | | {r['tokens_per_s']:.1f} | {r['GBps']:.0f} | 1.00 | |")
+            elif r["variant"] == "hf-generate":  # transformers' own static-cache generate(), for the baseline
+                lines.append(
+                    f"| {name} | transformers generate(), static cache"
+                    + (
+                        " (failed) | 0 | | | | | |"
+                        if "error" in r
+                        else f" | 0 | | {r['tokens_per_s']:.1f} | | {1 / r['dense_vs_this']:.2f} | |"
+                    )
+                )
             elif r["sparsity"] in (0.0, 0.25, 0.5, 0.7):
                 lines.append(
                     f"| {name} | {r['variant']} | {r['sparsity']} | {r['measured_sparsity']:.3f} | "
