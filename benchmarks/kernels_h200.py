@@ -6,7 +6,7 @@ physical limits measured in the same run. Prints a table per part and writes one
     python benchmarks/kernels_h200.py --teal .peers/TEAL --parts gemv,layer --json data/results/kernels_h200.json
     python benchmarks/kernels_h200.py --parts sweep --write-configs --json data/results/kernels_sweep_h200.json
 
-Parts (default: ceilings,limits,gemv,layer,e2e-llama,e2e-smollm2; `sweep` on demand):
+Parts (default: ceilings,limits,gemv,layer,e2e-llama,e2e-smollm2; `sweep` and `listed` on demand):
     ceilings     the device's copy bandwidth (bytes read + written), the ceiling for GB/s
     limits       cuBLAS on the compacted weight per shape and level, and the read rate of random
                  row pieces against their length (kernel_limits.py)
@@ -17,6 +17,8 @@ Parts (default: ceilings,limits,gemv,layer,e2e-llama,e2e-smollm2; `sweep` on dem
     e2e-llama    greedy decoding of a Llama-3-8B-shaped model with random bf16 weights (built from
                  a config, nothing downloaded), thresholds calibrated by sponlib on random tokens
     e2e-smollm2  the same for the default model, with its shipped calibration and SPON vectors
+    listed       the GEMV over a ready list of kept inputs, with and without the listing launch
+                 before it, against cuBLAS and the shipped kernel (kernel_listed.py)
     sweep        tile shapes of the kernel per projection shape (kernel_sweep.py; what
                  sponlib.kernels.tiles.gemv_config reads)
 
@@ -45,12 +47,14 @@ from sponlib.records import library_versions, write_result
 
 from kernel_e2e import e2e_llama, e2e_smollm2
 from kernel_limits import compacted_ceilings, gather_efficiency
+from kernel_listed import listed
 from kernel_parts import ceilings, gemv, layer
 from kernel_shapes import DTYPE, sweep_shapes
 from kernel_sweep import VARIANTS, sweep
 
 PARTS = ("ceilings", "limits", "gemv", "layer", "e2e-llama", "e2e-smollm2")
-SECTIONS = ("summary", "ceilings", "limits", "gemv", "layer", "e2e", "sweep", "teal", "runs")
+SECTIONS = ("summary", "ceilings", "limits", "gemv", "layer", "e2e", "listed", "sweep", "teal", "runs")
+ON_DEMAND = ("sweep", "listed")
 
 
 def _at(rows, level, key, **match):
@@ -132,6 +136,9 @@ def _run_parts(parts: list[str], args, record: dict, save) -> None:
             args.write_configs, models, on_shape=lambda rows: record.update(sweep=rows) or save(""), variants=variants
         )
         save("sweep")
+    if "listed" in parts:
+        record["listed"] = listed()
+        save("listed")
     if "gemv" in parts:
         record["gemv"] = gemv(dtypes=dtypes, teal=teal)
         save("gemv")
@@ -148,7 +155,9 @@ def _run_parts(parts: list[str], args, record: dict, save) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}, sweep")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS + ON_DEMAND)}"
+    )
     parser.add_argument("--json", required=True, help="record to write; parts already in it are kept unless rerun")
     parser.add_argument("--tokens", type=int, default=256, help="decoding steps timed per variant")
     parser.add_argument("--teal", metavar="PATH", help="a TEAL checkout: time its kernel beside ours, in float16")
@@ -165,7 +174,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = args.parts.split(",")
-    unknown = set(parts) - set(PARTS) - {"sweep"}
+    unknown = set(parts) - set(PARTS) - set(ON_DEMAND)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}")
     if args.sweep_variants and set(args.sweep_variants.split(",")) - set(VARIANTS):

@@ -596,7 +596,7 @@ def test_swapped_in_modules_carry_the_tile_band_of_their_calibrated_level():
 
 def test_kernel_benchmark_refuses_unknown_parts_and_sweep_variants_before_needing_a_gpu():
     for wrong, said in (
-        ("--parts=gemv,bogus", "unknown parts ['bogus']"),
+        ("--parts=gemv,listed,bogus", "unknown parts ['bogus']"),
         ("--sweep-variants=select,bogus", "choose from plain, prefetch, select, compact"),
     ):
         done = subprocess.run(
@@ -618,6 +618,10 @@ def test_sweep_candidates_keep_only_the_variants_asked_for():
         "assert only and all(c.select for c in only) and set(only) < set(every)\n"
         "assert any(c.compact and c.prefetch for c in every)\n"
         "assert all(c.k_per_program % c.block_k == 0 for c in every)\n"
+        "from kernel_listed import listed_candidates\n"
+        "listed = listed_candidates(4096, 1024)\n"
+        "assert listed and all(c.finisher and c.prefetch and c.block_n <= 1024 for c in listed)\n"
+        "assert all(c.k_per_program >= 2 * c.block_k for c in listed)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
     assert done.returncode == 0, done.stderr

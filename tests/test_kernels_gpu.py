@@ -205,6 +205,70 @@ def test_batches_take_the_masked_dense_path_and_match(tokens):
     assert _relative_error(y, ref) < TOLERANCE[torch.bfloat16]
 
 
+def _listed():
+    from sponlib.kernels.tiles import GemvConfig
+    from sponlib.kernels.triton_listed import list_kept, listed_sparse_gemv
+
+    return GemvConfig, list_kept, listed_sparse_gemv
+
+
+@pytest.mark.parametrize("wina", [False, True], ids=["teal", "wina"])
+def test_kept_lists_hold_each_segments_kept_inputs_in_order(wina):
+    _, list_kept, _ = _listed()
+    gen = torch.Generator().manual_seed(21 + wina)
+    for n_in in SIZES[:3]:
+        x = torch.randn(n_in, generator=gen).to(DEVICE, torch.bfloat16)  # (K,)
+        tau = torch.tensor([0.0, 0.6, 1e9], device=DEVICE)  # all kept, some, none
+        col_norm = (torch.rand(3, n_in, generator=gen) + 0.5).to(DEVICE) if wina else None  # (3, K)
+        rows, vals, counts = list_kept(x, tau, col_norm)
+        for g in range(3):
+            keep = keep_mask(x, tau[g], None if col_norm is None else col_norm[g])  # (K,) bool
+            expected = torch.nonzero(keep).flatten()
+            assert int(counts[g]) == len(expected)
+            assert torch.equal(rows[g, : len(expected)].long(), expected)
+            assert torch.equal(vals[g, : len(expected)], x.float()[expected])
+
+
+def _listed_configs():
+    GemvConfig, _, _ = _listed()
+    return (
+        GemvConfig(64, 16, 10**6, prefetch=True),  # the whole list per tile, one launch
+        GemvConfig(64, 16, 48, prefetch=True, atomic=True, finisher=True),  # the list split, then a cast kernel
+        GemvConfig(128, 8, 32, atomic=True, finisher=True, evict=True),  # no step in flight
+        GemvConfig(128, 8, 16, prefetch=True, atomic=True, finisher=True, pdl=True),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_listed_gemv_matches_the_reference(dtype):
+    """Random shapes, levels 0 to 0.99 and one to three segments with their own thresholds, every
+    config twice on one workspace: the result, every output written, the workspace left zero."""
+    _, list_kept, listed_sparse_gemv = _listed()
+    gen = torch.Generator().manual_seed(31 + DTYPES.index(dtype))
+    for _ in range(8):
+        n_in = SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))]
+        segments = [SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))] for _ in range(1 + _ % 3)]
+        n_out = sum(segments)
+        x, weight_t, bias, _, _ = _random_case(gen, n_in, n_out, dtype, 0.0, False)
+        levels = torch.tensor([0.0, 0.25, 0.5, 0.7, 0.99])[torch.randint(5, (len(segments),), generator=gen)]
+        tau = torch.quantile(x.float().abs().cpu(), levels).to(DEVICE)  # (G,)
+        kept = list_kept(x, tau)
+        workspace = torch.zeros(2 * n_out, device=DEVICE)
+        starts = [0, *torch.tensor(segments).cumsum(0).tolist()]
+        reference = torch.cat(
+            [
+                _reference64(x, weight_t[:, a:b], bias[a:b], None, tau[g : g + 1])
+                for g, (a, b) in enumerate(zip(starts, starts[1:]))
+            ]
+        )
+        for config in _listed_configs():
+            for _ in range(2):
+                out = torch.full((n_out,), float("nan"), device=DEVICE, dtype=dtype)  # poisoned
+                y = listed_sparse_gemv(x, weight_t, kept, bias, tuple(segments), config, out, workspace)
+                assert y.data_ptr() == out.data_ptr() and torch.isfinite(y).all() and not workspace.any()
+                assert _relative_error(y, reference) < TOLERANCE[dtype], (n_in, segments, levels, config)
+
+
 @needs_gpu
 def test_sparse_linear_under_torch_compile_and_cuda_graphs_follows_new_thresholds():
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
     reference     the torch reference of the sparse GEMV, on any device (the ground truth)
     triton_gemv   the Triton kernel for one token on the GPU (needs triton), and its launch
     triton_steps  the kernel's building blocks: the mask, the loops over a slice, the epilogue
+    triton_listed the kept inputs listed once, and a GEMV that splits that list evenly
     tiles         its tile shapes: the tables tuned per GPU model, and a heuristic
     ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
     module        `SparseLinear`, and swapping it into a Hugging Face model and back

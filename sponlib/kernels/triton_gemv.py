@@ -191,7 +191,7 @@ def _cast_sums_kernel(
     store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
 
 
-def _cast_sums(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, pdl: bool, dummy) -> None:
+def cast_sums(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, pdl: bool, dummy) -> None:
     """SPLIT_MODE 3's second launch: out = the workspace's sums (+ bias), and the workspace zero again."""
     n_out, block = out.shape[0], 1024
     _cast_sums_kernel[(triton.cdiv(n_out, block),)](
@@ -327,5 +327,5 @@ def triton_sparse_gemv(
     if mode == 1:
         _sum_partials(part, bias, out, split, dummy)
     elif mode == 3:
-        _cast_sums(part, bias, out, pdl, dummy)
+        cast_sums(part, bias, out, pdl, dummy)
     return out

@@ -11,7 +11,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM: tl.constexpr):
+def keep_block(x, tau, norm_ptr, offs_k, ok, HAS_NORM: tl.constexpr):
     """Mask of one block of inputs x (float32): score > τ, a NaN kept (it is not <= τ), nothing
     outside `ok`."""
     score = tl.abs(x)
@@ -73,7 +73,7 @@ def dot_kept(
     offs = k_begin + tl.arange(0, K_POW2)  # (K_POW2,)
     ok = (offs < k_stop) & (tl.arange(0, K_POW2) < k_per_program)
     x_all = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    keep_all = _keep(x_all, tau, norm_ptr, offs, ok, HAS_NORM)
+    keep_all = keep_block(x_all, tau, norm_ptr, offs, ok, HAS_NORM)
     position = tl.cumsum(keep_all.to(tl.int32), axis=0) - 1  # index among the kept
     kept = tl.sum(keep_all.to(tl.int32), axis=0)
     if SCRATCH:
@@ -83,31 +83,31 @@ def dot_kept(
         tl.debug_barrier()  # the lists are written by all threads, read by all threads
         if PREFETCH:
             rows, x, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, 0, kept, BLOCK_K)
-            w = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
+            w = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
             for start in range(BLOCK_K, kept + BLOCK_K, BLOCK_K):  # the last step's loads are all masked off
                 rows, x_next, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
-                w_next = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)
+                w_next = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)
                 acc += w.to(tl.float32) * x[:, None]
                 x, w = x_next, w_next
         else:
             for start in range(0, kept, BLOCK_K):
                 rows, x, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
-                w = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
+                w = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
                 acc += w.to(tl.float32) * x[:, None]
     else:
         position = tl.where(keep_all, position, -1)
         rows, x, ok_j = _pick(offs, x_all, position, kept, 0, BLOCK_K)
-        w = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
+        w = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
         for step in range(1, tl.cdiv(kept, BLOCK_K) + 1):  # the last step's loads are all masked off
             rows, x_next, ok_j = _pick(offs, x_all, position, kept, step * BLOCK_K, BLOCK_K)
-            w_next = _load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)
+            w_next = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)
             acc += w.to(tl.float32) * x[:, None]
             x, w = x_next, w_next
     return acc
 
 
 @triton.jit
-def _load_rows(w_ptr, rows, keep, offs_n, n_ok, N, EVEN_N: tl.constexpr, EVICT: tl.constexpr):
+def load_rows(w_ptr, rows, keep, offs_n, n_ok, N, EVEN_N: tl.constexpr, EVICT: tl.constexpr):
     """The weight rows `rows` (BLOCK_K,) where `keep`, columns offs_n -> (BLOCK_K, BLOCK_N); a
     dropped row issues no load. Without a column mask (EVEN_N) the mask is constant along a row."""
     ptrs = w_ptr + rows[:, None] * N + offs_n[None, :]
@@ -139,8 +139,8 @@ def _block(
         x = tl.load(x_ptr + offs_k, mask=ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
     else:
         x = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)
-    keep = _keep(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
-    return x, _load_rows(w_ptr, offs_k, keep, offs_n, n_ok, N, EVEN_N, EVICT)
+    keep = keep_block(x, tau, norm_ptr, offs_k, ok, HAS_NORM)
+    return x, load_rows(w_ptr, offs_k, keep, offs_n, n_ok, N, EVEN_N, EVICT)
 
 
 @triton.jit

@@ -163,6 +163,22 @@ def _e2e(runs: dict) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _listed(rows: list[dict]) -> str:
+    lines = [
+        "Over a ready list of kept inputs (`--parts listed`, `sponlib.kernels.triton_listed`): the listing "
+        "launch alone, the GEMV over ready lists (the time if the producer of x wrote the list), and both "
+        "launches, beside the shipped streamed kernel; bf16, speed-up over cuBLAS.\n",
+        "| shape | in → out | sparsity | listing µs | GEMV on a ready list | listing + GEMV | shipped |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['roles']} | {r['in']} → {r['out']} | {r['sparsity']} | {r['list_us']:.2f} | "
+            f"{r['gemv_speedup']:.2f} | {r['chain_speedup']:.2f} | {r['shipped_speedup']:.2f} |"
+        )
+    return "\n".join(lines) + "\n\n"
+
+
 def render_kernels(record: dict) -> str:
     """The whole record as markdown (module docstring)."""
     runs = record["runs"]
@@ -174,6 +190,8 @@ def render_kernels(record: dict) -> str:
     text += _gemv(record["gemv"]) + _teal(record["gemv"], record.get("layer", [])) + _layer(record["layer"])
     if record.get("e2e"):
         text += _e2e(record["e2e"])
+    if record.get("listed"):
+        text += _listed(record["listed"])
     teal = record.get("teal")
     return (
         text + f"{first['gpu']}, torch {first['torch']}, Triton {first['triton']}, CUDA {first['cuda']}. "

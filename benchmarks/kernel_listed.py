@@ -1,0 +1,151 @@
+"""The `listed` part of benchmarks/kernels_h200.py: the sparse GEMV over a ready list of kept
+inputs (sponlib.kernels.triton_listed) on the Llama-3-8B projection shapes and fused groups, at
+s = 0 and 0.5, beside cuBLAS and the shipped streamed kernel, all over the same weight copies and
+inputs (GemvData):
+
+    list_us    the listing kernel alone: what a producer that writes the list as it makes x
+               (RMSNorm, SiLU·up) would take on
+    gemv_us    the GEMV over ready lists, the fastest at 0.5 of a grid of tiles: the time with such
+               a producer
+    chain_us   both launches, the GEMV a dependent of the listing: the time without one
+
+Every tile's result is checked against a float64 reference at both levels; one that is off is
+left out. Fused groups run as one segment with one threshold (each segment's list costs the same).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from sponlib.kernels.tiles import GemvConfig
+from sponlib.kernels.timing import graph_time, normal_threshold
+
+from kernel_parts import GemvData
+from kernel_shapes import sweep_shapes
+
+LEVELS = (0.0, 0.5)
+
+
+def listed_candidates(n_in: int, n_out: int) -> list[GemvConfig]:
+    """Output tiles of 512 to 2048 columns, 8 to 32 list entries a step, 32 to 256 entries a
+    program, the next step in flight, split sums finished by a cast kernel, with and without
+    dependent launch."""
+    found = []
+    for block_n in (512, 1024, 2048):
+        for block_k in (8, 16, 32):
+            for entries in (32, 64, 128, 256):
+                tile = block_n * block_k
+                if block_n > n_out or entries < 2 * block_k or tile > 32768:
+                    continue
+                warps = 8 if tile > 16384 else 4
+                found += [
+                    GemvConfig(block_n, block_k, entries, warps, prefetch=True, atomic=True, finisher=True, pdl=pdl)
+                    for pdl in (False, True)
+                ]
+    return found
+
+
+class ListedData:
+    """GemvData's copies with their lists at one level, and the listed GEMV timed over them."""
+
+    def __init__(self, data: GemvData, level: float):
+        from sponlib.kernels.triton_listed import list_kept
+
+        self.data, self.level = data, level
+        self.tau = torch.tensor([normal_threshold(level)], device="cuda")
+        self.kept = [list_kept(x.view(-1), self.tau) for x in data.xs]
+        x = data.xs[0].double()
+        self.reference = ((x * (x.abs() > self.tau.double())) @ data.weights_t[0].double()).view(-1)
+
+    def error(self, config: GemvConfig) -> float:
+        from sponlib.kernels.triton_listed import listed_sparse_gemv
+
+        data = self.data
+        y = listed_sparse_gemv(
+            data.xs[0].view(-1), data.weights_t[0], self.kept[0], config=config, workspace=data.workspace
+        )
+        return round(float((y.double() - self.reference).norm() / self.reference.norm()), 5)
+
+    def gemv_s(self, config: GemvConfig) -> float:
+        from sponlib.kernels.triton_listed import listed_sparse_gemv
+
+        data = self.data
+        return graph_time(
+            [
+                lambda x=x, w=w, k=k: listed_sparse_gemv(x.view(-1), w, k, config=config, workspace=data.workspace)
+                for x, w, k in zip(data.xs, data.weights_t, self.kept)
+            ]
+        )
+
+    def list_s(self, pdl: bool) -> float:
+        from sponlib.kernels.triton_listed import list_kept
+
+        return graph_time([lambda x=x: list_kept(x.view(-1), self.tau, pdl=pdl) for x in self.data.xs])
+
+    def chain_s(self, config: GemvConfig) -> float:
+        from sponlib.kernels.triton_listed import list_kept, listed_sparse_gemv
+
+        data = self.data
+
+        def call(x, w):
+            kept = list_kept(x.view(-1), self.tau, pdl=config.pdl)
+            return listed_sparse_gemv(x.view(-1), w, kept, config=config, workspace=data.workspace)
+
+        return graph_time([lambda x=x, w=w: call(x, w) for x, w in zip(data.xs, data.weights_t)])
+
+
+def _us(seconds: float) -> float:
+    return round(seconds * 1e6, 2)
+
+
+def _row(model: str, roles: str, data: GemvData, at: dict, config: GemvConfig, level: float) -> dict:
+    listed = at[level]
+    shipped_s = graph_time(data.ours(listed.tau, level=level))
+    gemv_s, chain_s, list_s = listed.gemv_s(config), listed.chain_s(config), listed.list_s(config.pdl)
+    return {
+        "model": model,
+        "roles": roles,
+        "in": data.n_in,
+        "out": data.n_out,
+        "sparsity": level,
+        **config.__dict__,
+        "dense_us": _us(data.dense_s),
+        "shipped_us": _us(shipped_s),
+        "list_us": _us(list_s),
+        "gemv_us": _us(gemv_s),
+        "chain_us": _us(chain_s),
+        "gemv_speedup": round(data.dense_s / gemv_s, 3),
+        "chain_speedup": round(data.dense_s / chain_s, 3),
+        "shipped_speedup": round(data.dense_s / shipped_s, 3),
+        "relative_error": listed.error(config),
+    }
+
+
+def listed(models=("llama3-8b",)) -> list[dict]:
+    """Per shape: the fastest listed tiles at 0.5 (among those that match the reference), and
+    their times at each level, beside dense and the shipped streamed kernel."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    rows = []
+    for model, roles, n_in, n_out in sweep_shapes():
+        if model not in models:
+            continue
+        started = time.perf_counter()
+        data = GemvData(n_in, n_out, gen, cap=256)
+        at = {level: ListedData(data, level) for level in LEVELS}
+        right = [c for c in listed_candidates(n_in, n_out) if all(at[lv].error(c) <= 1e-2 for lv in LEVELS)]
+        best = min(right, key=at[0.5].gemv_s)
+        for level in LEVELS:
+            rows.append(_row(model, roles, data, at, best, level))
+            r = rows[-1]
+            print(
+                f"listed {model} {roles:8s} {n_in}->{n_out} s={level}: dense {r['dense_us']} us | shipped "
+                f"x{r['shipped_speedup']:.2f} | list {r['list_us']} us | gemv on a ready list {r['gemv_us']} us "
+                f"x{r['gemv_speedup']:.2f} | list + gemv {r['chain_us']} us x{r['chain_speedup']:.2f} "
+                f"({len(right)} tiles, {time.perf_counter() - started:.0f} s; best {best})",
+                flush=True,
+            )
+        del data, at
+        torch.cuda.empty_cache()
+    return rows
