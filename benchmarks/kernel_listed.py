@@ -11,6 +11,10 @@ inputs (GemvData):
 
 Every tile's result is checked against a float64 reference at both levels; one that is off is
 left out. Fused groups run as one segment with one threshold (each segment's list costs the same).
+
+And the producers that would write those lists as they make x (sponlib.kernels.triton_producers):
+RMSNorm over the hidden features with three thresholds (q/k/v) and SiLU(gate) · up with one (down),
+against the same operations as torch.compile makes them for the decoder today, without lists.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 
 from sponlib.kernels.tiles import GemvConfig
 from sponlib.kernels.timing import graph_time, normal_threshold
 
 from kernel_parts import GemvData
-from kernel_shapes import sweep_shapes
+from kernel_shapes import DTYPE, LLAMA3_8B, sweep_shapes
 
 LEVELS = (0.0, 0.5)
 
@@ -123,9 +128,56 @@ def _row(model: str, roles: str, data: GemvData, at: dict, config: GemvConfig, l
     }
 
 
-def listed(models=("llama3-8b",)) -> list[dict]:
+def _rmsnorm(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A Llama block's RMSNorm of one vector h (K,), eps 1e-5."""
+    h32 = h.float()
+    return weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(h.dtype)
+
+
+def producers(copies: int = 256) -> list[dict]:
+    """Each producer with its lists against torch.compile's version without, at sparsity 0.5."""
+    from sponlib.kernels.triton_producers import rmsnorm_list, silu_mul_list
+
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    hidden, inner = LLAMA3_8B["hidden_size"], LLAMA3_8B["intermediate_size"]
+    hs = [torch.randn(hidden, device="cuda", dtype=DTYPE, generator=gen) for _ in range(copies)]
+    weight = torch.ones(hidden, device="cuda", dtype=DTYPE)
+    gates = [torch.randn(inner, device="cuda", dtype=DTYPE, generator=gen) for _ in range(copies)]
+    ups = [torch.randn(inner, device="cuda", dtype=DTYPE, generator=gen) for _ in range(copies)]
+    tau = torch.tensor([normal_threshold(0.5)], device="cuda")
+    rms, silu_mul = torch.compile(_rmsnorm), torch.compile(lambda g, u: F.silu(g) * u)
+    timed = {
+        ("rmsnorm", hidden, 3): (
+            graph_time([lambda h=h: rms(h, weight) for h in hs]),
+            graph_time([lambda h=h: rmsnorm_list(h, weight, 1e-5, tau.repeat(3)) for h in hs]),
+        ),
+        ("silu-mul", inner, 1): (
+            graph_time([lambda g=g, u=u: silu_mul(g, u) for g, u in zip(gates, ups)]),
+            graph_time([lambda g=g, u=u: silu_mul_list(g, u, tau) for g, u in zip(gates, ups)]),
+        ),
+    }
+    rows = []
+    for (name, n, groups), (compiled_s, listed_s) in timed.items():
+        rows.append(
+            {
+                "producer": name,
+                "in": n,
+                "segments": groups,
+                "compiled_us": _us(compiled_s),
+                "with_lists_us": _us(listed_s),
+            }
+        )
+        print(
+            f"listed producer {name} ({n}, {groups} lists): torch.compile {rows[-1]['compiled_us']} us, with lists"
+            f" {rows[-1]['with_lists_us']} us",
+            flush=True,
+        )
+    return rows
+
+
+def listed(models=("llama3-8b",)) -> dict:
     """Per shape: the fastest listed tiles at 0.5 (among those that match the reference), and
-    their times at each level, beside dense and the shipped streamed kernel."""
+    their times at each level, beside dense and the shipped streamed kernel; then the producers."""
     gen = torch.Generator(device="cuda").manual_seed(3)
     rows = []
     for model, roles, n_in, n_out in sweep_shapes():
@@ -148,4 +200,4 @@ def listed(models=("llama3-8b",)) -> list[dict]:
             )
         del data, at
         torch.cuda.empty_cache()
-    return rows
+    return {"gemv": rows, "producers": producers()}

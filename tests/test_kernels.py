@@ -643,3 +643,20 @@ def test_the_transformers_generate_baseline_times_decoding_on_a_tiny_model():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_kernel_report_renders_the_listed_part_when_the_record_has_one():
+    """The renderer on the committed record, and on it with a made-up `listed` part (format only)."""
+    import json
+
+    from sponlib.records import results_dir
+    from sponlib.reports.kernels import render_kernels
+
+    record = json.loads((results_dir() / "kernels_h200.json").read_text())
+    assert "GEMV on a ready list" not in render_kernels(record)
+    gemv = {"roles": "q/o", "in": 4096, "out": 4096, "sparsity": 0.5, "list_us": 2.5}
+    gemv |= {"gemv_speedup": 1.7, "chain_speedup": 1.2, "shipped_speedup": 1.35}
+    producer = {"producer": "rmsnorm", "in": 4096, "segments": 3, "compiled_us": 3.1, "with_lists_us": 3.4}
+    text = render_kernels(record | {"listed": {"gemv": [gemv], "producers": [producer]}})
+    assert "| q/o | 4096 → 4096 | 0.5 | 2.50 | 1.70 | 1.20 | 1.35 |" in text
+    assert "| rmsnorm | 4096 | 3 | 3.10 | 3.40 |" in text

@@ -227,6 +227,8 @@ def test_kept_lists_hold_each_segments_kept_inputs_in_order(wina):
             assert int(counts[g]) == len(expected)
             assert torch.equal(rows[g, : len(expected)].long(), expected)
             assert torch.equal(vals[g, : len(expected)], x.float()[expected])
+        if not wina:
+            _check_lists(x, tau, (rows, vals, counts))
 
 
 def _listed_configs():
@@ -267,6 +269,41 @@ def test_listed_gemv_matches_the_reference(dtype):
                 y = listed_sparse_gemv(x, weight_t, kept, bias, tuple(segments), config, out, workspace)
                 assert y.data_ptr() == out.data_ptr() and torch.isfinite(y).all() and not workspace.any()
                 assert _relative_error(y, reference) < TOLERANCE[dtype], (n_in, segments, levels, config)
+
+
+def _check_lists(x: torch.Tensor, tau: torch.Tensor, kept) -> None:
+    """`kept` lists exactly the inputs of x that the mask keeps under each threshold, in order."""
+    rows, vals, counts = kept
+    for g in range(tau.shape[0]):
+        expected = torch.nonzero(keep_mask(x, tau[g])).flatten()
+        assert int(counts[g]) == len(expected) and torch.equal(rows[g, : len(expected)].long(), expected)
+        assert torch.equal(vals[g, : len(expected)], x.float()[expected])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_producers_make_the_models_input_and_list_it(dtype):
+    """RMSNorm and SiLU(gate) · up as a Llama block computes them (to rounding), and lists of
+    exactly the values they return, for one to three thresholds."""
+    from sponlib.kernels.triton_producers import rmsnorm_list, silu_mul_list
+
+    gen = torch.Generator().manual_seed(41 + DTYPES.index(dtype))
+    ulps = 2 * torch.finfo(dtype).eps  # two roundings in either order: up to two units in the last place
+    for n in SIZES[:3]:
+        h = (torch.randn(n, generator=gen) * 3).to(DEVICE, dtype)  # (K,)
+        weight = (torch.rand(n, generator=gen) + 0.5).to(DEVICE, dtype)  # (K,)
+        tau = torch.tensor([0.0, 0.4, 1.0][: 1 + n % 3], device=DEVICE)  # (G,)
+        y, kept = rmsnorm_list(h, weight, 1e-5, tau)
+        h32 = h.float()
+        expected = weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(dtype)  # as the model computes it
+        torch.testing.assert_close(y, expected, rtol=ulps, atol=ulps)
+        _check_lists(y, tau, kept)
+        gate, up = (
+            (torch.randn(n, generator=gen) * 2).to(DEVICE, dtype),
+            torch.randn(n, generator=gen).to(DEVICE, dtype),
+        )
+        a, kept = silu_mul_list(gate, up, tau)
+        torch.testing.assert_close(a, torch.nn.functional.silu(gate) * up, rtol=ulps, atol=ulps)
+        _check_lists(a, tau, kept)
 
 
 @needs_gpu

@@ -4,6 +4,7 @@
     triton_gemv   the Triton kernel for one token on the GPU (needs triton), and its launch
     triton_steps  the kernel's building blocks: the mask, the loops over a slice, the epilogue
     triton_listed the kept inputs listed once, and a GEMV that splits that list evenly
+    triton_producers  RMSNorm and SiLU·up that list their outputs' kept entries as they make them
     tiles         its tile shapes: the tables tuned per GPU model, and a heuristic
     ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
     module        `SparseLinear`, and swapping it into a Hugging Face model and back

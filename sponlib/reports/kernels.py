@@ -163,7 +163,8 @@ def _e2e(runs: dict) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _listed(rows: list[dict]) -> str:
+def _listed(part: dict) -> str:
+    rows = part["gemv"]
     lines = [
         "Over a ready list of kept inputs (`--parts listed`, `sponlib.kernels.triton_listed`): the listing "
         "launch alone, the GEMV over ready lists (the time if the producer of x wrote the list), and both "
@@ -175,6 +176,17 @@ def _listed(rows: list[dict]) -> str:
         lines.append(
             f"| {r['roles']} | {r['in']} → {r['out']} | {r['sparsity']} | {r['list_us']:.2f} | "
             f"{r['gemv_speedup']:.2f} | {r['chain_speedup']:.2f} | {r['shipped_speedup']:.2f} |"
+        )
+    lines += [
+        "",
+        "The producers of x with their lists written as they go (`sponlib.kernels.triton_producers`), "
+        "against torch.compile's version without lists, at sparsity 0.5:\n",
+        "| producer | inputs | lists | torch.compile µs | with lists µs |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in part["producers"]:
+        lines.append(
+            f"| {r['producer']} | {r['in']} | {r['segments']} | {r['compiled_us']:.2f} | {r['with_lists_us']:.2f} |"
         )
     return "\n".join(lines) + "\n\n"
 
