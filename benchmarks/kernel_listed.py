@@ -15,6 +15,12 @@ left out. Fused groups run as one segment with one threshold (each segment's lis
 And the producers that would write those lists as they make x (sponlib.kernels.triton_producers):
 RMSNorm over the hidden features with three thresholds (q/k/v) and SiLU(gate) · up with one (down),
 against the same operations as torch.compile makes them for the decoder today, without lists.
+
+And one Llama-3-8B block's projections with the producers between them, as the data flows (the
+gate/up output feeds SiLU · up, which feeds down): dense (cuBLAS, seven launches); today's path
+(torch.compile's RMSNorm and SiLU · up, fused q/k/v and gate/up, streamed kernel); and the listed
+path (the producers write the lists, q/k/v, gate/up and down run on them with the tiles found
+above, o stays streamed: its producer is attention).
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sponlib.kernels import sparse_gemv
 from sponlib.kernels.tiles import GemvConfig
 from sponlib.kernels.timing import graph_time, normal_threshold
 
-from kernel_parts import GemvData
-from kernel_shapes import DTYPE, LLAMA3_8B, sweep_shapes
+from kernel_parts import GemvData, LayerData
+from kernel_shapes import DTYPE, LLAMA3_8B, MODEL_SHAPES, sweep_shapes
 
 LEVELS = (0.0, 0.5)
 
@@ -175,6 +182,109 @@ def producers(copies: int = 256) -> list[dict]:
     return rows
 
 
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+class ListedLayer:
+    """One block's copies (LayerData) run three ways, producers included; see the module docstring."""
+
+    def __init__(self, data: LayerData, configs: dict, level: float):
+        from sponlib.kernels.triton_listed import listed_sparse_gemv
+        from sponlib.kernels.triton_producers import rmsnorm_list, silu_mul_list
+
+        self.data, self.configs, self.level = data, configs, level
+        self.inner = data.shapes["gate"][1]
+        self.ones = torch.ones(data.shapes["q"][0], device="cuda", dtype=DTYPE)
+        self.rms, self.silu_mul = torch.compile(_rmsnorm), torch.compile(_silu_mul)
+        self.listed_gemv, self.rmsnorm_list, self.silu_mul_list = listed_sparse_gemv, rmsnorm_list, silu_mul_list
+        tau = normal_threshold(level)  # the RMSNorm outputs are N(0, 1) here (unit weights)
+        self.taus = {g: torch.full((g,), tau, device="cuda") for g in (1, 2, 3)}
+        gate_up = self.today(0)[1]  # the down input's own scale sets its threshold
+        a = _silu_mul(gate_up[: self.inner], gate_up[self.inner :]).float().abs()
+        self.tau_down = torch.tensor([float(torch.quantile(a.cpu(), level))], device="cuda")
+
+    def dense(self, c: int) -> None:
+        data, inputs = self.data, self.data.inputs[c]
+        y = self.rms(inputs["attn"].view(-1), self.ones)
+        for role in ("q", "k", "v"):
+            F.linear(y, data.dense[c][role])
+        F.linear(inputs["o"].view(-1), data.dense[c]["o"])
+        y = self.rms(inputs["mlp"].view(-1), self.ones)
+        gate, up = F.linear(y, data.dense[c]["gate"]), F.linear(y, data.dense[c]["up"])
+        F.linear(self.silu_mul(gate, up), data.dense[c]["down"])
+
+    def today(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused streamed path -> (down output, gate/up output)."""
+        data, inputs, level = self.data, self.data.inputs[c], self.level
+        y = self.rms(inputs["attn"].view(-1), self.ones)
+        sparse_gemv(y, data.fused[c]["qkv"], self.taus[3], None, None, data.segments["qkv"], data.spaces["qkv"], level)
+        sparse_gemv(
+            inputs["o"].view(-1), data.separate[c]["o"], self.taus[1], workspace=data.spaces["o"], sparsity=level
+        )
+        y = self.rms(inputs["mlp"].view(-1), self.ones)
+        gate_up = sparse_gemv(
+            y, data.fused[c]["gateup"], self.taus[2], None, None, data.segments["gateup"], data.spaces["gateup"], level
+        )
+        tau_down = getattr(self, "tau_down", self.taus[1])
+        a = self.silu_mul(gate_up[: self.inner], gate_up[self.inner :])
+        return sparse_gemv(
+            a, data.separate[c]["down"], tau_down, workspace=data.spaces["down"], sparsity=level
+        ), gate_up
+
+    def listed(self, c: int) -> torch.Tensor:
+        """The listed path -> the down output."""
+        data, inputs, configs = self.data, self.data.inputs[c], self.configs
+        y, kept = self.rmsnorm_list(inputs["attn"].view(-1), self.ones, 1e-5, self.taus[3], pdl=True)
+        qkv = configs["qkv"]
+        self.listed_gemv(
+            y, data.fused[c]["qkv"], kept, None, tuple(data.segments["qkv"]), qkv, None, data.spaces["qkv"]
+        )
+        level = self.level
+        sparse_gemv(
+            inputs["o"].view(-1), data.separate[c]["o"], self.taus[1], workspace=data.spaces["o"], sparsity=level
+        )
+        y, kept = self.rmsnorm_list(inputs["mlp"].view(-1), self.ones, 1e-5, self.taus[2], pdl=True)
+        segments, gate_up_config = tuple(data.segments["gateup"]), configs["gate+up"]
+        gate_up = self.listed_gemv(
+            y, data.fused[c]["gateup"], kept, None, segments, gate_up_config, None, data.spaces["gateup"]
+        )
+        a, kept = self.silu_mul_list(gate_up[: self.inner], gate_up[self.inner :], self.tau_down, pdl=True)
+        return self.listed_gemv(
+            a, data.separate[c]["down"], kept, None, None, configs["down"], None, data.spaces["down"]
+        )
+
+
+def listed_layer(configs: dict, levels=LEVELS) -> list[dict]:
+    """The block three ways at each level, with the listed tiles `configs` (roles -> GemvConfig)."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    data = LayerData(MODEL_SHAPES["llama3-8b"], gen, DTYPE)
+    rows = []
+    for level in levels:
+        layer = ListedLayer(data, configs, level)
+        dense_s, today_s, listed_s = (data.time(run) for run in (layer.dense, layer.today, layer.listed))
+        expected = layer.today(0)[0].double()
+        error = float((layer.listed(0).double().view(-1) - expected.view(-1)).norm() / expected.norm())
+        rows.append(
+            {
+                "model": "llama3-8b",
+                "sparsity": level,
+                "dense_us": _us(dense_s),
+                "today_us": _us(today_s),
+                "listed_us": _us(listed_s),
+                "today_speedup": round(dense_s / today_s, 3),
+                "listed_speedup": round(dense_s / listed_s, 3),
+                "down_relative_error": round(error, 4),
+            }
+        )
+        print(
+            f"listed layer llama3-8b s={level}: dense {_us(dense_s)} us | today x{dense_s / today_s:.2f} | listed "
+            f"x{dense_s / listed_s:.2f} (down output off today's by {error:.4f})",
+            flush=True,
+        )
+    return rows
+
+
 def listed(models=("llama3-8b",)) -> dict:
     """Per shape: the fastest listed tiles at 0.5 (among those that match the reference), and
     their times at each level, beside dense and the shipped streamed kernel; then the producers."""
@@ -200,4 +310,7 @@ def listed(models=("llama3-8b",)) -> dict:
             )
         del data, at
         torch.cuda.empty_cache()
-    return {"gemv": rows, "producers": producers()}
+    fields = GemvConfig.__dataclass_fields__
+    configs = {r["roles"]: GemvConfig(**{k: r[k] for k in fields}) for r in rows if r["sparsity"] == 0.5}
+    layer = listed_layer(configs) if {"qkv", "gate+up", "down"} <= set(configs) else []
+    return {"gemv": rows, "producers": producers(), "layer": layer}

@@ -287,7 +287,9 @@ def test_producers_make_the_models_input_and_list_it(dtype):
     from sponlib.kernels.triton_producers import rmsnorm_list, silu_mul_list
 
     gen = torch.Generator().manual_seed(41 + DTYPES.index(dtype))
-    ulps = 2 * torch.finfo(dtype).eps  # two roundings in either order: up to two units in the last place
+    # two roundings, each off by up to one unit in the last place (Triton's CPU interpreter truncates
+    # where a GPU rounds to nearest)
+    ulps = 2 * torch.finfo(dtype).eps
     for n in SIZES[:3]:
         h = (torch.randn(n, generator=gen) * 3).to(DEVICE, dtype)  # (K,)
         weight = (torch.rand(n, generator=gen) + 0.5).to(DEVICE, dtype)  # (K,)
