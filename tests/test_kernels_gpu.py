@@ -212,6 +212,16 @@ def _listed():
     return GemvConfig, list_kept, listed_sparse_gemv
 
 
+def _check_lists(x: torch.Tensor, tau: torch.Tensor, kept, col_norm: torch.Tensor | None = None) -> None:
+    """`kept` lists exactly the inputs of x that the mask keeps under each threshold (and each
+    segment's column norms, for wina), in order."""
+    rows, vals, counts = kept
+    for g in range(tau.shape[0]):
+        expected = torch.nonzero(keep_mask(x, tau[g], None if col_norm is None else col_norm[g])).flatten()
+        assert int(counts[g]) == len(expected) and torch.equal(rows[g, : len(expected)].long(), expected)
+        assert torch.equal(vals[g, : len(expected)], x.float()[expected])
+
+
 @pytest.mark.parametrize("wina", [False, True], ids=["teal", "wina"])
 def test_kept_lists_hold_each_segments_kept_inputs_in_order(wina):
     _, list_kept, _ = _listed()
@@ -220,15 +230,7 @@ def test_kept_lists_hold_each_segments_kept_inputs_in_order(wina):
         x = torch.randn(n_in, generator=gen).to(DEVICE, torch.bfloat16)  # (K,)
         tau = torch.tensor([0.0, 0.6, 1e9], device=DEVICE)  # all kept, some, none
         col_norm = (torch.rand(3, n_in, generator=gen) + 0.5).to(DEVICE) if wina else None  # (3, K)
-        rows, vals, counts = list_kept(x, tau, col_norm)
-        for g in range(3):
-            keep = keep_mask(x, tau[g], None if col_norm is None else col_norm[g])  # (K,) bool
-            expected = torch.nonzero(keep).flatten()
-            assert int(counts[g]) == len(expected)
-            assert torch.equal(rows[g, : len(expected)].long(), expected)
-            assert torch.equal(vals[g, : len(expected)], x.float()[expected])
-        if not wina:
-            _check_lists(x, tau, (rows, vals, counts))
+        _check_lists(x, tau, list_kept(x, tau, col_norm), col_norm)
 
 
 def _listed_configs():
@@ -269,15 +271,6 @@ def test_listed_gemv_matches_the_reference(dtype):
                 y = listed_sparse_gemv(x, weight_t, kept, bias, tuple(segments), config, out, workspace)
                 assert y.data_ptr() == out.data_ptr() and torch.isfinite(y).all() and not workspace.any()
                 assert _relative_error(y, reference) < TOLERANCE[dtype], (n_in, segments, levels, config)
-
-
-def _check_lists(x: torch.Tensor, tau: torch.Tensor, kept) -> None:
-    """`kept` lists exactly the inputs of x that the mask keeps under each threshold, in order."""
-    rows, vals, counts = kept
-    for g in range(tau.shape[0]):
-        expected = torch.nonzero(keep_mask(x, tau[g])).flatten()
-        assert int(counts[g]) == len(expected) and torch.equal(rows[g, : len(expected)].long(), expected)
-        assert torch.equal(vals[g, : len(expected)], x.float()[expected])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -29,6 +29,17 @@ from .triton_steps import keep_block, load_rows, store_output
 
 
 @triton.jit
+def list_segment(x, offs, ok, tau, norm_ptr, rows_ptr, vals_ptr, count_ptr, HAS_NORM: tl.constexpr):
+    """One segment's list of x (K_POW2,) float32 under threshold tau: the kept entries' indices
+    and values, in order, at rows_ptr and vals_ptr, and how many at count_ptr."""
+    keep = keep_block(x, tau, norm_ptr, offs, ok, HAS_NORM)
+    position = tl.cumsum(keep.to(tl.int32), axis=0) - 1  # (K_POW2,) index among the kept
+    tl.store(rows_ptr + position, offs, mask=keep)
+    tl.store(vals_ptr + position, x, mask=keep)
+    tl.store(count_ptr, tl.sum(keep.to(tl.int32), axis=0))
+
+
+@triton.jit
 def _list_kept_kernel(
     x_ptr,  # (K,) input
     tau_ptr,  # (G,) float32 threshold per segment
@@ -49,11 +60,11 @@ def _list_kept_kernel(
     offs = tl.arange(0, K_POW2)  # (K_POW2,)
     ok = offs < K
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    keep = keep_block(x, tl.load(tau_ptr + segment), norm_ptr + segment * K, offs, ok, HAS_NORM)
-    position = tl.cumsum(keep.to(tl.int32), axis=0) - 1  # (K_POW2,) index among the kept
-    tl.store(rows_ptr + segment * K + position, offs, mask=keep)
-    tl.store(vals_ptr + segment * K + position, x, mask=keep)
-    tl.store(counts_ptr + segment, tl.sum(keep.to(tl.int32), axis=0))
+    start = segment * K
+    list_segment(
+        x, offs, ok, tl.load(tau_ptr + segment), norm_ptr + start, rows_ptr + start, vals_ptr + start,
+        counts_ptr + segment, HAS_NORM,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -134,6 +145,26 @@ def _listed_gemv_kernel(
         store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
 
 
+def new_lists(n_in: int, groups: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Room for the lists of `groups` segments of n_in inputs: rows (G, K) int32, vals (G, K)
+    float32, counts (G,) int32."""
+    assert 1 <= groups <= MAX_SEGMENTS
+    return (
+        torch.empty((groups, n_in), device=device, dtype=torch.int32),
+        torch.empty((groups, n_in), device=device, dtype=torch.float32),
+        torch.empty(groups, device=device, dtype=torch.int32),
+    )
+
+
+def listing_launch(n_in: int, pdl: bool, device) -> dict:
+    """Launch settings of a one-program listing kernel over n_in inputs: K_POW2, PDL, warps."""
+    k_pow2 = triton.next_power_of_2(n_in)
+    pdl = pdl and supports_pdl(device)
+    return {"PDL": pdl, "K_POW2": k_pow2, "num_warps": max(4, min(16, k_pow2 // 1024))} | (
+        {"launch_pdl": True} if pdl else {}
+    )
+
+
 def list_kept(
     x: torch.Tensor, tau: torch.Tensor, col_norm: torch.Tensor | None = None, pdl: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,27 +172,18 @@ def list_kept(
     col_norm (G, K) float32 or None -> rows (G, K) int32 (the first counts[g] of row g valid),
     vals (G, K) float32, counts (G,) int32."""
     (n_in,), groups = x.shape, tau.shape[0]
-    assert x.is_contiguous() and 1 <= groups <= MAX_SEGMENTS
-    rows = torch.empty((groups, n_in), device=x.device, dtype=torch.int32)
-    vals = torch.empty((groups, n_in), device=x.device, dtype=torch.float32)
-    counts = torch.empty(groups, device=x.device, dtype=torch.int32)
-    k_pow2 = triton.next_power_of_2(n_in)
-    pdl = pdl and supports_pdl(x.device)
+    assert x.is_contiguous()
+    kept = new_lists(n_in, groups, x.device)
     _list_kept_kernel[(groups,)](
         x,
         tau,
         tau if col_norm is None else col_norm,
-        rows,
-        vals,
-        counts,
+        *kept,
         n_in,
         HAS_NORM=col_norm is not None,
-        PDL=pdl,
-        K_POW2=k_pow2,
-        num_warps=max(4, min(16, k_pow2 // 1024)),
-        **({"launch_pdl": True} if pdl else {}),
+        **listing_launch(n_in, pdl, x.device),
     )
-    return rows, vals, counts
+    return kept
 
 
 def listed_sparse_gemv(

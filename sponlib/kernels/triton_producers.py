@@ -17,20 +17,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import MAX_SEGMENTS
-from .triton_gemv import gdc_launch_dependents, gdc_wait, supports_pdl
-from .triton_steps import keep_block
+from .triton_gemv import gdc_launch_dependents, gdc_wait
+from .triton_listed import list_segment, listing_launch, new_lists
 
 
 @triton.jit
 def _write_lists(x, offs, ok, tau_ptr, rows_ptr, vals_ptr, counts_ptr, K, G: tl.constexpr):
     """The lists of x (K_POW2,) float32 for each of the G thresholds."""
     for segment in tl.static_range(G):
-        keep = keep_block(x, tl.load(tau_ptr + segment), tau_ptr, offs, ok, False)
-        position = tl.cumsum(keep.to(tl.int32), axis=0) - 1  # index among the kept
-        tl.store(rows_ptr + segment * K + position, offs, mask=keep)
-        tl.store(vals_ptr + segment * K + position, x, mask=keep)
-        tl.store(counts_ptr + segment, tl.sum(keep.to(tl.int32), axis=0))
+        start = segment * K
+        list_segment(
+            x, offs, ok, tl.load(tau_ptr + segment), tau_ptr, rows_ptr + start, vals_ptr + start,
+            counts_ptr + segment, False,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -71,30 +70,13 @@ def _silu_mul_list_kernel(
     _write_lists(a.to(tl.float32), offs, ok, tau_ptr, rows_ptr, vals_ptr, counts_ptr, K, G)
 
 
-def _lists(n: int, groups: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    assert 1 <= groups <= MAX_SEGMENTS
-    return (
-        torch.empty((groups, n), device=device, dtype=torch.int32),
-        torch.empty((groups, n), device=device, dtype=torch.float32),
-        torch.empty(groups, device=device, dtype=torch.int32),
-    )
-
-
-def _launch_options(n: int, pdl: bool, device) -> dict:
-    k_pow2 = triton.next_power_of_2(n)
-    pdl = pdl and supports_pdl(device)
-    return {"PDL": pdl, "K_POW2": k_pow2, "num_warps": max(4, min(16, k_pow2 // 1024))} | (
-        {"launch_pdl": True} if pdl else {}
-    )
-
-
 def rmsnorm_list(h: torch.Tensor, weight: torch.Tensor, eps: float, tau: torch.Tensor, pdl: bool = False):
     """h (K,) and weight (K,) in one dtype, tau (G,) float32 -> y (K,) in h's dtype and its lists."""
     (n,) = h.shape
     assert h.is_contiguous() and weight.shape == (n,) and weight.dtype == h.dtype
     y = torch.empty_like(h)
-    kept = _lists(n, tau.shape[0], h.device)
-    _rmsnorm_list_kernel[(1,)](h, weight, y, tau, *kept, n, eps, G=tau.shape[0], **_launch_options(n, pdl, h.device))
+    kept = new_lists(n, tau.shape[0], h.device)
+    _rmsnorm_list_kernel[(1,)](h, weight, y, tau, *kept, n, eps, G=tau.shape[0], **listing_launch(n, pdl, h.device))
     return y, kept
 
 
@@ -103,6 +85,6 @@ def silu_mul_list(gate: torch.Tensor, up: torch.Tensor, tau: torch.Tensor, pdl: 
     (n,) = gate.shape
     assert gate.is_contiguous() and up.is_contiguous() and up.shape == (n,) and up.dtype == gate.dtype
     a = torch.empty_like(gate)
-    kept = _lists(n, tau.shape[0], gate.device)
-    _silu_mul_list_kernel[(1,)](gate, up, a, tau, *kept, n, G=tau.shape[0], **_launch_options(n, pdl, gate.device))
+    kept = new_lists(n, tau.shape[0], gate.device)
+    _silu_mul_list_kernel[(1,)](gate, up, a, tau, *kept, n, G=tau.shape[0], **listing_launch(n, pdl, gate.device))
     return a, kept
