@@ -68,8 +68,6 @@ class ListedData:
         self.data, self.level = data, level
         self.tau = torch.tensor([normal_threshold(level)], device="cuda")
         self.kept = [list_kept(x.view(-1), self.tau) for x in data.xs]
-        x = data.xs[0].double()
-        self.reference = ((x * (x.abs() > self.tau.double())) @ data.weights_t[0].double()).view(-1)
 
     def error(self, config: GemvConfig) -> float:
         from sponlib.kernels.triton_listed import listed_sparse_gemv
@@ -78,7 +76,7 @@ class ListedData:
         y = listed_sparse_gemv(
             data.xs[0].view(-1), data.weights_t[0], self.kept[0], config=config, workspace=data.workspace
         )
-        return round(float((y.double() - self.reference).norm() / self.reference.norm()), 5)
+        return data.error_of(y, self.level)
 
     def gemv_s(self, config: GemvConfig) -> float:
         from sponlib.kernels.triton_listed import listed_sparse_gemv

@@ -64,16 +64,19 @@ class GemvData:
         reference = (x.double() * keep_mask(x, torch.tensor(tau, device="cuda"))) @ self.weights_t[0].double()
         return round(float((y.double().reshape(-1) - reference.reshape(-1)).abs().max()), 4)
 
-    def relative_error(self, level: float, config) -> float:
-        """‖y − reference‖ / ‖reference‖ of `config` on the first copy at sparsity `level`
-        (reference: float64 product, float32 rule)."""
-        tau = torch.tensor([normal_threshold(level)], device="cuda")
+    def error_of(self, y: torch.Tensor, level: float) -> float:
+        """‖y − reference‖ / ‖reference‖ for an output y of the first copy at sparsity `level`
+        (reference: float64 product, float32 rule, made once per level)."""
         if level not in self._references:
-            x = self.xs[0]
-            self._references[level] = (x.double() * keep_mask(x, tau[0])) @ self.weights_t[0].double()
-        reference = self._references[level].reshape(-1)
-        y = self.ours(tau, config)[0]().double().reshape(-1)
-        return round(float((y - reference).norm() / reference.norm()), 5)
+            x, tau = self.xs[0], torch.tensor(normal_threshold(level), device="cuda")
+            self._references[level] = ((x.double() * keep_mask(x, tau)) @ self.weights_t[0].double()).reshape(-1)
+        reference = self._references[level]
+        return round(float((y.double().reshape(-1) - reference).norm() / reference.norm()), 5)
+
+    def relative_error(self, level: float, config) -> float:
+        """error_of sponlib's kernel with `config` at sparsity `level`."""
+        tau = torch.tensor([normal_threshold(level)], device="cuda")
+        return self.error_of(self.ours(tau, config)[0](), level)
 
     def sparse(self, level: float, config=None, teal=None) -> dict:
         """Time sponlib's calls at sparsity `level` (and TEAL's, when given) against dense."""

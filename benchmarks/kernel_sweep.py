@@ -227,16 +227,16 @@ def sweep(write_configs: bool, models=None, on_shape=None, variants=VARIANTS) ->
                 {"model": model, "roles": roles, **config.__dict__, "split": config.split(n_in), **r}
                 for r in at.values()
             ]
-        chosen += _chosen(f"{model} {roles}", n_in, n_out, timed)
-        for row in chosen[-2:]:
-            if (row["in"], row["out"]) == (n_in, n_out):
-                print(
-                    f"sweep {model} {roles} {n_in}->{n_out} from s={row.get('min_sparsity', 0.0)}: {len(timed)} "
-                    f"variants in {time.perf_counter() - started:.0f} s; best "
-                    f"{GemvConfig(**{k: row[k] for k in GemvConfig.__dataclass_fields__})}: {row['us_at_0']} / "
-                    f"{row['us_at_0.5']} us at s=0 / 0.5 (dense {row['dense_us']} us)",
-                    flush=True,
-                )
+        shape_rows = _chosen(f"{model} {roles}", n_in, n_out, timed)
+        chosen += shape_rows
+        for row in shape_rows:
+            print(
+                f"sweep {model} {roles} {n_in}->{n_out} from s={row.get('min_sparsity', 0.0)}: {len(timed)} "
+                f"variants in {time.perf_counter() - started:.0f} s; best "
+                f"{GemvConfig(**{k: row[k] for k in GemvConfig.__dataclass_fields__})}: {row['us_at_0']} / "
+                f"{row['us_at_0.5']} us at s=0 / 0.5 (dense {row['dense_us']} us)",
+                flush=True,
+            )
         del data
         torch.cuda.empty_cache()
         if write_configs:
