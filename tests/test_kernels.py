@@ -470,6 +470,11 @@ def test_a_segment_called_alone_still_computes_its_projection():
     x = torch.randn(2, 24, dtype=torch.float64)
     y = SegmentOf(fused, 2)(x)  # no leader call before it
     torch.testing.assert_close(y, sparse_gemv_reference(x, input_major(linears[2].weight), linears[2].bias, 0.7))
+    assert fused.tile_band == 0.0  # built without levels: the band of sparsity 0
+    outputs = fused(x)  # the launch itself, as the leader runs it
+    for index, (linear, tau) in enumerate(zip(linears, [0.3, 0.5, 0.7])):
+        reference = sparse_gemv_reference(x, input_major(linear.weight), linear.bias, tau)
+        torch.testing.assert_close(outputs[index], reference)
 
 
 def test_sparse_linear_refuses_bad_thresholds_and_vectors():

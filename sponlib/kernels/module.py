@@ -165,6 +165,7 @@ class FusedSparseLinear(nn.Module):
         self.register_buffer("workspace", new_workspace(sum(self.segments), weight.device), persistent=False)
         self.pending = None  # (input, outputs) of the last launch, until every segment took its part
         self.levels = [0.0] * len(linears)  # calibrated sparsity per segment
+        self.tile_band = tile_band(0.0)
         for index, level in enumerate(levels or ()):
             self.set_level(index, level)
 
