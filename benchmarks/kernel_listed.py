@@ -1,5 +1,6 @@
 """The `listed` part of benchmarks/kernels_h200.py: the sparse GEMV over a ready list of kept
-inputs (sponlib.kernels.triton_listed) on the Llama-3-8B projection shapes and fused groups, at
+inputs (sponlib.kernels.triton_listed: written in chunks of LIST_CHUNK inputs by many programs,
+read as one list) on the Llama-3-8B projection shapes and fused groups, at
 s = 0 and 0.5, beside cuBLAS and the shipped streamed kernel, all over the same weight copies and
 inputs (GemvData):
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from sponlib.kernels import sparse_gemv
 from sponlib.kernels.tiles import GemvConfig
 from sponlib.kernels.timing import graph_time, normal_threshold
+from sponlib.kernels.triton_listed import LIST_CHUNK
 
 from kernel_parts import GemvData, LayerData
 from kernel_shapes import DTYPE, LLAMA3_8B, MODEL_SHAPES, sweep_shapes
@@ -130,6 +132,7 @@ def _row(model: str, roles: str, data: GemvData, at: dict, config: GemvConfig, l
         "chain_speedup": round(data.dense_s / chain_s, 3),
         "shipped_speedup": round(data.dense_s / shipped_s, 3),
         "relative_error": listed.error(config),
+        "list_chunk": LIST_CHUNK,
     }
 
 
@@ -168,6 +171,7 @@ def producers(copies: int = 256) -> list[dict]:
                 "producer": name,
                 "in": n,
                 "segments": groups,
+                "list_chunk": LIST_CHUNK,
                 "compiled_us": _us(compiled_s),
                 "with_lists_us": _us(listed_s),
             }

@@ -212,25 +212,29 @@ def _listed():
     return GemvConfig, list_kept, listed_sparse_gemv
 
 
-def _check_lists(x: torch.Tensor, tau: torch.Tensor, kept, col_norm: torch.Tensor | None = None) -> None:
-    """`kept` lists exactly the inputs of x that the mask keeps under each threshold (and each
-    segment's column norms, for wina), in order."""
-    rows, vals, counts = kept
+def _check_lists(x: torch.Tensor, tau: torch.Tensor, lists, col_norm: torch.Tensor | None = None) -> None:
+    """`lists` hold exactly the inputs of x that the mask keeps under each threshold (and each
+    segment's column norms, for wina), chunk by chunk, in order."""
+    rows, vals, counts, chunk = lists
+    assert counts.shape == (tau.shape[0], -(-x.shape[0] // chunk))
     for g in range(tau.shape[0]):
-        expected = torch.nonzero(keep_mask(x, tau[g], None if col_norm is None else col_norm[g])).flatten()
-        assert int(counts[g]) == len(expected) and torch.equal(rows[g, : len(expected)].long(), expected)
-        assert torch.equal(vals[g, : len(expected)], x.float()[expected])
+        keep = keep_mask(x, tau[g], None if col_norm is None else col_norm[g])
+        for c, start in enumerate(range(0, x.shape[0], chunk)):
+            expected = start + torch.nonzero(keep[start : start + chunk]).flatten()
+            entries = slice(start, start + len(expected))
+            assert int(counts[g, c]) == len(expected) and torch.equal(rows[g, entries].long(), expected)
+            assert torch.equal(vals[g, entries], x.float()[expected])
 
 
 @pytest.mark.parametrize("wina", [False, True], ids=["teal", "wina"])
 def test_kept_lists_hold_each_segments_kept_inputs_in_order(wina):
     _, list_kept, _ = _listed()
     gen = torch.Generator().manual_seed(21 + wina)
-    for n_in in SIZES[:3]:
+    for n_in, chunk in zip(SIZES[:3], (16, 64, 10**6)):  # chunks of 16 and 64 (the last one short), one for all
         x = torch.randn(n_in, generator=gen).to(DEVICE, torch.bfloat16)  # (K,)
         tau = torch.tensor([0.0, 0.6, 1e9], device=DEVICE)  # all kept, some, none
         col_norm = (torch.rand(3, n_in, generator=gen) + 0.5).to(DEVICE) if wina else None  # (3, K)
-        _check_lists(x, tau, list_kept(x, tau, col_norm), col_norm)
+        _check_lists(x, tau, list_kept(x, tau, chunk, col_norm), col_norm)
 
 
 def _listed_configs():
@@ -249,14 +253,13 @@ def test_listed_gemv_matches_the_reference(dtype):
     config twice on one workspace: the result, every output written, the workspace left zero."""
     _, list_kept, listed_sparse_gemv = _listed()
     gen = torch.Generator().manual_seed(31 + DTYPES.index(dtype))
-    for _ in range(8):
+    for case in range(8):
         n_in = SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))]
-        segments = [SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))] for _ in range(1 + _ % 3)]
+        segments = [SIZES[int(torch.randint(len(SIZES), (1,), generator=gen))] for _ in range(1 + case % 3)]
         n_out = sum(segments)
         x, weight_t, bias, _, _ = _random_case(gen, n_in, n_out, dtype, 0.0, False)
         levels = torch.tensor([0.0, 0.25, 0.5, 0.7, 0.99])[torch.randint(5, (len(segments),), generator=gen)]
         tau = torch.quantile(x.float().abs().cpu(), levels).to(DEVICE)  # (G,)
-        kept = list_kept(x, tau)
         workspace = torch.zeros(2 * n_out, device=DEVICE)
         starts = [0, *torch.tensor(segments).cumsum(0).tolist()]
         reference = torch.cat(
@@ -265,7 +268,8 @@ def test_listed_gemv_matches_the_reference(dtype):
                 for g, (a, b) in enumerate(zip(starts, starts[1:]))
             ]
         )
-        for config in _listed_configs():
+        for index, config in enumerate(_listed_configs()):
+            kept = list_kept(x, tau, (16, 32, 10**6)[(index + case) % 3])  # lists written in chunks, read as one
             for _ in range(2):
                 out = torch.full((n_out,), float("nan"), device=DEVICE, dtype=dtype)  # poisoned
                 y = listed_sparse_gemv(x, weight_t, kept, bias, tuple(segments), config, out, workspace)
@@ -287,7 +291,8 @@ def test_producers_make_the_models_input_and_list_it(dtype):
         h = (torch.randn(n, generator=gen) * 3).to(DEVICE, dtype)  # (K,)
         weight = (torch.rand(n, generator=gen) + 0.5).to(DEVICE, dtype)  # (K,)
         tau = torch.tensor([0.0, 0.4, 1.0][: 1 + n % 3], device=DEVICE)  # (G,)
-        y, kept = rmsnorm_list(h, weight, 1e-5, tau)
+        chunk = (16, 64, 10**6)[n % 3]
+        y, kept = rmsnorm_list(h, weight, 1e-5, tau, chunk)
         h32 = h.float()
         expected = weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(dtype)  # as the model computes it
         torch.testing.assert_close(y, expected, rtol=ulps, atol=ulps)
@@ -296,7 +301,7 @@ def test_producers_make_the_models_input_and_list_it(dtype):
             (torch.randn(n, generator=gen) * 2).to(DEVICE, dtype),
             torch.randn(n, generator=gen).to(DEVICE, dtype),
         )
-        a, kept = silu_mul_list(gate, up, tau)
+        a, kept = silu_mul_list(gate, up, tau, chunk)
         torch.testing.assert_close(a, torch.nn.functional.silu(gate) * up, rtol=ulps, atol=ulps)
         _check_lists(a, tau, kept)
 

@@ -1,23 +1,30 @@
-"""The sparse GEMV over a ready list of kept inputs: one small kernel lists each segment's kept
-inputs once (their indices and values, in order, and how many), and the GEMV's programs split
-that list evenly, so the work and the number of busy programs follow the kept rows, not K.
+"""The sparse GEMV over ready lists of kept inputs: each segment's kept inputs are listed once
+(their indices and values, in order, and how many), and the GEMV's programs split that list
+evenly, so the work and the number of busy programs follow the kept rows, not K.
 
-    kept = list_kept(x, tau)                          (rows (G, K), vals (G, K), counts (G,))
-    y = listed_sparse_gemv(x, weight_t, kept, bias)   the same y as triton_sparse_gemv
+    lists = list_kept(x, tau)                          KeptLists: rows, vals (G, K), counts (G, C)
+    y = listed_sparse_gemv(x, weight_t, lists, bias)   the same y as triton_sparse_gemv
 
-Where the streamed kernel (`triton_gemv`) runs as many steps at sparsity 0.5 as at 0, each
-half masked off, here program (tile, slice) takes entries slice·P .. slice·P + P − 1 of its
-segment's list: at 0.5 half the slices find nothing to do and return at once, and the split-K
-sums take half the atomics. The list is what a fused producer (RMSNorm, SiLU·up) would write as
-it makes x; `list_kept` stands in for that producer, as one launch more (docs/kernel_notes.md, v6).
+Where the streamed kernel (`triton_gemv`) runs as many steps at sparsity 0.5 as at 0, each half
+masked off, here program (tile, slice) takes entries slice·P .. slice·P + P − 1 of its segment's
+list: at 0.5 half the slices find the list ended and return at once, with no mask to build.
 
-Split-K sums go through float32 atomics that a second small kernel casts (`finisher`): slices
-with nothing to add return without arriving, so no arrival counter can tell the last one.
+The lists are written chunk by chunk (C chunks of `chunk` inputs), so that many programs can
+write them, each with a prefix sum over its own chunk: one program over all of K (v6) took
+2–16 µs. The GEMV reads the chunks' lists as one: from the C counts each program finds where
+entry e is stored. The lists are what a producer of x (RMSNorm, SiLU·up: `triton_producers`)
+writes as it makes x; `list_kept` stands in for such a producer, as one launch more
+(docs/kernel_notes.md, v6 and v7).
+
+Split sums go through float32 atomics that a second small kernel casts (`finisher`): slices with
+nothing to add return without arriving, so no arrival counter can tell the last one.
 Shapes: K inputs, N outputs, G ≤ 3 segments (as in `triton_gemv`); BLOCK_K list entries per
 step, BLOCK_N outputs per program. Runs under TRITON_INTERPRET=1 on CPU tensors too.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -27,16 +34,70 @@ from .tiles import MAX_SEGMENTS, GemvConfig
 from .triton_gemv import cast_sums, gdc_launch_dependents, gdc_wait, supports_pdl
 from .triton_steps import keep_block, load_rows, store_output
 
+LIST_CHUNK = 512  # inputs per chunk of a list, by default: one listing program each
+LISTING_BLOCK = 512  # inputs per listing program (a chunk of more takes a program of its own)
+
+
+class KeptLists(NamedTuple):
+    """Each segment's kept inputs, chunk by chunk: those of inputs c·chunk .. (c+1)·chunk − 1, in
+    order, at entries c·chunk .. c·chunk + counts[g, c] − 1 of row g (the rest unwritten)."""
+
+    rows: torch.Tensor  # (G, K) int32 input indices
+    vals: torch.Tensor  # (G, K) float32 their inputs
+    counts: torch.Tensor  # (G, C) int32 how many each chunk keeps
+    chunk: int  # a power of two
+
+
+def list_chunk(chunk: int, n_in: int) -> int:
+    """The chunk a list maker or a config asks for, as lists are written: a power of two, at most
+    the inputs there are (rounded up)."""
+    return min(triton.next_power_of_2(max(1, chunk)), triton.next_power_of_2(n_in))
+
+
+def new_lists(n_in: int, groups: int, chunk: int, device) -> KeptLists:
+    """Room for the lists of `groups` segments of n_in inputs in chunks of `chunk`."""
+    assert 1 <= groups <= MAX_SEGMENTS
+    chunk = list_chunk(chunk, n_in)
+    return KeptLists(
+        torch.empty((groups, n_in), device=device, dtype=torch.int32),
+        torch.empty((groups, n_in), device=device, dtype=torch.float32),
+        torch.empty((groups, triton.cdiv(n_in, chunk)), device=device, dtype=torch.int32),
+        chunk,
+    )
+
+
+def listing_launch(lists: KeptLists, pdl: bool, device) -> tuple[int, dict]:
+    """Programs of a listing kernel over `lists`' chunks, and its launch settings: CHUNK, ROWS
+    (chunks per program), PDL, warps."""
+    n_chunks, chunk = lists.counts.shape[1], lists.chunk
+    rows = max(1, LISTING_BLOCK // chunk)
+    pdl = pdl and supports_pdl(device)
+    settings = {"CHUNK": chunk, "ROWS": rows, "PDL": pdl, "num_warps": max(4, min(16, rows * chunk // 512))}
+    return triton.cdiv(n_chunks, rows), settings | ({"launch_pdl": True} if pdl else {})
+
 
 @triton.jit
-def list_segment(x, offs, ok, tau, norm_ptr, rows_ptr, vals_ptr, count_ptr, HAS_NORM: tl.constexpr):
-    """One segment's list of x (K_POW2,) float32 under threshold tau: the kept entries' indices
-    and values, in order, at rows_ptr and vals_ptr, and how many at count_ptr."""
-    keep = keep_block(x, tau, norm_ptr, offs, ok, HAS_NORM)
-    position = tl.cumsum(keep.to(tl.int32), axis=0) - 1  # (K_POW2,) index among the kept
-    tl.store(rows_ptr + position, offs, mask=keep)
-    tl.store(vals_ptr + position, x, mask=keep)
-    tl.store(count_ptr, tl.sum(keep.to(tl.int32), axis=0))
+def chunk_offsets(program, K, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+    """Program `program`'s inputs, ROWS chunks of CHUNK: their indices (ROWS, CHUNK), which exist,
+    and the chunks' numbers (ROWS,)."""
+    chunks = program * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    offs = chunks[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]  # (ROWS, CHUNK)
+    return offs, offs < K, chunks
+
+
+@triton.jit
+def list_chunks(
+    x, offs, ok, chunks, n_chunks, tau, norm_ptr, rows_ptr, vals_ptr, counts_ptr, HAS_NORM: tl.constexpr,
+    CHUNK: tl.constexpr,
+):  # fmt: skip
+    """One segment's lists of the chunks of x (ROWS, CHUNK) float32 under threshold tau: each
+    chunk's kept indices and values, in order, from its first entry, and how many."""
+    keep = keep_block(x, tau, norm_ptr, offs, ok, HAS_NORM)  # (ROWS, CHUNK)
+    position = tl.cumsum(keep.to(tl.int32), axis=1) - 1  # index among the chunk's kept
+    entry = chunks[:, None] * CHUNK + position  # (ROWS, CHUNK)
+    tl.store(rows_ptr + entry, offs, mask=keep)
+    tl.store(vals_ptr + entry, x, mask=keep)
+    tl.store(counts_ptr + chunks, tl.sum(keep.to(tl.int32), axis=1), mask=chunks < n_chunks)
 
 
 @triton.jit
@@ -44,26 +105,27 @@ def _list_kept_kernel(
     x_ptr,  # (K,) input
     tau_ptr,  # (G,) float32 threshold per segment
     norm_ptr,  # (G, K) float32 column norms (wina), or any pointer when HAS_NORM is off
-    rows_ptr,  # (G, K) int32: each segment's kept input indices, in order, then unwritten
-    vals_ptr,  # (G, K) float32: their inputs
-    counts_ptr,  # (G,) int32: how many each segment keeps
+    rows_ptr,  # (G, K) int32
+    vals_ptr,  # (G, K) float32
+    counts_ptr,  # (G, C) int32
     K,
+    n_chunks,
     HAS_NORM: tl.constexpr,
     PDL: tl.constexpr,
-    K_POW2: tl.constexpr,
+    ROWS: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
-    """One program per segment: the mask of all K inputs, a prefix sum, the kept ones stored."""
+    """Program (segment, p): the lists of chunks p·ROWS .. p·ROWS + ROWS − 1 of one segment."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()  # x is the previous launch's output
     segment = tl.program_id(0)
-    offs = tl.arange(0, K_POW2)  # (K_POW2,)
-    ok = offs < K
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    offs, ok, chunks = chunk_offsets(tl.program_id(1), K, ROWS, CHUNK)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)  # (ROWS, CHUNK)
     start = segment * K
-    list_segment(
-        x, offs, ok, tl.load(tau_ptr + segment), norm_ptr + start, rows_ptr + start, vals_ptr + start,
-        counts_ptr + segment, HAS_NORM,
+    list_chunks(
+        x, offs, ok, chunks, n_chunks, tl.load(tau_ptr + segment), norm_ptr + start, rows_ptr + start,
+        vals_ptr + start, counts_ptr + segment * n_chunks, HAS_NORM, CHUNK,
     )  # fmt: skip
 
 
@@ -74,6 +136,8 @@ def _listed_block(
     w_ptr,
     j,
     stop,
+    ends,
+    skipped,
     offs_n,
     n_ok,
     N,
@@ -81,21 +145,25 @@ def _listed_block(
     EVICT: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """List entries j .. j + BLOCK_K − 1 (those before `stop`): inputs (float32) and weight rows,
-    (BLOCK_K,) and (BLOCK_K, BLOCK_N). Indices and inputs load side by side; only the rows wait."""
-    offs = j + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    ok = offs < stop
-    rows = tl.load(rows_ptr + offs, mask=ok, other=0)
-    x = tl.load(vals_ptr + offs, mask=ok, other=0.0)
+    """Entries j .. j + BLOCK_K − 1 of the segment's whole list (those before `stop`): inputs
+    (float32) and weight rows, (BLOCK_K,) and (BLOCK_K, BLOCK_N). Entry e lies in the first chunk
+    whose list ends after it, so it is stored past the unused room of every chunk before:
+    ends (C_POW2,) where each chunk's list ends in the whole list, skipped (C_POW2,) its unused room."""
+    entries = j + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    ok = entries < stop
+    before = ends[None, :] <= entries[:, None]  # (BLOCK_K, C_POW2): chunks wholly before the entry
+    where = entries + tl.sum(tl.where(before, skipped[None, :], 0), axis=1)  # (BLOCK_K,)
+    rows = tl.load(rows_ptr + where, mask=ok, other=0)
+    x = tl.load(vals_ptr + where, mask=ok, other=0.0)
     return x, load_rows(w_ptr, rows, ok, offs_n, n_ok, N, EVEN_N, EVICT)
 
 
 @triton.jit
 def _listed_gemv_kernel(
     w_ptr,  # (K, N) input-major weight
-    rows_ptr,  # (G, K) int32 kept indices per segment
+    rows_ptr,  # (G, K) int32 kept indices per segment, chunk by chunk
     vals_ptr,  # (G, K) float32 their inputs
-    counts_ptr,  # (G,) int32
+    counts_ptr,  # (G, C) int32 how many each chunk keeps
     bias_ptr,  # (N,) or any pointer when HAS_BIAS is off
     out_ptr,  # (N,) output (no split)
     part_ptr,  # (N,) float32 zeros (split): the sums, cast and re-zeroed by the second kernel
@@ -103,6 +171,8 @@ def _listed_gemv_kernel(
     N,
     seg1,
     seg2,  # where the second and third segments start (N when absent)
+    chunk,
+    n_chunks,
     entries_per_program,
     HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -110,10 +180,12 @@ def _listed_gemv_kernel(
     EVEN_N: tl.constexpr,
     EVICT: tl.constexpr,
     PDL: tl.constexpr,
+    C_POW2: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Program (tile, slice): BLOCK_N outputs over its segment's list entries of this slice."""
+    """Program (tile, slice): BLOCK_N outputs over entries slice·P .. slice·P + P − 1 of its
+    segment's whole list (the chunks' lists one after another)."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()  # the lists are the previous launch's output
@@ -123,19 +195,27 @@ def _listed_gemv_kernel(
     segment = (n_start >= seg1).to(tl.int32) + (n_start >= seg2).to(tl.int32)  # tiles never straddle
     rows_ptr += segment * K
     vals_ptr += segment * K
+    chunks = tl.arange(0, C_POW2)
+    counts = tl.load(counts_ptr + segment * n_chunks + chunks, mask=chunks < n_chunks, other=0)  # (C_POW2,)
+    ends = tl.cumsum(counts, axis=0)
+    skipped = tl.where(chunks < n_chunks, chunk - counts, 0)
     first = tl.program_id(1) * entries_per_program
-    stop = tl.minimum(first + entries_per_program, tl.load(counts_ptr + segment))
+    stop = tl.minimum(first + entries_per_program, tl.sum(counts, axis=0))
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    x, w = _listed_block(rows_ptr, vals_ptr, w_ptr, first, stop, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
+    x, w = _listed_block(rows_ptr, vals_ptr, w_ptr, first, stop, ends, skipped, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
     if PREFETCH:  # the next step's loads in flight while this one is added
         for j in range(first + BLOCK_K, stop + BLOCK_K, BLOCK_K):  # the last step's loads are all masked off
-            x_next, w_next = _listed_block(rows_ptr, vals_ptr, w_ptr, j, stop, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
+            x_next, w_next = _listed_block(
+                rows_ptr, vals_ptr, w_ptr, j, stop, ends, skipped, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K
+            )
             acc += w.to(tl.float32) * x[:, None]
             x, w = x_next, w_next
     else:
         acc += w.to(tl.float32) * x[:, None]
         for j in range(first + BLOCK_K, stop, BLOCK_K):
-            x, w = _listed_block(rows_ptr, vals_ptr, w_ptr, j, stop, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
+            x, w = _listed_block(
+                rows_ptr, vals_ptr, w_ptr, j, stop, ends, skipped, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K
+            )
             acc += w.to(tl.float32) * x[:, None]
     y = tl.sum(acc, axis=0)  # (BLOCK_N,)
     if SPLIT:
@@ -145,100 +225,58 @@ def _listed_gemv_kernel(
         store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
 
 
-def new_lists(n_in: int, groups: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Room for the lists of `groups` segments of n_in inputs: rows (G, K) int32, vals (G, K)
-    float32, counts (G,) int32."""
-    assert 1 <= groups <= MAX_SEGMENTS
-    return (
-        torch.empty((groups, n_in), device=device, dtype=torch.int32),
-        torch.empty((groups, n_in), device=device, dtype=torch.float32),
-        torch.empty(groups, device=device, dtype=torch.int32),
-    )
-
-
-def listing_launch(n_in: int, pdl: bool, device) -> dict:
-    """Launch settings of a one-program listing kernel over n_in inputs: K_POW2, PDL, warps."""
-    k_pow2 = triton.next_power_of_2(n_in)
-    pdl = pdl and supports_pdl(device)
-    return {"PDL": pdl, "K_POW2": k_pow2, "num_warps": max(4, min(16, k_pow2 // 1024))} | (
-        {"launch_pdl": True} if pdl else {}
-    )
-
-
 def list_kept(
-    x: torch.Tensor, tau: torch.Tensor, col_norm: torch.Tensor | None = None, pdl: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each segment's kept inputs, listed once: x (K,) float16/bfloat16, tau (G,) float32,
-    col_norm (G, K) float32 or None -> rows (G, K) int32 (the first counts[g] of row g valid),
-    vals (G, K) float32, counts (G,) int32."""
+    x: torch.Tensor, tau: torch.Tensor, chunk: int = LIST_CHUNK, col_norm: torch.Tensor | None = None, pdl: bool = False
+) -> KeptLists:
+    """Each segment's kept inputs, listed chunk by chunk: x (K,) float16/bfloat16, tau (G,)
+    float32, chunk: inputs per chunk (rounded up to a power of two), col_norm (G, K) float32 or None."""
     (n_in,), groups = x.shape, tau.shape[0]
     assert x.is_contiguous()
-    kept = new_lists(n_in, groups, x.device)
-    _list_kept_kernel[(groups,)](
-        x,
-        tau,
-        tau if col_norm is None else col_norm,
-        *kept,
-        n_in,
-        HAS_NORM=col_norm is not None,
-        **listing_launch(n_in, pdl, x.device),
-    )
-    return kept
+    lists = new_lists(n_in, groups, chunk, x.device)
+    programs, settings = listing_launch(lists, pdl, x.device)
+    _list_kept_kernel[(groups, programs)](
+        x, tau, tau if col_norm is None else col_norm, *lists[:3], n_in, lists.counts.shape[1],
+        HAS_NORM=col_norm is not None, **settings,
+    )  # fmt: skip
+    return lists
 
 
 def listed_sparse_gemv(
     x: torch.Tensor,
     weight_t: torch.Tensor,
-    kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    lists: KeptLists,
     bias: torch.Tensor | None = None,
     segments: tuple[int, ...] | None = None,
     config: GemvConfig | None = None,
     out: torch.Tensor | None = None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = S(x) Wᵀ + b from the lists `kept` of `list_kept` (x gives the dtype only): weight_t
-    (K, N) contiguous, bias (N,) or None, segments: the G output sizes (default one), config:
-    block_n, block_k, k_per_program (list entries per program; fewer than K splits the list),
+    """y = S(x) Wᵀ + b from `lists` (x gives the dtype only): weight_t (K, N) contiguous, bias
+    (N,) or None, segments: the G output sizes (default one), config: block_n, block_k,
+    k_per_program (list entries per program; fewer than K splits each segment's whole list evenly),
     num_warps, prefetch, evict, pdl; workspace (2N,) float32 zeros, left zero -> (N,) in x's dtype."""
-    rows, vals, counts = kept
+    rows, vals, counts, chunk = lists
     n_in, n_out = weight_t.shape
     segments = tuple(segments or (n_out,))
     assert weight_t.is_contiguous() and rows.shape == (len(segments), n_in) and sum(segments) == n_out
-    config = config or GemvConfig(1024, 16, 64, prefetch=True, atomic=True, finisher=True)
+    config = config or GemvConfig(1024, 8, 32, prefetch=True, atomic=True, finisher=True)
     block_n = config.block_n
     while any(size % block_n for size in segments[:-1]):  # output tiles must not straddle segments
         block_n //= 2
     starts = [sum(segments[:i]) for i in range(1, len(segments))] + [n_out] * (MAX_SEGMENTS - len(segments))
-    split = config.split(n_in)
+    split, n_chunks = config.split(n_in), counts.shape[1]
     out = torch.empty(n_out, device=x.device, dtype=x.dtype) if out is None else out
     if split > 1 and workspace is None:
         workspace = torch.zeros(2 * n_out, device=x.device, dtype=torch.float32)
     part = workspace[:n_out] if split > 1 else out
     pdl = config.pdl and supports_pdl(x.device)
     _listed_gemv_kernel[(triton.cdiv(n_out, block_n), split)](
-        weight_t,
-        rows,
-        vals,
-        counts,
-        counts if bias is None else bias,
-        out,
-        part,
-        n_in,
-        n_out,
-        starts[0],
-        starts[1],
-        config.inputs_per_program(n_in),
-        HAS_BIAS=bias is not None,
-        SPLIT=split > 1,
-        PREFETCH=config.prefetch,
-        EVEN_N=n_out % block_n == 0,
-        EVICT=config.evict,
-        PDL=pdl,
-        BLOCK_K=config.block_k,
-        BLOCK_N=block_n,
-        num_warps=config.num_warps,
-        **({"launch_pdl": True} if pdl else {}),
-    )
+        weight_t, rows, vals, counts, counts if bias is None else bias, out, part, n_in, n_out, starts[0],
+        starts[1], chunk, n_chunks, config.inputs_per_program(n_in),
+        HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=config.prefetch, EVEN_N=n_out % block_n == 0,
+        EVICT=config.evict, PDL=pdl, C_POW2=triton.next_power_of_2(n_chunks), BLOCK_K=config.block_k,
+        BLOCK_N=block_n, num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
+    )  # fmt: skip
     if split > 1:
         cast_sums(part, bias, out, pdl, counts)
     return out
