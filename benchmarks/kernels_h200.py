@@ -110,6 +110,13 @@ def summarise(record: dict) -> dict:
     return summary
 
 
+def merge_runs(earlier: list[dict], run: dict) -> list[dict]:
+    """The record's runs once `run` has made its parts_done: an earlier run stays while any part it
+    made is still its own in the record (a run cut short replaces nothing it did not redo)."""
+    redone = set(run.get("parts_done", []))
+    return [r for r in earlier if not set(r.get("parts_done", r["parts"])) <= redone] + [run]
+
+
 def _run_parts(parts: list[str], args, record: dict, save) -> None:
     """Each part in turn, the record saved after each, so that an interrupted run keeps what it measured."""
     teal = None
@@ -199,12 +206,12 @@ def main() -> None:
         "dtype": str(DTYPE),
     }
     started = time.perf_counter()
-    earlier_runs = [r for r in record.get("runs", []) if not set(r["parts"]) <= set(parts)]
+    earlier_runs = record.get("runs", [])
 
     def save(done: str) -> None:
         run["elapsed_s"] = round(time.perf_counter() - started, 1)
         run["parts_done"] = run.get("parts_done", []) + ([done] if done else [])  # "": a part's progress
-        record["runs"] = earlier_runs + [run]
+        record["runs"] = merge_runs(earlier_runs, run)
         record["summary"] = summarise(record)
         write_result(path, "kernels", {k: record[k] for k in SECTIONS if k in record}, device="cuda", dtype=DTYPE)
 

@@ -632,6 +632,20 @@ def test_sweep_candidates_keep_only_the_variants_asked_for():
     assert done.returncode == 0, done.stderr
 
 
+def test_a_benchmark_run_cut_short_keeps_the_runs_that_made_the_parts_it_did_not_redo():
+    code = (
+        "from kernels_h200 import merge_runs\n"
+        "limits = {'parts': ['limits', 'gemv'], 'parts_done': ['limits', 'gemv']}\n"
+        "e2e = {'parts': ['e2e-llama']}\n"
+        "cut = {'parts': ['gemv', 'e2e-llama'], 'parts_done': ['gemv']}\n"
+        "assert merge_runs([limits, e2e], cut) == [limits, e2e, cut]\n"
+        "whole = {'parts': ['limits', 'gemv', 'e2e-llama'], 'parts_done': ['limits', 'gemv', 'e2e-llama']}\n"
+        "assert merge_runs([limits, e2e], whole) == [whole]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_transformers_generate_baseline_times_decoding_on_a_tiny_model():
     """The decoding part's hf-generate row, on the CPU (no compilation there): a tiny random
     Llama generates exactly the tokens asked for, and the time per token is positive."""
@@ -658,7 +672,7 @@ def test_kernel_report_renders_the_listed_part_when_the_record_has_one():
     from sponlib.reports.kernels import render_kernels
 
     record = json.loads((results_dir() / "kernels_h200.json").read_text())
-    assert "GEMV on a ready list" not in render_kernels(record)
+    assert "GEMV on a ready list" not in render_kernels({k: v for k, v in record.items() if k != "listed"})
     gemv = {"roles": "q/o", "in": 4096, "out": 4096, "sparsity": 0.5, "list_us": 2.5}
     gemv |= {"gemv_speedup": 1.7, "chain_speedup": 1.2, "shipped_speedup": 1.35}
     producer = {"producer": "rmsnorm", "in": 4096, "segments": 3, "compiled_us": 3.1, "with_lists_us": 3.4}
