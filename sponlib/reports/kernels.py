@@ -38,9 +38,15 @@ def _headline(summary: dict) -> str:
     return text + ".\n\n"
 
 
+def parts_made(run: dict) -> list[str]:
+    """The parts of a benchmark record that this run measured: those it finished (every part it
+    ran, for runs recorded before `parts_done` was), less those a later run superseded."""
+    return [p for p in run.get("parts_done", run["parts"]) if p not in run.get("superseded", ())]
+
+
 def _measured_by(runs: list[dict], part: str) -> int | None:
-    """Index of the run whose `part` the record holds: the last that ran it and was not superseded."""
-    found = [i for i, r in enumerate(runs) if part in r["parts"] and part not in r.get("superseded", ())]
+    """Index of the run whose `part` the record holds: the last that made it."""
+    found = [i for i, r in enumerate(runs) if part in parts_made(r)]
     return found[-1] if found else None
 
 
@@ -236,10 +242,6 @@ def render_kernels(record: dict) -> str:
             else ""
         )
         + "Runs (each part names the run that measured it): "
-        + "; ".join(
-            f"{', '.join(p for p in r['parts'] if p not in r.get('superseded', ()))}: `{r['command']}`"
-            for r in runs
-            if set(r["parts"]) - set(r.get("superseded", ()))
-        )
+        + "; ".join(f"{', '.join(parts_made(r))}: `{r['command']}`" for r in runs if parts_made(r))
         + "\n"
     )
