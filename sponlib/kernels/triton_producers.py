@@ -48,14 +48,14 @@ def _mean_square(h_ptr, K, BLOCK: tl.constexpr):
 @triton.jit
 def _rmsnorm_list_kernel(
     h_ptr, w_ptr, y_ptr, tau_ptr, rows_ptr, vals_ptr, counts_ptr, K, n_chunks, eps, G: tl.constexpr,
-    PDL: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
+    PDL: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr, SQUARES_BLOCK: tl.constexpr,
 ):  # fmt: skip
     """This program's chunks of y = w · (h / sqrt(mean(h²) + eps)), the product rounded to y's
     dtype, and their lists."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()  # h is the previous launch's output
-    inverse_rms = tl.rsqrt(_mean_square(h_ptr, K, 1024) + eps)
+    inverse_rms = tl.rsqrt(_mean_square(h_ptr, K, SQUARES_BLOCK) + eps)
     offs, ok, chunks = chunk_offsets(tl.program_id(0), K, ROWS, CHUNK)  # (ROWS, CHUNK)
     h = tl.load(h_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     normed = (h * inverse_rms).to(y_ptr.dtype.element_ty)  # rounded, as the model does
@@ -94,9 +94,12 @@ def rmsnorm_list(
     y = torch.empty_like(h)
     lists = new_lists(n, tau.shape[0], chunk, h.device)
     programs, settings = listing_launch(lists, pdl, h.device)
+    # the mean square in one load where it fits (one trip to L2 instead of one per 1024 inputs)
+    squares_block = min(triton.next_power_of_2(n), 8192)
     _rmsnorm_list_kernel[(programs,)](
-        h, weight, y, tau, *lists[:3], n, lists.counts.shape[1], eps, G=tau.shape[0], **settings
-    )
+        h, weight, y, tau, *lists[:3], n, lists.counts.shape[1], eps, G=tau.shape[0], SQUARES_BLOCK=squares_block,
+        **settings,
+    )  # fmt: skip
     return y, lists
 
 
