@@ -165,6 +165,9 @@ def producers(copies: int = 256, chunks=(256, 512, 1024)) -> list[dict]:
             ("rmsnorm", hidden, 3): graph_time(
                 [lambda h=h: rmsnorm_list(h, weight, 1e-5, tau.repeat(3), chunk) for h in hs]
             ),
+            ("rmsnorm, a program per list", hidden, 3): graph_time(
+                [lambda h=h: rmsnorm_list(h, weight, 1e-5, tau.repeat(3), chunk, segment_programs=True) for h in hs]
+            ),
             ("silu-mul", inner, 1): graph_time(
                 [lambda g=g, u=u: silu_mul_list(g, u, tau, chunk) for g, u in zip(gates, ups)]
             ),
@@ -176,7 +179,7 @@ def producers(copies: int = 256, chunks=(256, 512, 1024)) -> list[dict]:
                     "in": n,
                     "segments": groups,
                     "list_chunk": chunk,
-                    "compiled_us": _us(compiled[name]),
+                    "compiled_us": _us(compiled[name.split(",")[0]]),
                     "with_lists_us": _us(listed_s),
                 }
             )

@@ -292,11 +292,12 @@ def test_producers_make_the_models_input_and_list_it(dtype):
         weight = (torch.rand(n, generator=gen) + 0.5).to(DEVICE, dtype)  # (K,)
         tau = torch.tensor([0.0, 0.4, 1.0][: 1 + n % 3], device=DEVICE)  # (G,)
         chunk = (16, 64, 10**6)[n % 3]
-        y, kept = rmsnorm_list(h, weight, 1e-5, tau, chunk)
         h32 = h.float()
         expected = weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(dtype)  # as the model computes it
-        torch.testing.assert_close(y, expected, rtol=ulps, atol=ulps)
-        _check_lists(y, tau, kept)
+        for segment_programs in (False, True):
+            y, kept = rmsnorm_list(h, weight, 1e-5, tau, chunk, segment_programs=segment_programs)
+            torch.testing.assert_close(y, expected, rtol=ulps, atol=ulps)
+            _check_lists(y, tau, kept)
         gate, up = (
             (torch.randn(n, generator=gen) * 2).to(DEVICE, dtype),
             torch.randn(n, generator=gen).to(DEVICE, dtype),
