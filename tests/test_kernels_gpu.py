@@ -351,6 +351,30 @@ def test_swapped_tiny_model_matches_the_hooked_projections_on_the_gpu():
 
 
 @needs_gpu
+def test_listing_norms_give_the_fused_paths_output_compiled_with_cuda_graphs():
+    """A tiny bf16 Llama swapped in with fused groups, then listing norms (the Triton producer and
+    the listed GEMV): the last token's logits against the fused path's, eager and compiled."""
+    from sponlib.kernels.listing import list_in
+    from sponlib.models import iter_projections, model_fingerprint
+    from sponlib.models.tiny import tiny_model
+    from sponlib.sparsity import Thresholds
+
+    torch.manual_seed(2)
+    model = tiny_model("llama").to("cuda", torch.bfloat16)
+    names = [p.name for p in iter_projections(model)]
+    thresholds = Thresholds("teal", 0.5, dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.4), model_fingerprint(model))
+    swap_in(model, thresholds, fuse=True)
+    ids = torch.randint(0, model.config.vocab_size, (1, 1), device="cuda")
+    with torch.no_grad():
+        expected = model(ids).logits.double()
+        list_in(model)
+        assert _relative_error(model(ids).logits, expected) < TOLERANCE[torch.bfloat16]
+        compiled = torch.compile(lambda i: model(i).logits, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            assert _relative_error(compiled(ids).clone(), expected) < TOLERANCE[torch.bfloat16]
+
+
+@needs_gpu
 def test_fused_group_under_torch_compile_matches_separate_projections():
     """q/k/v as one launch (SegmentOf in each place), compiled with CUDA graphs, against each
     projection's own SparseLinear."""

@@ -30,11 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import MAX_SEGMENTS, GemvConfig
+from .tiles import LIST_CHUNK, MAX_SEGMENTS, GemvConfig
 from .triton_gemv import cast_sums, gdc_launch_dependents, gdc_wait, supports_pdl
 from .triton_steps import keep_block, load_rows, store_output
 
-LIST_CHUNK = 512  # inputs per chunk of a list, by default: one listing program each
 LISTING_BLOCK = 512  # inputs per listing program (a chunk of more takes a program of its own)
 
 
