@@ -103,3 +103,23 @@ def test_the_listed_path_traces_whole_under_torch_compile(model, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(compiled(_ids(1)), expected, rtol=1e-5, atol=1e-5)
     assert calls  # the compiled graph ran the listed GEMV
+
+
+def test_a_listing_model_decodes_like_the_hooked_dense_model(monkeypatch):
+    """Float64 (the lists keep float64 values there), a static cache, twelve greedy tokens: the
+    prompt's tokens threshold x themselves, every decoding step reads lists."""
+    import copy
+
+    from sponlib.kernels import StaticDecoder
+    from sponlib.sparsity import Sparsifier
+
+    model = tiny_model("llama", initializer_range=0.2).to(torch.float64)
+    dense_model = copy.deepcopy(model)
+    thresholds = quantile_thresholds(model, _ids(32, seed=2), "teal", 0.5)
+    ids = _ids(6, seed=1)
+    with Sparsifier(dense_model, thresholds):
+        hooked = StaticDecoder(dense_model, max_len=64, mode="eager").generate(ids, 12)
+    list_in(swap_in(model, thresholds, check=False, fuse=True))
+    calls = _counting(monkeypatch)
+    assert torch.equal(StaticDecoder(model, max_len=64, mode="eager").generate(ids, 12), hooked)
+    assert len(calls) >= 11 * 2 * len(model.model.layers)  # each single-token step, both groups of each block

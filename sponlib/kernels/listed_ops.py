@@ -7,7 +7,8 @@ each threshold as it makes it, and `sponlib::listed_gemv`, the sparse GEMV over 
 
 On CUDA with fp16/bf16 the Triton kernels run (`triton_producers`, `triton_listed`); elsewhere the
 torch reference below, which writes the same lists (`KeptLists`: chunk by chunk, in order) and sums
-the same products in float32. `chunk` is a power of two. Shapes: h, x (K,), tau (G,), weight_t (K, N).
+the same products in float32 (float64 for a float64 model). `chunk` is a power of two.
+Shapes: h, x (K,), tau (G,), weight_t (K, N).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ except ImportError:  # pragma: no cover - depends on the installation
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def _vals_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype lists hold inputs in: float32, which holds fp16/bf16 exactly (float64 stays float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def rmsnorm_reference(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as Llama-family models compute it: the normed input rounded to h's dtype, then
     scaled by the weight in that dtype."""
@@ -36,18 +42,18 @@ def rmsnorm_reference(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torc
 
 def kept_lists_reference(x: torch.Tensor, tau: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
     """The lists of x (K,) for thresholds tau (G,) in chunks of `chunk` inputs: rows, vals (G, K)
-    (unused entries zero), counts (G, C)."""
+    (unused entries zero; vals in float32, or float64 for a float64 x), counts (G, C)."""
     (n_in,), groups = x.shape, tau.shape[0]
     n_chunks = -(-n_in // chunk)
     rows = torch.zeros((groups, n_in), dtype=torch.int32, device=x.device)
-    vals = torch.zeros((groups, n_in), dtype=torch.float32, device=x.device)
+    vals = torch.zeros((groups, n_in), dtype=_vals_dtype(x), device=x.device)
     counts = torch.zeros((groups, n_chunks), dtype=torch.int32, device=x.device)
     for g in range(groups):
         keep = keep_mask(x, tau[g])  # (K,)
         for c, start in enumerate(range(0, n_in, chunk)):
             kept = start + torch.nonzero(keep[start : start + chunk]).flatten()
             rows[g, start : start + len(kept)] = kept.to(torch.int32)
-            vals[g, start : start + len(kept)] = x[kept].float()
+            vals[g, start : start + len(kept)] = x[kept].to(vals.dtype)
             counts[g, c] = len(kept)
     return rows, vals, counts
 
@@ -79,22 +85,22 @@ def _rmsnorm_list_fake(h, weight, eps, tau, chunk):
     return (
         torch.empty_like(h),
         h.new_empty((groups, n_in), dtype=torch.int32),
-        h.new_empty((groups, n_in), dtype=torch.float32),
+        h.new_empty((groups, n_in), dtype=_vals_dtype(h)),
         h.new_empty((groups, n_chunks), dtype=torch.int32),
     )
 
 
 def _listed_gemv_torch(x, weight_t, rows, vals, counts, chunk, bias, segments):
-    """Per segment, the listed entries' products with their weight rows, in float32."""
+    """Per segment, the listed entries' products with their weight rows, in the lists' dtype."""
     outputs, start = [], 0
     for g, size in enumerate(segments):
         spans = [slice(c * chunk, c * chunk + n) for c, n in enumerate(counts[g].tolist())]
         kept = torch.cat([rows[g, span] for span in spans]).long()  # (kept,)
         values = torch.cat([vals[g, span] for span in spans])  # (kept,)
-        outputs.append(values @ weight_t[kept, start : start + size].float())  # (size,)
+        outputs.append(values @ weight_t[kept, start : start + size].to(values.dtype))  # (size,)
         start += size
     y = torch.cat(outputs)
-    return (y if bias is None else y + bias.float()).to(x.dtype)
+    return (y if bias is None else y + bias.to(y.dtype)).to(x.dtype)
 
 
 @torch.library.custom_op("sponlib::listed_gemv", mutates_args=())
