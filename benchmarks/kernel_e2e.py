@@ -7,6 +7,9 @@ Hugging Face's own fast path is timed beside them (`hf-generate`): generate() wi
 cache of the same length, which transformers compiles itself on a GPU; the dense StaticDecoder is
 the baseline only if it is at least as fast.
 
+With a TEAL checkout (`e2e_teal`, part `e2e-teal`), the same model in float16 decodes dense, with
+sponlib's fused path and with TEAL's kernel in every projection (teal_contender.TealLinear).
+
 The byte-count bound counts the bytes a token must read (all weights but the embedding table, of
 which one row, and the whole static KV cache) and which of them sparsity removes.
 """
@@ -119,9 +122,12 @@ def e2e(
     alphas_by_level=None,
     max_len: int = 512,
     tokens: int = 256,
+    fused_only: bool = False,
     listed: bool = False,
 ) -> dict:
-    """Dense, then sparse at each level, batch-1 greedy decoding compiled with CUDA graphs."""
+    """Dense, then sparse at each level, batch-1 greedy decoding compiled with CUDA graphs
+    (`fused_only`: the fused path only, and no hf-generate row; `listed`: also the fused groups
+    reading the lists their norms write, sponlib.kernels.listing)."""
     from sponlib.kernels import StaticDecoder, set_thresholds, swap_in, swap_out
     from sponlib.kernels.listing import list_in, list_out
 
@@ -151,12 +157,13 @@ def e2e(
         f"(compile + warm-up {compile_dense:.0f} s)",
         flush=True,
     )
-    rows.append(_hf_row(model, prompt, tokens, max_len, dense_s))
+    if not fused_only:
+        rows.append(_hf_row(model, prompt, tokens, max_len, dense_s))
     torch._dynamo.reset()
     first_alphas = alphas_by_level.get(levels[0]) or (next(iter(alphas_by_level.values()), None))
-    # seven launches per block, then q/k/v and gate/up fused, then (with `listed`) fused groups
-    # reading the lists their norms write (sponlib.kernels.listing)
-    for fuse, listing in ((False, False), (True, False)) + (((True, True),) if listed else ()):
+    # seven launches per block, then q/k/v and gate/up fused, then (with `listed`) listing norms
+    modes = ((True, False),) if fused_only else ((False, False), (True, False))
+    for fuse, listing in modes + (((True, True),) if listed else ()):
         variant = ("sparse+spon" if alphas_by_level else "sparse") + (
             "-listed" if listing else "-fused" if fuse else ""
         )
@@ -200,15 +207,16 @@ def e2e(
     }
 
 
-def e2e_llama(levels=E2E_LEVELS, tokens: int = 256, listed: bool = False) -> dict:
-    """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.sparsity.calibrate on random tokens."""
+def _llama_model(levels, dtype: torch.dtype = DTYPE):
+    """A Llama-3-8B-shaped model with seeded random weights, and its thresholds per level from
+    sponlib.sparsity.calibrate on random tokens."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from sponlib.sparsity import calibrate
 
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA3_8B), dtype=DTYPE).eval()
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA3_8B), dtype=dtype).eval()
     config = model.config
     with torch.no_grad():  # seeded N(0, 0.02) weights, unit norms, whatever the library's init did
         for name, param in model.named_parameters():
@@ -226,7 +234,46 @@ def e2e_llama(levels=E2E_LEVELS, tokens: int = 256, listed: bool = False) -> dic
     )
     thresholds = {level: calibration.thresholds(level, "teal") for level in levels}
     prompt = torch.randint(0, config.vocab_size, (1, 64), device="cuda")
+    return model, thresholds, prompt
+
+
+def e2e_llama(levels=E2E_LEVELS, tokens: int = 256, listed: bool = False) -> dict:
+    """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.sparsity.calibrate on random tokens."""
+    model, thresholds, prompt = _llama_model(levels)
     result = e2e(model, "llama3-8b-shaped (random bf16 weights)", thresholds, prompt, tokens=tokens, listed=listed)
+    del model
+    torch.cuda.empty_cache()
+    return result
+
+
+def e2e_teal(teal, levels=(0.0, 0.5, 0.7), tokens: int = 256, max_len: int = 512) -> dict:
+    """TEAL's kernel in the same decoder (float16, its only dtype): the Llama-3-8B-shaped model dense,
+    with sponlib's fused path, and with TEAL's kernel in every projection (seven launches per block,
+    one compilation per level: its thresholds are constants of the graph)."""
+    from sponlib.kernels import StaticDecoder
+
+    from teal_contender import teal_swap_in, teal_swap_out
+
+    model, thresholds, prompt = _llama_model(levels, torch.float16)
+    result = e2e(model, "llama3-8b-shaped (random fp16 weights)", thresholds, prompt, tokens=tokens, fused_only=True)
+    dense_s = next(r for r in result["rows"] if r["variant"] == "dense")["ms_per_token"] / 1e3
+    ours = {r["sparsity"]: r for r in result["rows"] if r["variant"] == "sparse-fused"}
+    for level in levels:
+        teal_swap_in(model, thresholds[level], teal)
+        seconds = StaticDecoder(model, max_len, mode="compile").seconds_per_token(prompt, tokens)
+        torch._dynamo.reset()
+        teal_swap_out(model)
+        row = {k: ours[level][k] for k in ("sparsity", "measured_sparsity", "bound")}
+        row |= {"variant": "teal", "tokens_per_s": round(1 / seconds, 1), "ms_per_token": round(seconds * 1e3, 3)}
+        versus = seconds * ours[level]["tokens_per_s"]  # TEAL's time over sponlib's: > 1, sponlib faster
+        row |= {"speedup": round(dense_s / seconds, 3), "sponlib_fused_vs_teal": round(versus, 3)}
+        row["GBps"] = round(ours[level]["GBps"] / versus, 1)  # the same bytes in TEAL's time
+        result["rows"].append(row)
+        print(
+            f"e2e teal s={level:<4}: {row['tokens_per_s']:8.1f} tokens/s x{row['speedup']:.2f} dense; sponlib fused "
+            f"x{row['sponlib_fused_vs_teal']:.2f} of TEAL",
+            flush=True,
+        )
     del model
     torch.cuda.empty_cache()
     return result

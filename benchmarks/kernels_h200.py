@@ -6,7 +6,8 @@ physical limits measured in the same run. Prints a table per part and writes one
     python benchmarks/kernels_h200.py --teal .peers/TEAL --parts gemv,layer --json data/results/kernels_h200.json
     python benchmarks/kernels_h200.py --parts sweep --write-configs --json data/results/kernels_sweep_h200.json
 
-Parts (default: ceilings,limits,gemv,layer,e2e-llama,e2e-smollm2; `sweep` and `listed` on demand):
+Parts (default: ceilings,limits,gemv,layer,e2e-llama,e2e-smollm2; `sweep`, `listed` and `e2e-teal`
+on demand):
     ceilings     the device's copy bandwidth (bytes read + written), the ceiling for GB/s
     limits       cuBLAS on the compacted weight per shape and level, and the read rate of random
                  row pieces against their length (kernel_limits.py)
@@ -19,6 +20,8 @@ Parts (default: ceilings,limits,gemv,layer,e2e-llama,e2e-smollm2; `sweep` and `l
     e2e-smollm2  the same for the default model, with its shipped calibration and SPON vectors
     listed       the GEMV over a ready list of kept inputs, with and without the listing launch
                  before it, against cuBLAS and the shipped kernel (kernel_listed.py)
+    e2e-teal     with --teal: the e2e-llama model in float16, dense, sponlib's fused path and TEAL's
+                 kernel in every projection, in the same decoder, at 0, 0.5 and 0.7
     sweep        tile shapes of the kernel per projection shape (kernel_sweep.py; what
                  sponlib.kernels.tiles.gemv_config reads)
 
@@ -54,7 +57,7 @@ from kernel_sweep import VARIANTS, sweep
 
 PARTS = ("ceilings", "limits", "gemv", "layer", "e2e-llama", "e2e-smollm2")
 SECTIONS = ("summary", "ceilings", "limits", "gemv", "layer", "e2e", "listed", "sweep", "teal", "runs")
-ON_DEMAND = ("sweep", "listed")
+ON_DEMAND = ("sweep", "listed", "e2e-teal")
 
 
 def _at(rows, level, key, **match):
@@ -100,6 +103,9 @@ def summarise(record: dict) -> dict:
         summary["e2e_overhead_at_0"] = round(
             min(1 / _at(llama["rows"], 0.0, "speedup", variant=v) for v in by_variant) - 1, 4
         )
+    teal_e2e = record.get("e2e", {}).get("llama3-8b-fp16-teal")
+    if teal_e2e:
+        summary["e2e_fused_vs_teal_at_0.5"] = _at(teal_e2e["rows"], 0.5, "sponlib_fused_vs_teal", variant="teal")
     gemvs = record.get("gemv", [])
     if gemvs:
         summary["gemv_overhead_at_0_max"] = round(
@@ -124,7 +130,7 @@ def merge_runs(earlier: list[dict], run: dict) -> list[dict]:
 def _run_parts(parts: list[str], args, record: dict, save) -> None:
     """Each part in turn, the record saved after each, so that an interrupted run keeps what it measured."""
     teal = None
-    if args.teal and {"gemv", "layer"} & set(parts):
+    if args.teal and {"gemv", "layer", "e2e-teal"} & set(parts):
         from teal_contender import TealKernels
 
         teal = TealKernels(args.teal)
@@ -159,6 +165,11 @@ def _run_parts(parts: list[str], args, record: dict, save) -> None:
     if "e2e-llama" in parts:
         record.setdefault("e2e", {})["llama3-8b"] = e2e_llama(tokens=args.tokens, listed=args.e2e_listed)
         save("e2e-llama")
+    if "e2e-teal" in parts:
+        from kernel_e2e import e2e_teal
+
+        record.setdefault("e2e", {})["llama3-8b-fp16-teal"] = e2e_teal(teal, tokens=args.tokens)
+        save("e2e-teal")
     if "e2e-smollm2" in parts:
         record.setdefault("e2e", {})["smollm2-135m"] = e2e_smollm2(tokens=args.tokens)
         save("e2e-smollm2")
@@ -193,6 +204,8 @@ def main() -> None:
     unknown = set(parts) - set(PARTS) - set(ON_DEMAND)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}")
+    if "e2e-teal" in parts and not args.teal:
+        parser.error("the e2e-teal part needs --teal PATH (a TEAL checkout)")
     if args.sweep_variants and set(args.sweep_variants.split(",")) - set(VARIANTS):
         parser.error(f"unknown sweep variants in {args.sweep_variants!r}; choose from {', '.join(VARIANTS)}")
     if not torch.cuda.is_available():

@@ -11,6 +11,11 @@ output that an autotuning pre-hook zeroes before each call (a memset launch), an
 (shape, sparsity bin) on its first call. Its fused q/k/v kernel takes three thresholds. The
 module ends by importing TEAL's torch.compile wrapper, which needs `msgspec`; the kernels do not,
 so where that import fails a stand-in base class takes its place.
+
+For decoding, `TealLinear` runs a projection through TEAL's kernel (a custom op, so that
+torch.compile and CUDA graphs take it whole) and `teal_swap_in` puts one in place of every
+projection of a float16 model: seven launches per block, TEAL's kernel as a Hugging Face model
+would call it per projection.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 class TealKernels:
@@ -81,3 +88,55 @@ def _commit(checkout: Path) -> str | None:
     except OSError:
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+_CONTENDER: list[TealKernels] = []  # the checkout the op calls, set by teal_swap_in
+
+
+@torch.library.custom_op("sponlib_bench::teal_gemv", mutates_args=())
+def _teal_gemv(x: torch.Tensor, weight: torch.Tensor, tau: float, level: float) -> torch.Tensor:
+    """x (..., in) float16, one token; weight (out, in) contiguous -> (..., out)."""
+    y = _CONTENDER[-1].module.splitk_sparse_gemv(x.reshape(1, 1, -1), weight, tau, _bin(level))
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@_teal_gemv.register_fake
+def _teal_gemv_fake(x, weight, tau, level):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+class TealLinear(nn.Module):
+    """A bias-free projection under TEAL's rule |x| > τ: its kernel for one token, otherwise the
+    masked dense product (the prompt). τ and the level are constants of a compiled graph."""
+
+    def __init__(self, linear: nn.Linear, tau: float, level: float):
+        super().__init__()
+        assert linear.bias is None, "TEAL's kernel has no bias"
+        self.register_buffer("weight", linear.weight.detach().contiguous())  # (out, in)
+        self.tau, self.level, self.linear = tau, level, linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:
+            return torch.ops.sponlib_bench.teal_gemv(x, self.weight, self.tau, self.level)
+        return F.linear(x * (x.abs() > self.tau), self.weight)
+
+
+def teal_swap_in(model: nn.Module, thresholds, teal: TealKernels) -> nn.Module:
+    """In place: every projection of `model` a TealLinear with its threshold. Returns `model`."""
+    from sponlib.models import iter_projections
+
+    _CONTENDER.append(teal)
+    for p in list(iter_projections(model)):
+        parent, _, child = p.name.rpartition(".")
+        level = thresholds.levels.get(p.name, thresholds.target)
+        setattr(model.get_submodule(parent), child, TealLinear(p.module, thresholds.taus[p.name], level))
+    return model
+
+
+def teal_swap_out(model: nn.Module) -> nn.Module:
+    """In place: every TealLinear back to the nn.Linear it stands in for. Returns `model`."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, TealLinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.linear)
+    return model

@@ -599,10 +599,18 @@ def test_swapped_in_modules_carry_the_tile_band_of_their_calibrated_level():
         set_thresholds(model, thresholds)
 
 
+def _run_beside_the_benchmarks(code: str) -> None:
+    """Run `code` in a fresh interpreter from benchmarks/, whose modules import each other by name
+    (the benchmark script puts its folder on the path); it must exit cleanly."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_kernel_benchmark_refuses_unknown_parts_and_sweep_variants_before_needing_a_gpu():
     for wrong, said in (
         ("--parts=gemv,listed,bogus", "unknown parts ['bogus']"),
         ("--sweep-variants=select,bogus", "choose from plain, prefetch, select, compact"),
+        ("--parts=e2e-teal", "needs --teal PATH"),
     ):
         done = subprocess.run(
             [sys.executable, "benchmarks/kernels_h200.py", wrong, "--json", "unused.json"],
@@ -628,8 +636,7 @@ def test_sweep_candidates_keep_only_the_variants_asked_for():
         "assert listed and all(c.finisher and c.prefetch and c.block_n <= 1024 for c in listed)\n"
         "assert all(c.k_per_program >= 2 * c.block_k for c in listed)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
-    assert done.returncode == 0, done.stderr
+    _run_beside_the_benchmarks(code)
 
 
 def test_a_benchmark_run_cut_short_keeps_the_runs_that_made_the_parts_it_did_not_redo():
@@ -642,8 +649,39 @@ def test_a_benchmark_run_cut_short_keeps_the_runs_that_made_the_parts_it_did_not
         "whole = {'parts': ['limits', 'gemv', 'e2e-llama'], 'parts_done': ['limits', 'gemv', 'e2e-llama']}\n"
         "assert merge_runs([limits, e2e], whole) == [whole]\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
-    assert done.returncode == 0, done.stderr[-2000:]
+    _run_beside_the_benchmarks(code)
+
+
+def test_teal_linear_runs_a_model_as_the_hooked_mask_and_swaps_back():
+    """TealLinear and teal_swap_in with a stand-in for TEAL's kernel (the same rule in torch): one
+    token through the kernel's op, five through the masked dense product, both as the hooked
+    model; teal_swap_out gives the dense model back."""
+    code = (
+        "import types, torch\n"
+        "from sponlib.models.tiny import tiny_model\n"
+        "from sponlib.sparsity import Sparsifier, quantile_thresholds\n"
+        "from teal_contender import TealLinear, teal_swap_in, teal_swap_out\n"
+        "gemv = lambda x, w, tau, key: (x * (x.abs() > tau)) @ w.t()\n"
+        "stand_in = types.SimpleNamespace(module=types.SimpleNamespace(splitk_sparse_gemv=gemv))\n"
+        "torch.manual_seed(0)\n"
+        "model = tiny_model('llama')\n"
+        "gen = torch.Generator().manual_seed(1)\n"
+        "thresholds = quantile_thresholds(model, torch.randint(0, 256, (1, 16), generator=gen), 'teal', 0.5)\n"
+        "ids = {n: torch.randint(0, 256, (1, n), generator=gen) for n in (1, 5)}\n"
+        "with torch.no_grad():\n"
+        "    dense = {n: model(i).logits for n, i in ids.items()}\n"
+        "    with Sparsifier(model, thresholds):\n"
+        "        hooked = {n: model(i).logits for n, i in ids.items()}\n"
+        "    teal_swap_in(model, thresholds, stand_in)\n"
+        "    assert sum(isinstance(m, TealLinear) for m in model.modules()) == 14\n"
+        "    for n, i in ids.items():\n"
+        "        torch.testing.assert_close(model(i).logits, hooked[n])\n"
+        "    teal_swap_out(model)\n"
+        "    assert not any(isinstance(m, TealLinear) for m in model.modules())\n"
+        "    torch.testing.assert_close(model(ids[1]).logits, dense[1])\n"
+        "    assert not torch.allclose(hooked[1], dense[1])\n"
+    )
+    _run_beside_the_benchmarks(code)
 
 
 def test_the_transformers_generate_baseline_times_decoding_on_a_tiny_model():
@@ -660,8 +698,7 @@ def test_the_transformers_generate_baseline_times_decoding_on_a_tiny_model():
         "seconds, compiled = hf_generate_seconds_per_token(model, torch.randint(0, 128, (1, 8)), 48, 128)\n"
         "assert seconds > 0 and compiled is False, (seconds, compiled)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks")
-    assert done.returncode == 0, done.stderr[-2000:]
+    _run_beside_the_benchmarks(code)
 
 
 def test_kernel_report_renders_the_listed_part_when_the_record_has_one():
