@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sponlib.kernels import sparse_gemv
+from sponlib.kernels.listed_ops import rmsnorm_reference
 from sponlib.kernels.tiles import GemvConfig
 from sponlib.kernels.timing import graph_time, normal_threshold
 from sponlib.kernels.triton_listed import LIST_CHUNK
@@ -138,8 +139,7 @@ def _row(model: str, roles: str, data: GemvData, at: dict, config: GemvConfig, l
 
 def _rmsnorm(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A Llama block's RMSNorm of one vector h (K,), eps 1e-5."""
-    h32 = h.float()
-    return weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(h.dtype)
+    return rmsnorm_reference(h, weight, 1e-5)
 
 
 def producers(copies: int = 256, chunks=(256, 512, 1024)) -> list[dict]:
@@ -154,7 +154,7 @@ def producers(copies: int = 256, chunks=(256, 512, 1024)) -> list[dict]:
     gates = [torch.randn(inner, device="cuda", dtype=DTYPE, generator=gen) for _ in range(copies)]
     ups = [torch.randn(inner, device="cuda", dtype=DTYPE, generator=gen) for _ in range(copies)]
     tau = torch.tensor([normal_threshold(0.5)], device="cuda")
-    rms, silu_mul = torch.compile(_rmsnorm), torch.compile(lambda g, u: F.silu(g) * u)
+    rms, silu_mul = torch.compile(_rmsnorm), torch.compile(_silu_mul)
     compiled = {
         "rmsnorm": graph_time([lambda h=h: rms(h, weight) for h in hs]),
         "silu-mul": graph_time([lambda g=g, u=u: silu_mul(g, u) for g, u in zip(gates, ups)]),

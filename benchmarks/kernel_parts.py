@@ -58,19 +58,20 @@ class GemvData:
             for x, w in zip(self.xs, self.weights_t)
         ]
 
-    def max_error(self, y: torch.Tensor, tau: float) -> float:
-        """Largest |y − reference| on the first copy; reference: float64 product, float32 rule."""
-        x = self.xs[0]
-        reference = (x.double() * keep_mask(x, torch.tensor(tau, device="cuda"))) @ self.weights_t[0].double()
-        return round(float((y.double().reshape(-1) - reference.reshape(-1)).abs().max()), 4)
-
-    def error_of(self, y: torch.Tensor, level: float) -> float:
-        """‖y − reference‖ / ‖reference‖ for an output y of the first copy at sparsity `level`
-        (reference: float64 product, float32 rule, made once per level)."""
+    def reference(self, level: float) -> torch.Tensor:
+        """The first copy's output at sparsity `level`: float64 product, float32 rule, made once per level."""
         if level not in self._references:
             x, tau = self.xs[0], torch.tensor(normal_threshold(level), device="cuda")
             self._references[level] = ((x.double() * keep_mask(x, tau)) @ self.weights_t[0].double()).reshape(-1)
-        reference = self._references[level]
+        return self._references[level]
+
+    def max_error(self, y: torch.Tensor, level: float) -> float:
+        """Largest |y − reference| for an output y of the first copy at sparsity `level`."""
+        return round(float((y.double().reshape(-1) - self.reference(level)).abs().max()), 4)
+
+    def error_of(self, y: torch.Tensor, level: float) -> float:
+        """‖y − reference‖ / ‖reference‖ for an output y of the first copy at sparsity `level`."""
+        reference = self.reference(level)
         return round(float((y.double().reshape(-1) - reference).norm() / reference.norm()), 5)
 
     def relative_error(self, level: float, config) -> float:
@@ -109,8 +110,8 @@ class GemvData:
                 teal_us=round(teal_s * 1e6, 2),
                 teal_speedup=round(self.dense_s / teal_s, 3),
                 vs_teal=round(teal_s / sparse_s, 3),
-                max_error=self.max_error(calls[0](), tau_value),
-                teal_max_error=self.max_error(teal_calls[0](), tau_value),
+                max_error=self.max_error(calls[0](), level),
+                teal_max_error=self.max_error(teal_calls[0](), level),
             )
         return row
 

@@ -28,16 +28,9 @@ from ..models.fingerprint import check_fingerprint
 from ..sparsity.rules import comparison_dtype, score_weights
 from ..sparsity.thresholds import Thresholds
 from . import listed_ops  # noqa: F401  (registers sponlib::listed_gemv)
-from .ops import new_workspace, sparse_gemv
+from .ops import check_level, new_workspace, sparse_gemv
 from .reference import input_major, sparse_gemv_reference
 from .tiles import tile_band
-
-
-def _check_level(sparsity: float, what: str) -> float:
-    value = float(sparsity)
-    if not 0.0 <= value < 1.0:  # NaN too
-        raise InvalidArgumentError(f"calibrated sparsity of {what} must be in [0, 1); got {sparsity!r}")
-    return value
 
 
 def _check_tau(tau: float, what: str) -> float:
@@ -61,7 +54,7 @@ class SparseLinear(nn.Module):
     ):
         super().__init__()
         self.in_features, self.out_features = weight_t.shape
-        self.tile_band = tile_band(_check_level(sparsity, "a SparseLinear"))
+        self.tile_band = tile_band(check_level(sparsity, "a SparseLinear"))
         compare = comparison_dtype(weight_t.dtype)
         self.register_buffer("weight_t", weight_t.contiguous())  # (in, out)
         self.register_buffer(
@@ -108,7 +101,7 @@ class SparseLinear(nn.Module):
         """A new threshold, in place, and the sparsity it was calibrated for, when given."""
         self.tau.fill_(_check_tau(tau, "a SparseLinear"))
         if sparsity is not None:
-            self.tile_band = tile_band(_check_level(sparsity, "a SparseLinear"))
+            self.tile_band = tile_band(check_level(sparsity, "a SparseLinear"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sparse_gemv(
@@ -206,7 +199,7 @@ class FusedSparseLinear(nn.Module):
     def set_level(self, index: int, sparsity: float) -> None:
         """Segment `index`'s calibrated sparsity; the launch's tile band is that of the segments'
         mean level, weighted by their outputs (the weight bytes each reads)."""
-        self.levels[index] = _check_level(sparsity, "a fused projection")
+        self.levels[index] = check_level(sparsity, "a fused projection")
         mean = sum(level * size for level, size in zip(self.levels, self.segments)) / sum(self.segments)
         self.tile_band = tile_band(mean)
 

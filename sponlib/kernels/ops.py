@@ -104,6 +104,18 @@ def _sparse_gemv_fake(x, weight_t, tau, bias, col_norm, segments, workspace, spa
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
+def check_level(sparsity: float, what: str) -> float:
+    """The sparsity thresholds were calibrated for, as a float in [0, 1) (it picks the GPU kernel's
+    tiles only), or a clear error naming `what` it was given to."""
+    value = float(sparsity)
+    if not 0.0 <= value < 1.0:  # NaN too
+        raise InvalidArgumentError(
+            f"calibrated sparsity of {what} is the share of inputs its thresholds zero, in [0, 1); got "
+            f"{sparsity!r} (it only picks the kernel's tiles: pass the calibration's target level)"
+        )
+    return value
+
+
 def check_gemv_arguments(
     x: torch.Tensor,
     weight_t: torch.Tensor,
@@ -115,11 +127,7 @@ def check_gemv_arguments(
     sparsity: float = 0.0,
 ) -> None:
     """Shapes, dtypes and devices, with what to do when they are wrong (no device sync)."""
-    if not 0.0 <= sparsity < 1.0:  # NaN too
-        raise InvalidArgumentError(
-            f"sparsity is the share of inputs the thresholds zero, in [0, 1); got {sparsity!r} "
-            "(it only picks the kernel's tiles: pass the calibration's target level)"
-        )
+    check_level(sparsity, "sparse_gemv")
     n_in, n_out = weight_t.shape if weight_t.dim() == 2 else (None, None)
     if n_in is None or x.shape[-1] != n_in:
         raise InvalidArgumentError(

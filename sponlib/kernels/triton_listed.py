@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .tiles import LIST_CHUNK, MAX_SEGMENTS, GemvConfig
 from .triton_gemv import cast_sums, gdc_launch_dependents, gdc_wait, supports_pdl
-from .triton_steps import keep_block, load_rows, store_output
+from .triton_steps import keep_block, listed_entries, load_rows, store_output
 
 LISTING_BLOCK = 512  # inputs per listing program (a chunk of more takes a program of its own)
 
@@ -144,10 +144,7 @@ def _listed_block(
 ):
     """List entries j .. j + BLOCK_K − 1 (those before `stop`): inputs (float32) and weight rows,
     (BLOCK_K,) and (BLOCK_K, BLOCK_N). Indices and inputs load side by side; only the rows wait."""
-    entries = j + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    ok = entries < stop
-    rows = tl.load(rows_ptr + entries, mask=ok, other=0)
-    x = tl.load(vals_ptr + entries, mask=ok, other=0.0)
+    rows, x, ok = listed_entries(rows_ptr, vals_ptr, j, stop, BLOCK_K)
     return x, load_rows(w_ptr, rows, ok, offs_n, n_ok, N, EVEN_N, EVICT)
 
 
