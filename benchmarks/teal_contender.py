@@ -94,15 +94,15 @@ _CONTENDER: list[TealKernels] = []  # the checkout the op calls, set by teal_swa
 
 
 @torch.library.custom_op("sponlib_bench::teal_gemv", mutates_args=())
-def _teal_gemv(x: torch.Tensor, weight: torch.Tensor, tau: float, level: float) -> torch.Tensor:
-    """x (..., in) float16, one token; weight (out, in) contiguous -> (..., out)."""
-    y = _CONTENDER[-1].module.splitk_sparse_gemv(x.reshape(1, 1, -1), weight, tau, _bin(level))
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+def _teal_gemv(x: torch.Tensor, weight_t: torch.Tensor, tau: float, level: float) -> torch.Tensor:
+    """x (..., in) float16, one token; weight_t (in, out) contiguous -> (..., out)."""
+    y = _CONTENDER[-1].module.splitk_sparse_gemv(x.reshape(1, 1, -1), weight_t.t(), tau, _bin(level))
+    return y.reshape(*x.shape[:-1], weight_t.shape[1])
 
 
 @_teal_gemv.register_fake
-def _teal_gemv_fake(x, weight, tau, level):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+def _teal_gemv_fake(x, weight_t, tau, level):
+    return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
 class TealLinear(nn.Module):
@@ -112,13 +112,14 @@ class TealLinear(nn.Module):
     def __init__(self, linear: nn.Linear, tau: float, level: float):
         super().__init__()
         assert linear.bias is None, "TEAL's kernel has no bias"
-        self.register_buffer("weight", linear.weight.detach().contiguous())  # (out, in)
+        # (in, out): TEAL's kernel takes the (out, in) weight as a view of this, input-major
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
         self.tau, self.level, self.linear = tau, level, linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == x.shape[-1]:
-            return torch.ops.sponlib_bench.teal_gemv(x, self.weight, self.tau, self.level)
-        return F.linear(x * (x.abs() > self.tau), self.weight)
+            return torch.ops.sponlib_bench.teal_gemv(x, self.weight_t, self.tau, self.level)
+        return F.linear(x * (x.abs() > self.tau), self.weight_t.t())
 
 
 def teal_swap_in(model: nn.Module, thresholds, teal: TealKernels) -> nn.Module:

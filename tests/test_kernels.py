@@ -653,15 +653,17 @@ def test_a_benchmark_run_cut_short_keeps_the_runs_that_made_the_parts_it_did_not
 
 
 def test_teal_linear_runs_a_model_as_the_hooked_mask_and_swaps_back():
-    """TealLinear and teal_swap_in with a stand-in for TEAL's kernel (the same rule in torch): one
-    token through the kernel's op, five through the masked dense product, both as the hooked
+    """TealLinear and teal_swap_in with a stand-in for TEAL's kernel (the same rule in torch, and
+    its check that the weight is an input-major view): one token through the kernel's op, five through the masked dense product, both as the hooked
     model; teal_swap_out gives the dense model back."""
     code = (
         "import types, torch\n"
         "from sponlib.models.tiny import tiny_model\n"
         "from sponlib.sparsity import Sparsifier, quantile_thresholds\n"
         "from teal_contender import TealLinear, teal_swap_in, teal_swap_out\n"
-        "gemv = lambda x, w, tau, key: (x * (x.abs() > tau)) @ w.t()\n"
+        "def gemv(x, w, tau, key):  # TEAL's kernel asserts this layout of its (out, in) weight\n"
+        "    assert w.stride(1) > 1, 'weight should be column major'\n"
+        "    return (x * (x.abs() > tau)) @ w.t()\n"
         "stand_in = types.SimpleNamespace(module=types.SimpleNamespace(splitk_sparse_gemv=gemv))\n"
         "torch.manual_seed(0)\n"
         "model = tiny_model('llama')\n"
