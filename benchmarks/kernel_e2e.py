@@ -123,10 +123,13 @@ def e2e(
     max_len: int = 512,
     tokens: int = 256,
     fused_only: bool = False,
+    listed: bool = False,
 ) -> dict:
     """Dense, then sparse at each level, batch-1 greedy decoding compiled with CUDA graphs
-    (`fused_only`: the fused path only, and no hf-generate row)."""
+    (`fused_only`: the fused path only, and no hf-generate row; `listed`: also the fused groups
+    reading the lists their norms write, sponlib.kernels.listing)."""
     from sponlib.kernels import StaticDecoder, set_thresholds, swap_in, swap_out
+    from sponlib.kernels.listing import list_in, list_out
 
     alphas_by_level = alphas_by_level or {}
     levels = sorted(thresholds_by_level)
@@ -158,9 +161,15 @@ def e2e(
         rows.append(_hf_row(model, prompt, tokens, max_len, dense_s))
     torch._dynamo.reset()
     first_alphas = alphas_by_level.get(levels[0]) or (next(iter(alphas_by_level.values()), None))
-    for fuse in (True,) if fused_only else (False, True):  # seven launches per block, then q/k/v and gate/up fused
-        variant = ("sparse+spon" if alphas_by_level else "sparse") + ("-fused" if fuse else "")
+    # seven launches per block, then q/k/v and gate/up fused, then (with `listed`) listing norms
+    modes = ((True, False),) if fused_only else ((False, False), (True, False))
+    for fuse, listing in modes + (((True, True),) if listed else ()):
+        variant = ("sparse+spon" if alphas_by_level else "sparse") + (
+            "-listed" if listing else "-fused" if fuse else ""
+        )
         swap_in(model, thresholds_by_level[levels[0]], first_alphas, check=False, fuse=fuse)
+        if listing:
+            list_in(model)
         decoder = StaticDecoder(model, max_len, mode="compile")
         for level in levels:
             set_thresholds(model, thresholds_by_level[level], alphas_by_level.get(level))
@@ -186,6 +195,7 @@ def e2e(
             )
         del decoder
         torch._dynamo.reset()
+        list_out(model)
         swap_out(model)
     return {
         "model": name,
@@ -227,10 +237,10 @@ def _llama_model(levels, dtype: torch.dtype = DTYPE):
     return model, thresholds, prompt
 
 
-def e2e_llama(levels=E2E_LEVELS, tokens: int = 256) -> dict:
+def e2e_llama(levels=E2E_LEVELS, tokens: int = 256, listed: bool = False) -> dict:
     """Llama-3-8B shapes, random bf16 weights, thresholds from sponlib.sparsity.calibrate on random tokens."""
     model, thresholds, prompt = _llama_model(levels)
-    result = e2e(model, "llama3-8b-shaped (random bf16 weights)", thresholds, prompt, tokens=tokens)
+    result = e2e(model, "llama3-8b-shaped (random bf16 weights)", thresholds, prompt, tokens=tokens, listed=listed)
     del model
     torch.cuda.empty_cache()
     return result

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sponlib.kernels import sparse_gemv
+from sponlib.kernels.listed_ops import rmsnorm_reference
 from sponlib.kernels.tiles import GemvConfig
 from sponlib.kernels.timing import graph_time, normal_threshold
 from sponlib.kernels.triton_listed import LIST_CHUNK
@@ -138,12 +139,12 @@ def _row(model: str, roles: str, data: GemvData, at: dict, config: GemvConfig, l
 
 def _rmsnorm(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A Llama block's RMSNorm of one vector h (K,), eps 1e-5."""
-    h32 = h.float()
-    return weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(h.dtype)
+    return rmsnorm_reference(h, weight, 1e-5)
 
 
-def producers(copies: int = 256) -> list[dict]:
-    """Each producer with its lists against torch.compile's version without, at sparsity 0.5."""
+def producers(copies: int = 256, chunks=(256, 512, 1024)) -> list[dict]:
+    """Each producer with its lists, in chunks of each size in `chunks` (LIST_CHUNK is the
+    default), against torch.compile's version without, at sparsity 0.5."""
     from sponlib.kernels.triton_producers import rmsnorm_list, silu_mul_list
 
     gen = torch.Generator(device="cuda").manual_seed(4)
@@ -154,33 +155,39 @@ def producers(copies: int = 256) -> list[dict]:
     ups = [torch.randn(inner, device="cuda", dtype=DTYPE, generator=gen) for _ in range(copies)]
     tau = torch.tensor([normal_threshold(0.5)], device="cuda")
     rms, silu_mul = torch.compile(_rmsnorm), torch.compile(_silu_mul)
-    timed = {
-        ("rmsnorm", hidden, 3): (
-            graph_time([lambda h=h: rms(h, weight) for h in hs]),
-            graph_time([lambda h=h: rmsnorm_list(h, weight, 1e-5, tau.repeat(3)) for h in hs]),
-        ),
-        ("silu-mul", inner, 1): (
-            graph_time([lambda g=g, u=u: silu_mul(g, u) for g, u in zip(gates, ups)]),
-            graph_time([lambda g=g, u=u: silu_mul_list(g, u, tau) for g, u in zip(gates, ups)]),
-        ),
+    compiled = {
+        "rmsnorm": graph_time([lambda h=h: rms(h, weight) for h in hs]),
+        "silu-mul": graph_time([lambda g=g, u=u: silu_mul(g, u) for g, u in zip(gates, ups)]),
     }
     rows = []
-    for (name, n, groups), (compiled_s, listed_s) in timed.items():
-        rows.append(
-            {
-                "producer": name,
-                "in": n,
-                "segments": groups,
-                "list_chunk": LIST_CHUNK,
-                "compiled_us": _us(compiled_s),
-                "with_lists_us": _us(listed_s),
-            }
-        )
-        print(
-            f"listed producer {name} ({n}, {groups} lists): torch.compile {rows[-1]['compiled_us']} us, with lists"
-            f" {rows[-1]['with_lists_us']} us",
-            flush=True,
-        )
+    for chunk in chunks:
+        timed = {
+            ("rmsnorm", hidden, 3): graph_time(
+                [lambda h=h: rmsnorm_list(h, weight, 1e-5, tau.repeat(3), chunk) for h in hs]
+            ),
+            ("rmsnorm, a program per list", hidden, 3): graph_time(
+                [lambda h=h: rmsnorm_list(h, weight, 1e-5, tau.repeat(3), chunk, segment_programs=True) for h in hs]
+            ),
+            ("silu-mul", inner, 1): graph_time(
+                [lambda g=g, u=u: silu_mul_list(g, u, tau, chunk) for g, u in zip(gates, ups)]
+            ),
+        }
+        for (name, n, groups), listed_s in timed.items():
+            rows.append(
+                {
+                    "producer": name,
+                    "in": n,
+                    "segments": groups,
+                    "list_chunk": chunk,
+                    "compiled_us": _us(compiled[name.split(",")[0]]),
+                    "with_lists_us": _us(listed_s),
+                }
+            )
+            print(
+                f"listed producer {name} ({n}, {groups} lists, chunks of {chunk}): torch.compile "
+                f"{rows[-1]['compiled_us']} us, with lists {rows[-1]['with_lists_us']} us",
+                flush=True,
+            )
     return rows
 
 

@@ -714,10 +714,11 @@ def test_kernel_report_renders_the_listed_part_when_the_record_has_one():
     assert "GEMV on a ready list" not in render_kernels({k: v for k, v in record.items() if k != "listed"})
     gemv = {"roles": "q/o", "in": 4096, "out": 4096, "sparsity": 0.5, "list_us": 2.5}
     gemv |= {"gemv_speedup": 1.7, "chain_speedup": 1.2, "shipped_speedup": 1.35}
-    producer = {"producer": "rmsnorm", "in": 4096, "segments": 3, "compiled_us": 3.1, "with_lists_us": 3.4}
+    producer = {"producer": "rmsnorm", "in": 4096, "segments": 3, "list_chunk": 512, "compiled_us": 3.1}
+    producer["with_lists_us"] = 3.4
     layer = {"sparsity": 0.5, "dense_us": 150.0, "today_speedup": 1.5, "listed_speedup": 1.7}
     layer["down_relative_error"] = 0.01
     text = render_kernels(record | {"listed": {"gemv": [gemv], "producers": [producer], "layer": [layer]}})
     assert "| q/o | 4096 → 4096 | 0.5 | 2.50 | 1.70 | 1.20 | 1.35 |" in text
-    assert "| rmsnorm | 4096 | 3 | 3.10 | 3.40 |" in text
+    assert "| rmsnorm | 4096 | 3 | 512 | 3.10 | 3.40 |" in text
     assert "| 0.5 | 150.0 | 1.50 | 1.70 | 0.0100 |" in text

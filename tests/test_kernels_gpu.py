@@ -287,16 +287,17 @@ def test_producers_make_the_models_input_and_list_it(dtype):
     # two roundings, each off by up to one unit in the last place (Triton's CPU interpreter truncates
     # where a GPU rounds to nearest)
     ulps = 2 * torch.finfo(dtype).eps
-    for n in SIZES[:3]:
+    for n in (*SIZES[:3], 9000):  # 9000: the mean square over more than one load
         h = (torch.randn(n, generator=gen) * 3).to(DEVICE, dtype)  # (K,)
         weight = (torch.rand(n, generator=gen) + 0.5).to(DEVICE, dtype)  # (K,)
         tau = torch.tensor([0.0, 0.4, 1.0][: 1 + n % 3], device=DEVICE)  # (G,)
         chunk = (16, 64, 10**6)[n % 3]
-        y, kept = rmsnorm_list(h, weight, 1e-5, tau, chunk)
         h32 = h.float()
         expected = weight * (h32 * torch.rsqrt(h32.pow(2).mean() + 1e-5)).to(dtype)  # as the model computes it
-        torch.testing.assert_close(y, expected, rtol=ulps, atol=ulps)
-        _check_lists(y, tau, kept)
+        for segment_programs in (False, True):
+            y, kept = rmsnorm_list(h, weight, 1e-5, tau, chunk, segment_programs=segment_programs)
+            torch.testing.assert_close(y, expected, rtol=ulps, atol=ulps)
+            _check_lists(y, tau, kept)
         gate, up = (
             (torch.randn(n, generator=gen) * 2).to(DEVICE, dtype),
             torch.randn(n, generator=gen).to(DEVICE, dtype),
@@ -347,6 +348,30 @@ def test_swapped_tiny_model_matches_the_hooked_projections_on_the_gpu():
             x_masked, hooked = seen[name]
             y = module(x_masked)  # S(S(x)) = S(x)
             assert _relative_error(y, hooked.double()) < TOLERANCE[torch.bfloat16], name
+
+
+@needs_gpu
+def test_listing_norms_give_the_fused_paths_output_compiled_with_cuda_graphs():
+    """A tiny bf16 Llama swapped in with fused groups, then listing norms (the Triton producer and
+    the listed GEMV): the last token's logits against the fused path's, eager and compiled."""
+    from sponlib.kernels.listing import list_in
+    from sponlib.models import iter_projections, model_fingerprint
+    from sponlib.models.tiny import tiny_model
+    from sponlib.sparsity import Thresholds
+
+    torch.manual_seed(2)
+    model = tiny_model("llama").to("cuda", torch.bfloat16)
+    names = [p.name for p in iter_projections(model)]
+    thresholds = Thresholds("teal", 0.5, dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.4), model_fingerprint(model))
+    swap_in(model, thresholds, fuse=True)
+    ids = torch.randint(0, model.config.vocab_size, (1, 1), device="cuda")
+    with torch.no_grad():
+        expected = model(ids).logits.double()
+        list_in(model)
+        assert _relative_error(model(ids).logits, expected) < TOLERANCE[torch.bfloat16]
+        compiled = torch.compile(lambda i: model(i).logits, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            assert _relative_error(compiled(ids).clone(), expected) < TOLERANCE[torch.bfloat16]
 
 
 @needs_gpu

@@ -5,6 +5,8 @@
     triton_steps  the kernel's building blocks: the mask, the loops over a slice, the epilogue
     triton_listed the kept inputs listed once, and a GEMV that splits that list evenly
     triton_producers  RMSNorm and SiLU·up that list their outputs' kept entries as they make them
+    listed_ops    `sponlib::rmsnorm_list` and `sponlib::listed_gemv`, custom ops over those kernels
+    listing       norms that hand fused groups the lists of their input (list_in, list_out)
     tiles         its tile shapes: the tables tuned per GPU model, and a heuristic
     ops           `sparse_gemv`, the dispatching entry point, a torch.library custom op
     module        `SparseLinear`, and swapping it into a Hugging Face model and back

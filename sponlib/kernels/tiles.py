@@ -46,6 +46,7 @@ class GemvConfig:
         return _cdiv(n_in, self.inputs_per_program(n_in))
 
 
+LIST_CHUNK = 512  # inputs per chunk of a kept-input list, by default (triton_listed): a power of two
 CONFIG_DIR = Path(__file__).with_name("configs")  # tuned tiles per GPU, written by the benchmark's sweep
 # Sparsity levels from which a tuned table may hold other tiles for a shape: the variants that loop
 # over kept rows only win from 0.5 up and lose at 0 (docs/kernel_notes.md, v5).

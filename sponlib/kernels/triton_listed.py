@@ -6,15 +6,15 @@ evenly, so the work and the number of busy programs follow the kept rows, not K.
     y = listed_sparse_gemv(x, weight_t, lists, bias)   the same y as triton_sparse_gemv
 
 Where the streamed kernel (`triton_gemv`) runs as many steps at sparsity 0.5 as at 0, each half
-masked off, here program (tile, slice) takes entries slice·P .. slice·P + P − 1 of its segment's
-list: at 0.5 half the slices find the list ended and return at once, with no mask to build.
+masked off, here each program takes P entries of its segment's list: at 0.5 half the programs
+find the list ended and return at once, with no mask to build.
 
 The lists are written chunk by chunk (C chunks of `chunk` inputs), so that many programs can
 write them, each with a prefix sum over its own chunk: one program over all of K (v6) took
-2–16 µs. The GEMV reads the chunks' lists as one: from the C counts each program finds where
-entry e is stored. The lists are what a producer of x (RMSNorm, SiLU·up: `triton_producers`)
-writes as it makes x; `list_kept` stands in for such a producer, as one launch more
-(docs/kernel_notes.md, v6 and v7).
+2–16 µs. Each chunk's list is split evenly in turn: program (tile, slice) takes P entries of one
+chunk's list, so the programs stay balanced with no search for where an entry is stored (v7).
+The lists are what a producer of x (RMSNorm, SiLU·up: `triton_producers`) writes as it makes x;
+`list_kept` stands in for such a producer, as one launch more (docs/kernel_notes.md, v6 and v7).
 
 Split sums go through float32 atomics that a second small kernel casts (`finisher`): slices with
 nothing to add return without arriving, so no arrival counter can tell the last one.
@@ -30,11 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import MAX_SEGMENTS, GemvConfig
+from .tiles import LIST_CHUNK, MAX_SEGMENTS, GemvConfig
 from .triton_gemv import cast_sums, gdc_launch_dependents, gdc_wait, supports_pdl
-from .triton_steps import keep_block, load_rows, store_output
+from .triton_steps import keep_block, listed_entries, load_rows, store_output
 
-LIST_CHUNK = 512  # inputs per chunk of a list, by default: one listing program each
 LISTING_BLOCK = 512  # inputs per listing program (a chunk of more takes a program of its own)
 
 
@@ -136,8 +135,6 @@ def _listed_block(
     w_ptr,
     j,
     stop,
-    ends,
-    skipped,
     offs_n,
     n_ok,
     N,
@@ -145,16 +142,9 @@ def _listed_block(
     EVICT: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Entries j .. j + BLOCK_K − 1 of the segment's whole list (those before `stop`): inputs
-    (float32) and weight rows, (BLOCK_K,) and (BLOCK_K, BLOCK_N). Entry e lies in the first chunk
-    whose list ends after it, so it is stored past the unused room of every chunk before:
-    ends (C_POW2,) where each chunk's list ends in the whole list, skipped (C_POW2,) its unused room."""
-    entries = j + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    ok = entries < stop
-    before = ends[None, :] <= entries[:, None]  # (BLOCK_K, C_POW2): chunks wholly before the entry
-    where = entries + tl.sum(tl.where(before, skipped[None, :], 0), axis=1)  # (BLOCK_K,)
-    rows = tl.load(rows_ptr + where, mask=ok, other=0)
-    x = tl.load(vals_ptr + where, mask=ok, other=0.0)
+    """List entries j .. j + BLOCK_K − 1 (those before `stop`): inputs (float32) and weight rows,
+    (BLOCK_K,) and (BLOCK_K, BLOCK_N). Indices and inputs load side by side; only the rows wait."""
+    rows, x, ok = listed_entries(rows_ptr, vals_ptr, j, stop, BLOCK_K)
     return x, load_rows(w_ptr, rows, ok, offs_n, n_ok, N, EVEN_N, EVICT)
 
 
@@ -174,18 +164,18 @@ def _listed_gemv_kernel(
     chunk,
     n_chunks,
     entries_per_program,
+    slices_per_chunk,
     HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr,
     PREFETCH: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVICT: tl.constexpr,
     PDL: tl.constexpr,
-    C_POW2: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Program (tile, slice): BLOCK_N outputs over entries slice·P .. slice·P + P − 1 of its
-    segment's whole list (the chunks' lists one after another)."""
+    """Program (tile, chunk · slices_per_chunk + slice): BLOCK_N outputs over entries slice·P ..
+    slice·P + P − 1 of one chunk's list of its segment."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()  # the lists are the previous launch's output
@@ -195,31 +185,25 @@ def _listed_gemv_kernel(
     segment = (n_start >= seg1).to(tl.int32) + (n_start >= seg2).to(tl.int32)  # tiles never straddle
     rows_ptr += segment * K
     vals_ptr += segment * K
-    chunks = tl.arange(0, C_POW2)
-    counts = tl.load(counts_ptr + segment * n_chunks + chunks, mask=chunks < n_chunks, other=0)  # (C_POW2,)
-    ends = tl.cumsum(counts, axis=0)
-    skipped = tl.where(chunks < n_chunks, chunk - counts, 0)
-    first = tl.program_id(1) * entries_per_program
-    stop = tl.minimum(first + entries_per_program, tl.sum(counts, axis=0))
+    in_chunk = tl.program_id(1) // slices_per_chunk
+    first_of_chunk = in_chunk * chunk
+    first = first_of_chunk + (tl.program_id(1) % slices_per_chunk) * entries_per_program
+    stop = tl.minimum(first + entries_per_program, first_of_chunk + tl.load(counts_ptr + segment * n_chunks + in_chunk))
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    x, w = _listed_block(rows_ptr, vals_ptr, w_ptr, first, stop, ends, skipped, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
+    x, w = _listed_block(rows_ptr, vals_ptr, w_ptr, first, stop, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
     if PREFETCH:  # the next step's loads in flight while this one is added
         for j in range(first + BLOCK_K, stop + BLOCK_K, BLOCK_K):  # the last step's loads are all masked off
-            x_next, w_next = _listed_block(
-                rows_ptr, vals_ptr, w_ptr, j, stop, ends, skipped, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K
-            )
+            x_next, w_next = _listed_block(rows_ptr, vals_ptr, w_ptr, j, stop, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
             acc += w.to(tl.float32) * x[:, None]
             x, w = x_next, w_next
     else:
         acc += w.to(tl.float32) * x[:, None]
         for j in range(first + BLOCK_K, stop, BLOCK_K):
-            x, w = _listed_block(
-                rows_ptr, vals_ptr, w_ptr, j, stop, ends, skipped, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K
-            )
+            x, w = _listed_block(rows_ptr, vals_ptr, w_ptr, j, stop, offs_n, n_ok, N, EVEN_N, EVICT, BLOCK_K)
             acc += w.to(tl.float32) * x[:, None]
     y = tl.sum(acc, axis=0)  # (BLOCK_N,)
     if SPLIT:
-        if first < stop:  # a slice past the end of the list adds nothing: no atomics
+        if first < stop:  # a slice past the end of its chunk's list adds nothing: no atomics
             tl.atomic_add(part_ptr + offs_n, y, mask=n_ok, sem="relaxed")
     else:
         store_output(y, bias_ptr, out_ptr, offs_n, n_ok, HAS_BIAS)
@@ -253,7 +237,7 @@ def listed_sparse_gemv(
 ) -> torch.Tensor:
     """y = S(x) Wᵀ + b from `lists` (x gives the dtype only): weight_t (K, N) contiguous, bias
     (N,) or None, segments: the G output sizes (default one), config: block_n, block_k,
-    k_per_program (list entries per program; fewer than K splits each segment's whole list evenly),
+    k_per_program (list entries per program, at most a chunk: each chunk's list is split evenly),
     num_warps, prefetch, evict, pdl; workspace (2N,) float32 zeros, left zero -> (N,) in x's dtype."""
     rows, vals, counts, chunk = lists
     n_in, n_out = weight_t.shape
@@ -264,7 +248,9 @@ def listed_sparse_gemv(
     while any(size % block_n for size in segments[:-1]):  # output tiles must not straddle segments
         block_n //= 2
     starts = [sum(segments[:i]) for i in range(1, len(segments))] + [n_out] * (MAX_SEGMENTS - len(segments))
-    split, n_chunks = config.split(n_in), counts.shape[1]
+    n_chunks, entries = counts.shape[1], min(config.inputs_per_program(n_in), chunk)
+    slices_per_chunk = triton.cdiv(chunk, entries)
+    split = n_chunks * slices_per_chunk
     out = torch.empty(n_out, device=x.device, dtype=x.dtype) if out is None else out
     if split > 1 and workspace is None:
         workspace = torch.zeros(2 * n_out, device=x.device, dtype=torch.float32)
@@ -272,10 +258,10 @@ def listed_sparse_gemv(
     pdl = config.pdl and supports_pdl(x.device)
     _listed_gemv_kernel[(triton.cdiv(n_out, block_n), split)](
         weight_t, rows, vals, counts, counts if bias is None else bias, out, part, n_in, n_out, starts[0],
-        starts[1], chunk, n_chunks, config.inputs_per_program(n_in),
+        starts[1], chunk, n_chunks, entries, slices_per_chunk,
         HAS_BIAS=bias is not None, SPLIT=split > 1, PREFETCH=config.prefetch, EVEN_N=n_out % block_n == 0,
-        EVICT=config.evict, PDL=pdl, C_POW2=triton.next_power_of_2(n_chunks), BLOCK_K=config.block_k,
-        BLOCK_N=block_n, num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
+        EVICT=config.evict, PDL=pdl, BLOCK_K=config.block_k, BLOCK_N=block_n, num_warps=config.num_warps,
+        **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     if split > 1:
         cast_sums(part, bias, out, pdl, counts)

@@ -33,7 +33,7 @@ def _pick(offs, x_all, position, kept, first, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _listed(rows_ptr, vals_ptr, first, kept, BLOCK_K: tl.constexpr):
+def listed_entries(rows_ptr, vals_ptr, first, kept, BLOCK_K: tl.constexpr):
     """Entries first .. first + BLOCK_K − 1 of a program's list of kept rows in scratch memory: row
     indices, inputs (float32) and which of the BLOCK_K exist, (BLOCK_K,) each."""
     j = first + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
@@ -82,16 +82,16 @@ def dot_kept(
         tl.store(vals_ptr + slot + position, x_all, mask=keep_all)
         tl.debug_barrier()  # the lists are written by all threads, read by all threads
         if PREFETCH:
-            rows, x, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, 0, kept, BLOCK_K)
+            rows, x, ok_j = listed_entries(rows_ptr + slot, vals_ptr + slot, 0, kept, BLOCK_K)
             w = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
             for start in range(BLOCK_K, kept + BLOCK_K, BLOCK_K):  # the last step's loads are all masked off
-                rows, x_next, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
+                rows, x_next, ok_j = listed_entries(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
                 w_next = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)
                 acc += w.to(tl.float32) * x[:, None]
                 x, w = x_next, w_next
         else:
             for start in range(0, kept, BLOCK_K):
-                rows, x, ok_j = _listed(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
+                rows, x, ok_j = listed_entries(rows_ptr + slot, vals_ptr + slot, start, kept, BLOCK_K)
                 w = load_rows(w_ptr, rows, ok_j, offs_n, n_ok, N, EVEN_N, EVICT)  # (BLOCK_K, BLOCK_N)
                 acc += w.to(tl.float32) * x[:, None]
     else:

@@ -187,12 +187,14 @@ def _listed(part: dict) -> str:
         "",
         "The producers of x with their lists written as they go (`sponlib.kernels.triton_producers`), "
         "against torch.compile's version without lists, at sparsity 0.5:\n",
-        "| producer | inputs | lists | torch.compile µs | with lists µs |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| producer | inputs | lists | inputs per chunk | torch.compile µs | with lists µs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in part["producers"]:
+        chunk = r.get("list_chunk", "")  # absent in v6's record: one list of all inputs
         lines.append(
-            f"| {r['producer']} | {r['in']} | {r['segments']} | {r['compiled_us']:.2f} | {r['with_lists_us']:.2f} |"
+            f"| {r['producer']} | {r['in']} | {r['segments']} | {chunk} | {r['compiled_us']:.2f} | "
+            f"{r['with_lists_us']:.2f} |"
         )
     if part.get("layer"):
         lines += [
