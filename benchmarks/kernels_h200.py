@@ -122,9 +122,15 @@ def summarise(record: dict) -> dict:
 
 def merge_runs(earlier: list[dict], run: dict) -> list[dict]:
     """The record's runs once `run` has made its parts_done: an earlier run stays while any part it
-    made is still its own in the record (a run cut short replaces nothing it did not redo)."""
-    redone = set(run.get("parts_done", []))
-    return [r for r in earlier if not set(r.get("parts_done", r["parts"])) <= redone] + [run]
+    made is still its own, redone by no run after it (a run cut short replaces nothing it did not
+    redo)."""
+    runs, redone = [run], set(run.get("parts_done", []))
+    for r in reversed(earlier):
+        made = set(r.get("parts_done", r["parts"]))
+        if not made <= redone:
+            runs.insert(0, r)
+        redone |= made
+    return runs
 
 
 def _run_parts(parts: list[str], args, record: dict, save) -> None:

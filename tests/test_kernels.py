@@ -648,14 +648,18 @@ def test_a_benchmark_run_cut_short_keeps_the_runs_that_made_the_parts_it_did_not
         "assert merge_runs([limits, e2e], cut) == [limits, e2e, cut]\n"
         "whole = {'parts': ['limits', 'gemv', 'e2e-llama'], 'parts_done': ['limits', 'gemv', 'e2e-llama']}\n"
         "assert merge_runs([limits, e2e], whole) == [whole]\n"
+        "# a run whose parts were each redone by some later run goes, though none redid them all\n"
+        "later = {'parts': ['e2e-llama'], 'parts_done': ['e2e-llama']}\n"
+        "assert merge_runs([limits, cut, later], {'parts': ['limits'], 'parts_done': ['limits']})[0] is cut\n"
     )
     _run_beside_the_benchmarks(code)
 
 
 def test_teal_linear_runs_a_model_as_the_hooked_mask_and_swaps_back():
     """TealLinear and teal_swap_in with a stand-in for TEAL's kernel (the same rule in torch, and
-    its check that the weight is an input-major view): one token through the kernel's op, five through the masked dense product, both as the hooked
-    model; teal_swap_out gives the dense model back."""
+    its check that the weight is an input-major view): one token through the kernel's op, five
+    through the masked dense product, both as the hooked model; teal_swap_out gives the dense
+    model back."""
     code = (
         "import types, torch\n"
         "from sponlib.models.tiny import tiny_model\n"
