@@ -726,3 +726,19 @@ def test_kernel_report_renders_the_listed_part_when_the_record_has_one():
     assert "| q/o | 4096 → 4096 | 0.5 | 2.50 | 1.70 | 1.20 | 1.35 |" in text
     assert "| rmsnorm | 4096 | 3 | 512 | 3.10 | 3.40 |" in text
     assert "| 0.5 | 150.0 | 1.50 | 1.70 | 0.0100 |" in text
+
+
+def test_kernel_headline_names_decoding_against_teal_only_when_the_record_has_it():
+    """The headline's clause on decoding beside TEAL comes from the summary, and goes with it."""
+    import json
+
+    from sponlib.records import results_dir
+    from sponlib.reports.kernels import render_kernels
+
+    record = json.loads((results_dir() / "kernels_h200.json").read_text())
+    summary = record["summary"] | {"e2e_fused_vs_teal_at_0.5": 1.234}
+    assert "fused path 1.23x the speed of TEAL's kernel in every projection" in render_kernels(
+        record | {"summary": summary}
+    )
+    summary.pop("e2e_fused_vs_teal_at_0.5")
+    assert "the speed of TEAL's kernel" not in render_kernels(record | {"summary": summary})

@@ -35,6 +35,11 @@ def _headline(summary: dict) -> str:
             f"byte-count bound of {summary['e2e_bound_at_0.5']:.2f}x, {_pct(summary['e2e_overhead_at_0'])} time at "
             "sparsity 0"
         )
+    if "e2e_fused_vs_teal_at_0.5" in summary:
+        text += (
+            f"; in the same decoder in fp16, the fused path {summary['e2e_fused_vs_teal_at_0.5']:.2f}x the speed of "
+            "TEAL's kernel in every projection"
+        )
     return text + ".\n\n"
 
 
