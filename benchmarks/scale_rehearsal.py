@@ -1,0 +1,331 @@
+"""Benchmark: a user's whole path on an 8B-shaped model on one GPU, with the wall time and peak
+memory of every stage. Writes one JSON record, again after every stage, so a run cut short keeps
+the stages it finished.
+
+    python benchmarks/scale_rehearsal.py --shape llama3-8b --json data/results/scale_rehearsal_h200.json
+    python benchmarks/scale_rehearsal.py --shape qwen3-8b --json data/results/scale_rehearsal_qwen3_h200.json
+    python benchmarks/scale_rehearsal.py --shape tiny --device cpu --steps 2 --json ...   (seconds: the test)
+
+Stages, as sponlib's Python recipe runs them:
+    build       the model from a config with seeded random bf16 weights (nothing is downloaded)
+    text        the shipped corpora tokenized by the default model's tokenizer (its ids fit inside
+                the larger vocabularies), cut into the protocol's windows: the real data path
+    calibrate   dense statistics and sparse-aware refinement at the protocol levels, both rules
+    train       SPON at one level (teacher states, steps, validations, a checkpoint to resume from)
+    evaluate    perplexity dense / mask / SPON on the in-domain and out-of-domain test texts
+    export      the vectors folded into biases, a Hugging Face folder with the thresholds
+    reload      that folder loaded by transformers alone, its perplexity under the exported
+                thresholds against the SPON model's
+    decode      batch-1 greedy decoding of the reloaded model, dense and with the sparse kernels
+
+The weights are random, so perplexities and recoveries mean nothing here and the record says so:
+it is for the time, the memory and what fails at this size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sponlib.data import load_corpus, load_windows
+from sponlib.experiments import protocol
+from sponlib.models import resolve_device
+from sponlib.records import write_result
+
+from kernel_shapes import LLAMA3_8B
+
+SHAPES = {  # config class name -> fields; the 8B shapes are the published configs' sizes (the kernel
+    # benchmark's Llama-3-8B among them)
+    "llama3-8b": ("LlamaConfig", LLAMA3_8B),
+    "qwen3-8b": (
+        "Qwen3Config",
+        dict(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+    # the default tokenizer's 49152 ids; small enough for a CPU test in seconds
+    "tiny": (
+        "LlamaConfig",
+        dict(
+            vocab_size=49152,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        ),
+    ),
+}
+QUALITY_NOTE = "random weights: perplexities and recoveries are meaningless; times and memory are the point"
+
+
+def build_model(shape: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """The model of `shape` on `device` with seeded N(0, 0.02) weights and unit norms."""
+    import transformers
+
+    class_name, fields = SHAPES[shape]
+    config = getattr(transformers, class_name)(**fields)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0.0, 0.02)
+    return model.requires_grad_(False)
+
+
+def load_tokenizer(name_or_folder: str):
+    """A known model's tokenizer (its cached folder), or the tokenizer files in a folder."""
+    from transformers import AutoTokenizer
+
+    from sponlib.models.gguf import KNOWN_MODELS, prepare_model
+
+    folder = prepare_model(name_or_folder) if name_or_folder in KNOWN_MODELS else Path(name_or_folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+class Stages:
+    """Times each stage and reads its peak memory; the record is written after each one."""
+
+    def __init__(self, device: torch.device, record: dict, save):
+        self.device, self.record, self.save = device, record, save
+
+    def run(self, name: str, work):
+        """`work()` -> a dict of the stage's results (or None); returns what work returned."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        out = work()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        stage = {"seconds": round(time.perf_counter() - started, 2)}
+        if cuda:
+            stage["peak_gpu_GB"] = round(torch.cuda.max_memory_allocated(self.device) / 1e9, 2)
+            stage["peak_reserved_GB"] = round(torch.cuda.max_memory_reserved(self.device) / 1e9, 2)
+        # ru_maxrss is kilobytes on Linux: the process's peak so far, not this stage's alone
+        stage["host_peak_rss_GB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+        if isinstance(out, dict):
+            stage |= out.pop("record", {})
+        self.record["stages"][name] = stage
+        print(f"   {name}: {stage}", flush=True)
+        self.save()
+        return out
+
+
+def decode_seconds(model, prompt: torch.Tensor, tokens: int, max_len: int) -> float:
+    """Seconds per greedy step at batch 1: compiled with CUDA graphs on a GPU, eager elsewhere."""
+    from sponlib.kernels import StaticDecoder
+
+    if prompt.device.type == "cuda":
+        return StaticDecoder(model, max_len, mode="compile").seconds_per_token(prompt, tokens)
+    decoder = StaticDecoder(model, max_len, mode="eager")
+    started = time.perf_counter()
+    decoder.generate(prompt, tokens)
+    return (time.perf_counter() - started) / tokens
+
+
+def rehearse(args, record: dict, save) -> None:
+    """Every stage in turn (see the module docstring)."""
+    from sponlib.kernels import swap_in, swap_out
+    from sponlib.perplexity import evaluate
+    from sponlib.sparsity import Thresholds, calibrate
+    from sponlib.spon import TrainConfig, fold_and_export, train_spon
+    from sponlib.spon.export import THRESHOLDS_FILE
+
+    device, dtype = resolve_device(args.device), torch.bfloat16
+    stages = Stages(device, record, save)
+    progress = True  # bars honour TQDM_DISABLE
+    model = stages.run("build", lambda: build_model(args.shape, device, dtype))
+    record["parameters_B"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
+
+    def text():
+        tokenizer = load_tokenizer(args.tokenizer)
+        counts = {protocol.CALIBRATION_TEXT: args.windows, protocol.VALIDATION_TEXT: args.val_windows}
+        counts |= {name: args.eval_windows for name in protocol.TEST_TEXTS}
+        windows = {  # the protocol's texts, windows and seed, as the command line picks them
+            name: load_windows(load_corpus(name), tokenizer, protocol.WINDOW_LEN, count, protocol.SEED)
+            for name, count in counts.items()
+        }
+        # training windows apart: more of them, from a text that may also be the calibration text
+        windows["train"] = load_windows(
+            load_corpus(protocol.TRAIN_TEXT), tokenizer, protocol.WINDOW_LEN, args.train_windows, protocol.SEED
+        )
+        top = max(int(w.ids.max()) for w in windows.values())
+        if top >= model.config.vocab_size:
+            raise SystemExit(f"token id {top} is outside the {args.shape} vocabulary ({model.config.vocab_size})")
+        described = {name: w.describe() for name, w in windows.items()}
+        return {"tokenizer": tokenizer, "windows": windows, "record": {"texts": described}}
+
+    made = stages.run("text", text)
+    tokenizer, windows = made["tokenizer"], made["windows"]
+    tests = [windows[name] for name in protocol.TEST_TEXTS]
+
+    def calibration():
+        result = calibrate(
+            model, windows[protocol.CALIBRATION_TEXT], refine_levels=protocol.SWEEP_LEVELS, progress=progress
+        )
+        return {"calibration": result, "record": {"meta": result.meta}}
+
+    calibrated = stages.run("calibrate", calibration)["calibration"]
+    mask = calibrated.thresholds(args.level, "teal")
+    config = TrainConfig(steps=args.steps, batch_size=args.train_batch, micro_batch=args.micro_batch)
+    work = Path(args.work or tempfile.mkdtemp(prefix="rehearsal-"))
+
+    def train():
+        # a step's windows in one pass is the default; where that does not fit, the run records the
+        # failure and halves the pass, as a user would have to
+        attempts, micro_batch = [], config.micro_batch
+        while True:
+            settings = dataclasses.replace(config, micro_batch=micro_batch)
+            try:
+                vectors, thresholds = train_spon(
+                    model,
+                    mask,
+                    windows["train"].ids,
+                    windows[protocol.VALIDATION_TEXT].ids,
+                    settings,
+                    checkpoint=work / "spon.ckpt",
+                    restart=bool(attempts),
+                    progress=progress,
+                )
+                break
+            except torch.OutOfMemoryError as error:
+                forward = settings.forward_batch()
+                attempts.append({"micro_batch": micro_batch, "error": str(error).splitlines()[0][:300]})
+                print(f"   out of memory at {forward} windows per pass", flush=True)
+                _free(device)
+                if forward == 1:
+                    raise
+                micro_batch = forward // 2
+        t = vectors.meta["training"]
+        kept = ("tokens_per_s", "train_s", "teacher_s", "val_s", "val_kl_base", "val_kl_best", "best_step")
+        summary = {k: t[k] for k in kept if k in t} | {"out_of_memory": attempts}
+        return {"vectors": vectors, "thresholds": thresholds, "record": {"config": settings.as_dict(), **summary}}
+
+    trained = stages.run("train", train)
+    vectors, thresholds = trained["vectors"], trained["thresholds"]
+
+    def evaluation():
+        batch = args.eval_batch
+        rows = evaluate(model, tests, None, batch, progress)
+        rows += evaluate(model, tests, mask, batch, progress)
+        rows += evaluate(model, tests, thresholds, batch, progress, spon=vectors)
+        return {"record": {"rows": rows, "note": QUALITY_NOTE}}
+
+    stages.run("evaluate", evaluation)
+    export_dir = work / "export"
+
+    def export():
+        folder = fold_and_export(model, tokenizer, vectors, thresholds, export_dir)
+        return {"record": {"folder_GB": _folder_gb(folder)}}
+
+    stages.run("export", export)
+    spon_ppl = record["stages"]["evaluate"]["rows"][-len(tests)]["ppl"]
+    model.to("meta")  # its weights leave the device before the export is loaded beside it
+    _free(device)
+
+    def reload():
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(export_dir, dtype=dtype, device_map={"": device}).eval()
+        loaded.requires_grad_(False)
+        exported = Thresholds.load(export_dir / THRESHOLDS_FILE, loaded)
+        row = evaluate(loaded, tests[:1], exported, args.eval_batch, progress)[0]
+        return {
+            "model": loaded,
+            "thresholds": exported,
+            "record": {"ppl": row["ppl"], "spon_ppl": spon_ppl, "relative_gap": round(row["ppl"] / spon_ppl - 1, 5)},
+        }
+
+    reloaded = stages.run("reload", reload)
+    loaded, exported = reloaded["model"], reloaded["thresholds"]
+
+    def decode():
+        prompt = windows[protocol.TEST_TEXTS[0]].ids[:1, :64].to(device)  # (1, 64)
+        dense_s = decode_seconds(loaded, prompt, args.tokens, args.max_len)
+        torch._dynamo.reset()
+        swap_in(loaded, exported, fuse=True)
+        sparse_s = decode_seconds(loaded, prompt, args.tokens, args.max_len)
+        swap_out(loaded)
+        torch._dynamo.reset()
+        return {
+            "record": {
+                "tokens": args.tokens,
+                "dense_tokens_per_s": round(1 / dense_s, 1),
+                "sparse_fused_tokens_per_s": round(1 / sparse_s, 1),
+                "speedup": round(dense_s / sparse_s, 3),
+            }
+        }
+
+    stages.run("decode", decode)
+
+
+def _folder_gb(folder: Path) -> float:
+    return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9, 2)
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b", help="model config (default llama3-8b)")
+    parser.add_argument("--json", required=True, help="record to write (again after every stage)")
+    parser.add_argument("--device", default="cuda", help="device (default cuda)")
+    parser.add_argument(
+        "--tokenizer",
+        default=protocol.MODEL,
+        help="a known model whose tokenizer cuts the text, or a folder of tokenizer files (default the default model)",
+    )
+    parser.add_argument("--windows", type=int, default=protocol.WINDOWS, help="calibration windows (default 64)")
+    parser.add_argument("--level", type=float, default=0.5, help="sparsity SPON is trained at (default 0.5)")
+    parser.add_argument("--steps", type=int, default=250, help="optimiser steps (default 250)")
+    parser.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
+    parser.add_argument("--micro-batch", type=int, default=0, help="windows per forward pass (default 0: the step's)")
+    parser.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
+    parser.add_argument("--val-windows", type=int, default=16, help="validation windows (default 16)")
+    parser.add_argument("--eval-windows", type=int, default=64, help="windows per test text (default 64)")
+    parser.add_argument("--eval-batch", type=int, default=8, help="windows per evaluation pass (default 8)")
+    parser.add_argument("--tokens", type=int, default=128, help="decoding steps timed (default 128)")
+    parser.add_argument("--max-len", type=int, default=512, help="decoding cache length (default 512)")
+    parser.add_argument("--work", help="folder for the checkpoint and the export (default a new temporary one)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    record = {"shape": args.shape, "note": QUALITY_NOTE, "stages": {}}
+
+    def save():
+        write_result(args.json, "scale-rehearsal", record, device=device, dtype=torch.bfloat16)
+
+    started = time.perf_counter()
+    rehearse(args, record, save)
+    record["total_s"] = round(time.perf_counter() - started, 1)
+    save()
+    print(f"wrote {args.json}: {record['total_s']:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""benchmarks/scale_rehearsal.py on a tiny Llama on the CPU: every stage of the user's path runs,
+in order, and lands in the record with its time; the export it wrote reloads; the record says
+that its quality numbers mean nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["build", "text", "calibrate", "train", "evaluate", "export", "reload", "decode"]
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
+    out, work = tmp_path / "rehearsal.json", tmp_path / "work"
+    small = ["--steps", "2", "--train-batch", "4", "--train-windows", "8", "--windows", "8", "--val-windows", "2"]
+    small += ["--eval-windows", "2", "--tokens", "4"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/scale_rehearsal.py", "--shape", "tiny", "--device", "cpu", *small]
+        + ["--work", str(work), "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"TQDM_DISABLE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["kind"] == "scale-rehearsal" and "meaningless" in record["note"]
+    assert list(record["stages"]) == STAGES
+    assert all(stage["seconds"] > 0 and stage["host_peak_rss_GB"] > 0 for stage in record["stages"].values())
+    rows = record["stages"]["evaluate"]["rows"]
+    assert [(r["corpus"], r["method"], r.get("spon", False)) for r in rows] == [
+        (text, method, spon)
+        for method, spon in (("dense", False), ("teal", False), ("teal", True))
+        for text in ("persuasion", "brown")
+    ]
+    assert record["stages"]["train"]["out_of_memory"] == []  # nothing to retry on the CPU
+    assert abs(record["stages"]["reload"]["relative_gap"]) < 1e-2
+    assert (work / "export" / "sparsity_thresholds.json").is_file()
+    assert not (work / "spon.ckpt").exists()  # a finished run leaves no checkpoint behind
+    assert record["stages"]["decode"]["sparse_fused_tokens_per_s"] > 0
+
+
+def test_the_rehearsal_refuses_an_unknown_shape_before_building_anything(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/scale_rehearsal.py", "--shape", "llama3-70b", "--json", str(tmp_path / "x.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "invalid choice: 'llama3-70b'" in done.stderr
+    assert not (tmp_path / "x.json").exists()
