@@ -23,7 +23,7 @@ from sponlib.spon import (
     thresholds_path,
     train_spon,
 )
-from sponlib.spon.export import THRESHOLDS_FILE
+from sponlib.spon.export import THRESHOLDS_FILE, cpu_copy
 
 
 def _ids(n, length=32, seed=1):
@@ -285,6 +285,33 @@ def test_export_loads_in_plain_transformers_and_reproduces_spon(tmp_path):
     torch.testing.assert_close(
         _logits(exported, Thresholds.load(out / THRESHOLDS_FILE, exported), ids), spon, atol=2e-5, rtol=1e-5
     )
+
+
+def test_the_export_copies_tensors_straight_to_the_cpu_and_keeps_tied_weights_tied(tmp_path, monkeypatch):
+    """No parameter or buffer is deep-copied where it lives before reaching the CPU (for an 8B
+    model on a GPU that would be a second model there); tied weights stay one tensor."""
+    import itertools
+
+    from torch import nn
+
+    model, thresholds, vectors = _setup(tie_word_embeddings=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    deep_copied = []
+    for kind in (torch.Tensor, nn.Parameter):
+        original = kind.__deepcopy__
+        monkeypatch.setattr(kind, "__deepcopy__", lambda t, memo, f=original: deep_copied.append(id(t)) or f(t, memo))
+    spon = _logits(model, thresholds, _ids(2, 24, seed=5), vectors.alphas)
+    fold_and_export(model, None, vectors, thresholds, tmp_path / "export")
+    copy = cpu_copy(model)
+    own = {id(t) for t in itertools.chain(model.parameters(), model.buffers())}
+    assert not own & set(deep_copied)
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight
+    assert all(not t.data_ptr() == o.data_ptr() for t, o in zip(copy.parameters(), model.parameters()))
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    exported_thresholds = Thresholds.load(tmp_path / "export" / THRESHOLDS_FILE, exported)
+    torch.testing.assert_close(_logits(exported, exported_thresholds, _ids(2, 24, seed=5)), spon, atol=2e-5, rtol=1e-5)
 
 
 def test_export_refuses_configs_without_bias_switches(tmp_path):

@@ -11,6 +11,7 @@ gives the SPON model's logits. A config that cannot give every projection with a
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 from pathlib import Path
@@ -54,6 +55,17 @@ def bias_config(model: nn.Module, vectors: SponVectors):
     return config, probe
 
 
+def cpu_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` on the CPU, each parameter and buffer copied there directly: a copy
+    made where the model is and then moved would hold a second model on its device for a while
+    (16 GB more for an 8B model in bf16). Tied weights stay tied."""
+    memo: dict[int, torch.Tensor] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        on_cpu = tensor.detach().to("cpu", copy=True)
+        memo[id(tensor)] = nn.Parameter(on_cpu, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else on_cpu
+    return copy.deepcopy(model, memo)
+
+
 def fold_and_export(
     model: nn.Module, tokenizer, vectors: SponVectors, thresholds: Thresholds | None, out_dir: str | os.PathLike
 ) -> Path:
@@ -69,7 +81,7 @@ def fold_and_export(
         )
     vectors.check_model(model, "the SPON vectors")
     config, probe = bias_config(model, vectors)
-    folded = copy.deepcopy(model).to("cpu")
+    folded = cpu_copy(model)
     vectors.fold_into(folded)
     # Projections in a switched-on group without a vector of their own still need a (zero) bias,
     # or the checkpoint would not match its config.
