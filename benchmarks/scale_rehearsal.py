@@ -25,7 +25,6 @@ it is for the time, the memory and what fails at this size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import resource
 import tempfile
 import time
@@ -191,35 +190,21 @@ def rehearse(args, record: dict, save) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="rehearsal-"))
 
     def train():
-        # a step's windows in one pass is the default; where that does not fit, the run records the
-        # failure and halves the pass, as a user would have to
-        attempts, micro_batch = [], config.micro_batch
-        while True:
-            settings = dataclasses.replace(config, micro_batch=micro_batch)
-            try:
-                vectors, thresholds = train_spon(
-                    model,
-                    mask,
-                    windows["train"].ids,
-                    windows[protocol.VALIDATION_TEXT].ids,
-                    settings,
-                    checkpoint=work / "spon.ckpt",
-                    restart=bool(attempts),
-                    progress=progress,
-                )
-                break
-            except torch.OutOfMemoryError as error:
-                forward = settings.forward_batch()
-                attempts.append({"micro_batch": micro_batch, "error": str(error).splitlines()[0][:300]})
-                print(f"   out of memory at {forward} windows per pass", flush=True)
-                _free(device)
-                if forward == 1:
-                    raise
-                micro_batch = forward // 2
+        vectors, thresholds = train_spon(
+            model,
+            mask,
+            windows["train"].ids,
+            windows[protocol.VALIDATION_TEXT].ids,
+            config,
+            checkpoint=work / "spon.ckpt",
+            progress=progress,
+        )
         t = vectors.meta["training"]
         kept = ("tokens_per_s", "train_s", "teacher_s", "val_s", "val_kl_base", "val_kl_best", "best_step")
-        summary = {k: t[k] for k in kept if k in t} | {"out_of_memory": attempts}
-        return {"vectors": vectors, "thresholds": thresholds, "record": {"config": settings.as_dict(), **summary}}
+        # windows per pass at the end, and the passes that ran out of memory on the way there
+        kept += ("forward_batch", "out_of_memory")
+        summary = {k: t[k] for k in kept if k in t}
+        return {"vectors": vectors, "thresholds": thresholds, "record": {"config": config.as_dict(), **summary}}
 
     trained = stages.run("train", train)
     vectors, thresholds = trained["vectors"], trained["thresholds"]

@@ -40,7 +40,8 @@ def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
         for method, spon in (("dense", False), ("teal", False), ("teal", True))
         for text in ("persuasion", "brown")
     ]
-    assert record["stages"]["train"]["out_of_memory"] == []  # nothing to retry on the CPU
+    assert record["stages"]["train"]["out_of_memory"] == []  # nothing halved on the CPU
+    assert record["stages"]["train"]["forward_batch"] == 4
     assert abs(record["stages"]["reload"]["relative_gap"]) < 1e-2
     assert (work / "export" / "sparsity_thresholds.json").is_file()
     assert not (work / "spon.ckpt").exists()  # a finished run leaves no checkpoint behind

@@ -211,6 +211,50 @@ def test_micro_batches_train_the_vectors_of_the_whole_batch():
             torch.testing.assert_close(parts.alphas[name], alpha, rtol=0, atol=1e-6)
 
 
+def test_a_pass_that_runs_out_of_memory_is_halved_when_the_micro_batch_is_left_to_sponlib(monkeypatch):
+    """With micro_batch 0, a pass of more than two windows "runs out of memory" (a stand-in for
+    CUDA's error): the step starts over with half the windows per pass, twice, and the run ends
+    with the vectors of micro_batch 2, every halving recorded. A micro-batch the user set is
+    left alone: its error goes through."""
+    import sponlib.spon.training as training
+
+    model, thresholds, _ = _setup(level=0.7, initializer_range=0.3)
+    config = TrainConfig(steps=4, batch_size=8, lr=0.03, eval_every=2, checkpoint_every=0, track_sparsity=False)
+    train_ids = _ids(12)
+    halves, _ = train_spon(
+        model,
+        thresholds,
+        train_ids,
+        train_ids[:4],
+        TrainConfig(**{**config.as_dict(), "micro_batch": 2}),
+        progress=False,
+    )
+    real = training.final_hidden
+
+    def tight(model, ids):  # (m, L) -> (m, L, d), refused beyond two windows
+        if ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        return real(model, ids)
+
+    monkeypatch.setattr(training, "final_hidden", tight)
+    shrunk, _ = train_spon(model, thresholds, train_ids, train_ids[:4], config, progress=False)
+    meta = shrunk.meta["training"]
+    assert meta["micro_batch"] == 0 and meta["forward_batch"] == 2
+    assert [tuple(x) for x in meta["out_of_memory"]] == [(0, 8), (0, 4)]
+    assert max(a.abs().max() for a in shrunk.alphas.values()) > 0.05  # the vectors moved
+    for name, alpha in halves.alphas.items():
+        torch.testing.assert_close(shrunk.alphas[name], alpha, rtol=0, atol=1e-6)
+    with pytest.raises(torch.OutOfMemoryError, match="a stand-in"):
+        train_spon(
+            model,
+            thresholds,
+            train_ids,
+            train_ids[:4],
+            TrainConfig(**{**config.as_dict(), "micro_batch": 4}),
+            progress=False,
+        )
+
+
 def test_a_diverging_run_falls_back_to_the_plain_mask():
     model, thresholds, _ = _setup()
     config = TrainConfig(steps=4, batch_size=4, lr=50.0, warmup=0.0, eval_every=2)

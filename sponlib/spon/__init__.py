@@ -6,6 +6,7 @@ trained so that the sparse model's next-token distribution matches the dense mod
     distillation   the objective: teacher states, KL to the teacher, validation KL
     config         `TrainConfig`: a run's settings and their schedules
     checkpoint     resumable runs: checkpoints written atomically, refused for another run
+    passes         a step's forward and backward passes: micro-batches, halved when one runs out of memory
     training       `train_spon`: data-parallel, micro-batched, thresholds that follow the vectors
     export         a plain Hugging Face checkpoint with the vectors folded into its biases
     safeguard      "never worse": the vectors scaled down until they do not hurt held-out text

@@ -2,14 +2,14 @@
 distribution matches the dense model's, KL(p_dense ‖ p_sparse) averaged over every position.
 
 What makes it fast:
-- The teacher never runs twice on a window. Its final hidden states (after the last norm) are
-  computed once, in one inference pass over all training and validation windows, and kept on
-  the device; a step's teacher logits are then one head matmul on them, exactly the logits the
-  dense model gives (the head is the model's own, in the same precision as the student's).
+- The teacher never runs twice on a window: its final hidden states (after the last norm) are
+  computed once for all training and validation windows and kept on the device; a step's teacher
+  logits are one head matmul on them, exactly the dense model's logits, in the student's precision.
 - Model weights are frozen: backward computes input gradients only, no weight gradients.
 - On CUDA the forward runs under bfloat16 autocast; the α stay float32; losses are read back every few steps.
 - `micro_batch` bounds memory: a step's windows go through in parts whose gradients, each
-  weighted by its share, add up to the whole batch's.
+  weighted by its share, add up to the whole batch's; left at 0, a pass that runs out of GPU
+  memory is halved (sponlib.spon.passes).
 
 What makes it safe:
 - Thresholds follow the vectors. SPON pulls the hidden states back towards the dense model's,
@@ -22,17 +22,16 @@ What makes it safe:
   and every `eval_every` steps; the best step's vectors are returned, so SPON never ends worse
   than its base mask on validation.
 - A checkpoint (vectors, optimiser, best so far, history) every `checkpoint_every` steps and on
-  Ctrl-C, written atomically; an interrupted run resumes from it bit for bit (same batches, same
-  learning rates), and refuses a checkpoint made with other settings, data or thresholds.
+  Ctrl-C, written atomically; an interrupted run resumes from it bit for bit, and refuses a
+  checkpoint made with other settings, data or thresholds.
 
 Beyond one GPU:
-- A model spread by a device map (sponlib.models.placement) trains as it is: each vector lives where its
-  projection computes, and the teacher states stay where the final norm puts them.
+- A model spread by a device map (sponlib.models.placement) trains as it is: each vector lives
+  where its projection computes, the teacher states where the final norm puts them.
 - Data-parallel processes (sponlib.distributed; torchrun or accelerate launch) split every batch
-  evenly, average the vectors' gradients, and so take the very steps one process would take on
-  the whole batch: the same vectors up to floating-point order. The teacher and validation
-  windows are shared out too; rank 0 alone checkpoints, and a checkpoint resumes under any number
-  of processes (the batches are the same).
+  evenly and average the vectors' gradients: the steps one process would take on the whole
+  batch, up to floating-point order. Teacher and validation windows are shared out; rank 0 alone
+  checkpoints, and a checkpoint resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -59,9 +58,8 @@ from .bounds import ShiftBound
 from .checkpoint import load_checkpoint, run_key, save_checkpoint
 from .config import TrainConfig
 from .distillation import autocast, kl_to_teacher, resolve_precision, teacher_states, validation_kl
+from .passes import StepPasses
 from .vectors import SponVectors
-
-# ------------------------------------------------------------------ training
 
 
 @dataclass
@@ -147,16 +145,14 @@ class _Trainer:
         shift_limits: dict[str, float] | None,
     ):
         if train_ids.ndim != 2 or val_ids.ndim != 2 or len(train_ids) == 0 or len(val_ids) == 0:
-            raise InvalidArgumentError(
-                "training and validation need (windows, length) token ids, at least one window each"
-            )
+            raise InvalidArgumentError("training and validation take (windows, length) ids, at least one window each")
         if replicas.active and is_sharded(model):
             raise InvalidArgumentError(
                 "a model spread by a device map trains in one process; give each "
                 "data-parallel process a whole model on its own device instead"
             )
         self.batch_share = replicas.batch_share(config.batch_size)  # refuses a batch that does not split
-        self.forward_batch = config.forward_batch(replicas.world_size)
+        self.passes = StepPasses(config.forward_batch(replicas.world_size), automatic=not config.micro_batch)
         replicas.share(len(val_ids), "validation windows")  # refuses too few now, not at the first validation
         self.started = time.perf_counter()
         self.model, self.thresholds, self.config, self.progress = model, thresholds, config, progress
@@ -224,9 +220,7 @@ class _Trainer:
                     "best": self.best,
                     "taus": self.taus,
                     "alphas": {n: a.detach().cpu() for n, a in self.alphas.items()},
-                    "loss": self.history.loss,
-                    "val": self.history.val,
-                    "monitor": self.history.monitor,
+                    **dataclasses.asdict(self.history),  # loss, val, monitor
                 },
             )
 
@@ -277,7 +271,7 @@ class _Trainer:
         """KL(p_dense ‖ p_sparse) on windows (M, L) whose teacher states are `teacher` (M, L, d)."""
         thresholds = self._current_thresholds()
         return validation_kl(
-            self.model, thresholds, self.alphas, ids, teacher, self.forward_batch, self.precision, self.replicas
+            self.model, thresholds, self.alphas, ids, teacher, self.passes.forward_batch, self.precision, self.replicas
         )
 
     def train_step(self) -> None:
@@ -286,17 +280,7 @@ class _Trainer:
         index = config.batch_at(self.step, len(self.train_ids))[self.batch_share]
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr_at(self.step)
-        loss = 0.0
-        for part in index.split(self.forward_batch):  # micro-batches: their gradients add up to the batch's
-            batch = self.train_ids[part].to(self.device)  # (m, L)
-            with self.sparsifier, autocast(self.device, self.precision):
-                student = head_logits(self.model, final_hidden(self.model, batch))  # (m, L, V)
-                with torch.no_grad():
-                    teacher = self.train_teacher[part.to(self.train_teacher.device)]  # (m, L, d)
-                    target = head_logits(self.model, teacher)  # (m, L, V)
-                part_loss = kl_to_teacher(student, target) * (len(part) / len(index))  # its share of the mean
-            part_loss.backward()
-            loss = loss + part_loss.detach()
+        loss = self.passes.run(self.step, index, self._one_pass, lambda: self.optimizer.zero_grad(set_to_none=True))
         # equal parts, so the mean of the processes' gradients is the whole batch's gradient
         self.replicas.all_reduce_mean_([a.grad for a in self.alphas.values()])
         self.optimizer.step()
@@ -307,19 +291,33 @@ class _Trainer:
         self.tokens_done += index.numel() * self.train_ids.shape[1] * self.replicas.world_size
         self.pending.append((self.step, loss.detach()))
 
+    def _one_pass(self, part: torch.Tensor, share: float) -> torch.Tensor:
+        """Forward and backward on training windows `part` (m,), the loss weighted by `share`."""
+        batch = self.train_ids[part].to(self.device)  # (m, L)
+        with self.sparsifier, autocast(self.device, self.precision):
+            student = head_logits(self.model, final_hidden(self.model, batch))  # (m, L, V)
+            with torch.no_grad():
+                teacher = self.train_teacher[part.to(self.train_teacher.device)]  # (m, L, d)
+                target = head_logits(self.model, teacher)  # (m, L, V)
+            part_loss = kl_to_teacher(student, target) * share  # its share of the batch's mean
+        part_loss.backward()
+        return part_loss.detach()
+
     # ------------------------------------------------------------ the run
 
     def run(self, callback=None) -> tuple[SponVectors, Thresholds]:
         config = self.config
         started = time.perf_counter()
         self.train_teacher = teacher_states(
-            self.model, self.train_ids, self.forward_batch, self.precision, self.progress, self.replicas
+            self.model, self.train_ids, self.passes.forward_batch, self.precision, self.progress, self.replicas
         )  # (N, L, d)
         self.val_teacher = teacher_states(
-            self.model, self.val_ids, self.forward_batch, self.precision, self.progress, self.replicas
+            self.model, self.val_ids, self.passes.forward_batch, self.precision, self.progress, self.replicas
         )  # (M, L, d)
         self.monitor_teacher = {
-            name: teacher_states(self.model, ids, self.forward_batch, self.precision, self.progress, self.replicas)
+            name: teacher_states(
+                self.model, ids, self.passes.forward_batch, self.precision, self.progress, self.replicas
+            )
             for name, ids in self.monitor_ids.items()
         }
         self.teacher_s = time.perf_counter() - started
@@ -381,6 +379,8 @@ class _Trainer:
             "val_windows": len(self.val_ids),
             "window_len": self.train_ids.shape[1],
             "train_tokens": self.tokens_before + self.tokens_done,
+            "forward_batch": self.passes.forward_batch,  # windows per pass at the end
+            "out_of_memory": self.passes.out_of_memory,
             "best_step": best["step"],
             "val_kl_base": self.history.val[0][1],
             "val_kl_best": best["kl"],
@@ -395,6 +395,6 @@ class _Trainer:
             **self.replicas.describe(),
             "parameters": result.parameter_count(),
             "shift_bounded": self.bound is not None,
-            "history": {"loss": self.history.loss, "val": self.history.val, "monitor": self.history.monitor},
+            "history": dataclasses.asdict(self.history),
         }
         return result, thresholds
