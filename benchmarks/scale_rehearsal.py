@@ -6,6 +6,9 @@ the stages it finished.
     python benchmarks/scale_rehearsal.py --shape qwen3-8b --json data/results/scale_rehearsal_qwen3_h200.json
     python benchmarks/scale_rehearsal.py --shape tiny --device cpu --steps 2 --json ...   (seconds: the test)
 
+On a machine without the default model's package, `--tokenizer FOLDER` takes its tokenizer files
+(tokenizer.json, tokenizer_config.json) from a folder instead.
+
 Stages, as sponlib's Python recipe runs them:
     build       the model from a config with seeded random bf16 weights (nothing is downloaded)
     text        the shipped corpora tokenized by the default model's tokenizer (its ids fit inside
@@ -13,10 +16,15 @@ Stages, as sponlib's Python recipe runs them:
     calibrate   dense statistics and sparse-aware refinement at the protocol levels, both rules
     train       SPON at one level (teacher states, steps, validations, a checkpoint to resume from)
     evaluate    perplexity dense / mask / SPON on the in-domain and out-of-domain test texts
-    export      the vectors folded into biases, a Hugging Face folder with the thresholds
+    profile     with --profile: three training steps under torch.profiler, the operators that
+                take the device time
+    export      the vectors folded into biases, a Hugging Face folder with the thresholds; where
+                the config cannot take the biases (Qwen3's MLP) the refusal is recorded and the
+                user's way on is taken instead: the model and its vectors, applied at run time
     reload      that folder loaded by transformers alone, its perplexity under the exported
                 thresholds against the SPON model's
-    decode      batch-1 greedy decoding of the reloaded model, dense and with the sparse kernels
+    decode      batch-1 greedy decoding of the reloaded model (else the trained one), dense and
+                with the fused sparse kernels
 
 The weights are random, so perplexities and recoveries mean nothing here and the record says so:
 it is for the time, the memory and what fails at this size.
@@ -25,6 +33,7 @@ it is for the time, the memory and what fails at this size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import tempfile
 import time
@@ -33,12 +42,22 @@ from pathlib import Path
 import torch
 
 from sponlib.data import load_corpus, load_windows
+from sponlib.errors import UnsupportedArchitectureError
 from sponlib.experiments import protocol
 from sponlib.models import resolve_device
 from sponlib.records import write_result
 
 from kernel_shapes import LLAMA3_8B
 
+TINY = dict(
+    vocab_size=49152,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=False,
+)
 SHAPES = {  # config class name -> fields; the 8B shapes are the published configs' sizes (the kernel
     # benchmark's Llama-3-8B among them)
     "llama3-8b": ("LlamaConfig", LLAMA3_8B),
@@ -58,18 +77,8 @@ SHAPES = {  # config class name -> fields; the 8B shapes are the published confi
         ),
     ),
     # the default tokenizer's 49152 ids; small enough for a CPU test in seconds
-    "tiny": (
-        "LlamaConfig",
-        dict(
-            vocab_size=49152,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=False,
-        ),
-    ),
+    "tiny": ("LlamaConfig", TINY),
+    "tiny-qwen3": ("Qwen3Config", TINY | dict(head_dim=16)),
 }
 QUALITY_NOTE = "random weights: perplexities and recoveries are meaningless; times and memory are the point"
 
@@ -144,7 +153,6 @@ def decode_seconds(model, prompt: torch.Tensor, tokens: int, max_len: int) -> fl
 
 def rehearse(args, record: dict, save) -> None:
     """Every stage in turn (see the module docstring)."""
-    from sponlib.kernels import swap_in, swap_out
     from sponlib.perplexity import evaluate
     from sponlib.sparsity import Thresholds, calibrate
     from sponlib.spon import TrainConfig, fold_and_export, train_spon
@@ -217,13 +225,23 @@ def rehearse(args, record: dict, save) -> None:
         return {"record": {"rows": rows, "note": QUALITY_NOTE}}
 
     stages.run("evaluate", evaluation)
+    if args.profile:
+        stages.run("profile", lambda: {"record": profile_steps(model, mask, windows, config, device)})
     export_dir = work / "export"
 
     def export():
-        folder = fold_and_export(model, tokenizer, vectors, thresholds, export_dir)
+        try:
+            folder = fold_and_export(model, tokenizer, vectors, thresholds, export_dir)
+        except UnsupportedArchitectureError as refusal:  # e.g. Qwen3's config has no MLP bias switch
+            return {"record": {"refused": str(refusal)}}
         return {"record": {"folder_GB": _folder_gb(folder)}}
 
     stages.run("export", export)
+    prompt = windows[protocol.TEST_TEXTS[0]].ids[:1, :64].to(device)  # (1, 64)
+    if "refused" in record["stages"]["export"]:  # the user keeps the model and the SPON file
+        alphas = {name: a.to(device) for name, a in vectors.alphas.items()}
+        stages.run("decode", lambda: decode(model, thresholds, alphas, prompt, args))
+        return
     spon_ppl = record["stages"]["evaluate"]["rows"][-len(tests)]["ppl"]
     model.to("meta")  # its weights leave the device before the export is loaded beside it
     _free(device)
@@ -242,26 +260,56 @@ def rehearse(args, record: dict, save) -> None:
         }
 
     reloaded = stages.run("reload", reload)
-    loaded, exported = reloaded["model"], reloaded["thresholds"]
+    stages.run("decode", lambda: decode(reloaded["model"], reloaded["thresholds"], None, prompt, args))
 
-    def decode():
-        prompt = windows[protocol.TEST_TEXTS[0]].ids[:1, :64].to(device)  # (1, 64)
-        dense_s = decode_seconds(loaded, prompt, args.tokens, args.max_len)
-        torch._dynamo.reset()
-        swap_in(loaded, exported, fuse=True)
-        sparse_s = decode_seconds(loaded, prompt, args.tokens, args.max_len)
-        swap_out(loaded)
-        torch._dynamo.reset()
-        return {
-            "record": {
-                "tokens": args.tokens,
-                "dense_tokens_per_s": round(1 / dense_s, 1),
-                "sparse_fused_tokens_per_s": round(1 / sparse_s, 1),
-                "speedup": round(dense_s / sparse_s, 3),
-            }
+
+def decode(model, thresholds, alphas, prompt: torch.Tensor, args) -> dict:
+    """Batch-1 greedy decoding, dense and through the fused sparse kernels (`alphas` folded in at
+    swap-in, where they are not in the weights already)."""
+    from sponlib.kernels import swap_in, swap_out
+
+    dense_s = decode_seconds(model, prompt, args.tokens, args.max_len)
+    torch._dynamo.reset()
+    swap_in(model, thresholds, alphas, fuse=True)
+    sparse_s = decode_seconds(model, prompt, args.tokens, args.max_len)
+    swap_out(model)
+    torch._dynamo.reset()
+    return {
+        "record": {
+            "tokens": args.tokens,
+            "dense_tokens_per_s": round(1 / dense_s, 1),
+            "sparse_fused_tokens_per_s": round(1 / sparse_s, 1),
+            "speedup": round(dense_s / sparse_s, 3),
         }
+    }
 
-    stages.run("decode", decode)
+
+def profile_steps(model, mask, windows: dict, config, device: torch.device, top: int = 20) -> dict:
+    """Where a training step's time goes: three steps on 64 windows (one validation window, no
+    refits) under torch.profiler, the operators with the most device time (CPU time on a CPU)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from sponlib.spon import train_spon
+
+    short = dataclasses.replace(config, steps=3, eval_every=3, checkpoint_every=0, track_sparsity=False)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    train, validation = windows["train"].ids[:64], windows[protocol.VALIDATION_TEXT].ids[:1]
+    with profile(activities=activities) as profiler:
+        train_spon(model, mask, train, validation, short, progress=False)
+    ops = [e for e in profiler.key_averages() if e.device_type == DeviceType.CPU]  # operators, not kernels
+
+    def spent(event) -> float:  # microseconds
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+    total = sum(spent(e) for e in ops)
+    rows = sorted(ops, key=spent, reverse=True)[:top]
+    table = [
+        {"op": e.key, "calls": e.count, "ms": round(spent(e) / 1e3, 2), "share": round(spent(e) / total, 4)}
+        for e in rows
+    ]
+    return {"steps": short.steps, "clock": "device" if cuda else "cpu", "total_ms": round(total / 1e3, 1), "ops": table}
 
 
 def _folder_gb(folder: Path) -> float:
@@ -297,6 +345,9 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=8, help="windows per evaluation pass (default 8)")
     parser.add_argument("--tokens", type=int, default=128, help="decoding steps timed (default 128)")
     parser.add_argument("--max-len", type=int, default=512, help="decoding cache length (default 512)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile three training steps (the operators that take the time)"
+    )
     parser.add_argument("--work", help="folder for the checkpoint and the export (default a new temporary one)")
     args = parser.parse_args()
     device = resolve_device(args.device)

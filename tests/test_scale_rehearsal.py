@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["build", "text", "calibrate", "train", "evaluate", "export", "reload", "decode"]
 
 
-@pytest.mark.slow
-def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
+def _rehearse(tmp_path, shape: str, *extra: str) -> tuple[dict, Path]:
+    """The rehearsal on a tiny shape, on the CPU, at the smallest settings -> (record, work folder)."""
     out, work = tmp_path / "rehearsal.json", tmp_path / "work"
     small = ["--steps", "2", "--train-batch", "4", "--train-windows", "8", "--windows", "8", "--val-windows", "2"]
-    small += ["--eval-windows", "2", "--tokens", "4"]
+    small += ["--eval-windows", "2", "--tokens", "4", *extra]
     done = subprocess.run(
-        [sys.executable, "benchmarks/scale_rehearsal.py", "--shape", "tiny", "--device", "cpu", *small]
+        [sys.executable, "benchmarks/scale_rehearsal.py", "--shape", shape, "--device", "cpu", *small]
         + ["--work", str(work), "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
@@ -30,7 +30,12 @@ def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
         env=os.environ | {"TQDM_DISABLE": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(out.read_text())
+    return json.loads(out.read_text()), work
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
+    record, work = _rehearse(tmp_path, "tiny")
     assert record["kind"] == "scale-rehearsal" and "meaningless" in record["note"]
     assert list(record["stages"]) == STAGES
     assert all(stage["seconds"] > 0 and stage["host_peak_rss_GB"] > 0 for stage in record["stages"].values())
@@ -45,6 +50,22 @@ def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
     assert abs(record["stages"]["reload"]["relative_gap"]) < 1e-2
     assert (work / "export" / "sparsity_thresholds.json").is_file()
     assert not (work / "spon.ckpt").exists()  # a finished run leaves no checkpoint behind
+    assert record["stages"]["decode"]["sparse_fused_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_a_config_without_mlp_biases_decodes_with_its_vectors_and_profiling_names_the_costly_operators(tmp_path):
+    """Qwen3's config has no bias switch for the MLP: the export's refusal is recorded and the
+    rehearsal goes on as the refusal tells a user to, decoding the trained model with its vectors
+    applied at run time; --profile adds a table of the operators that took the time."""
+    record, work = _rehearse(tmp_path, "tiny-qwen3", "--profile")
+    assert list(record["stages"]) == STAGES[:5] + ["profile", "export", "decode"]
+    assert "cannot give 6 projections a bias" in record["stages"]["export"]["refused"]
+    assert not (work / "export").exists()
+    profile = record["stages"]["profile"]
+    assert profile["clock"] == "cpu" and len(profile["ops"]) == 20
+    assert all(row["op"].startswith("aten::") for row in profile["ops"][:3])
+    assert sum(row["share"] for row in profile["ops"]) <= 1.0
     assert record["stages"]["decode"]["sparse_fused_tokens_per_s"] > 0
 
 
