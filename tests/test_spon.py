@@ -255,6 +255,37 @@ def test_a_pass_that_runs_out_of_memory_is_halved_when_the_micro_batch_is_left_t
         )
 
 
+def test_the_kl_backward_in_chunks_of_positions_gives_the_loss_and_gradients_of_the_whole():
+    """The head's logits a chunk of positions at a time (7 of 48, the last chunk short), each
+    chunk's backward at once and the model's once after: the loss and the vectors' gradients of
+    the plain formula, the whole pass's logits at once."""
+    from sponlib.spon.distillation import kl_backward
+
+    model, thresholds, vectors = _setup(level=0.7)
+    ids = _ids(2, 24, seed=5)
+    with torch.no_grad():
+        teacher = final_hidden(model, ids)  # (2, 24, d), dense
+
+    def run(chunk):  # -> (loss, the vectors' gradients)
+        alphas = {n: a.clone().requires_grad_(True) for n, a in vectors.alphas.items()}
+        with Sparsifier(model, thresholds, alphas=alphas):
+            hidden = final_hidden(model, ids)
+            if chunk is None:
+                loss = kl_to_teacher(head_logits(model, hidden), head_logits(model, teacher)) * 0.5
+                loss.backward()
+            else:
+                loss = kl_backward(model, hidden, teacher, 0.5, "fp32", chunk)
+        return loss.detach(), {n: a.grad for n, a in alphas.items()}
+
+    plain_loss, plain_grads = run(None)
+    assert plain_loss > 0 and max(g.abs().max() for g in plain_grads.values()) > 0
+    for chunk in (7, 48, 1000):
+        loss, grads = run(chunk)
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=0)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
 def test_a_diverging_run_falls_back_to_the_plain_mask():
     model, thresholds, _ = _setup()
     config = TrainConfig(steps=4, batch_size=4, lr=50.0, warmup=0.0, eval_every=2)

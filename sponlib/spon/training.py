@@ -6,6 +6,8 @@ What makes it fast:
   computed once for all training and validation windows and kept on the device; a step's teacher
   logits are one head matmul on them, exactly the dense model's logits, in the student's precision.
 - Model weights are frozen: backward computes input gradients only, no weight gradients.
+- The head's logits exist a chunk of positions at a time, their backward run chunk by chunk
+  (distillation.kl_backward): at a 128k vocabulary a pass's whole logits would take tens of GB.
 - On CUDA the forward runs under bfloat16 autocast; the α stay float32; losses are read back every few steps.
 - `micro_batch` bounds memory: a step's windows go through in parts whose gradients, each
   weighted by its share, add up to the whole batch's; left at 0, a pass that runs out of GPU
@@ -48,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import Replicas
 from ..errors import InvalidArgumentError, NumericalError
-from ..models.head import final_hidden, head_logits
+from ..models.head import final_hidden
 from ..models.placement import device_record, input_device, is_sharded, model_devices, placement_record, synchronize
 from ..progress import no_bars
 from ..sparsity.calibration import refine_thresholds
@@ -57,7 +59,7 @@ from ..sparsity.thresholds import Thresholds
 from .bounds import ShiftBound
 from .checkpoint import load_checkpoint, run_key, save_checkpoint
 from .config import TrainConfig
-from .distillation import autocast, kl_to_teacher, resolve_precision, teacher_states, validation_kl
+from .distillation import autocast, kl_backward, resolve_precision, teacher_states, validation_kl
 from .passes import StepPasses
 from .vectors import SponVectors
 
@@ -295,13 +297,9 @@ class _Trainer:
         """Forward and backward on training windows `part` (m,), the loss weighted by `share`."""
         batch = self.train_ids[part].to(self.device)  # (m, L)
         with self.sparsifier, autocast(self.device, self.precision):
-            student = head_logits(self.model, final_hidden(self.model, batch))  # (m, L, V)
-            with torch.no_grad():
-                teacher = self.train_teacher[part.to(self.train_teacher.device)]  # (m, L, d)
-                target = head_logits(self.model, teacher)  # (m, L, V)
-            part_loss = kl_to_teacher(student, target) * share  # its share of the batch's mean
-        part_loss.backward()
-        return part_loss.detach()
+            hidden = final_hidden(self.model, batch)  # (m, L, d)
+        teacher = self.train_teacher[part.to(self.train_teacher.device)]  # (m, L, d)
+        return kl_backward(self.model, hidden, teacher, share, self.precision)  # the head a chunk at a time
 
     # ------------------------------------------------------------ the run
 
