@@ -259,7 +259,7 @@ def test_the_kl_backward_in_chunks_of_positions_gives_the_loss_and_gradients_of_
     """The head's logits a chunk of positions at a time (7 of 48, the last chunk short), each
     chunk's backward at once and the model's once after: the loss and the vectors' gradients of
     the plain formula, the whole pass's logits at once."""
-    from sponlib.spon.distillation import kl_backward
+    from sponlib.spon.distillation import kl_backward, validation_kl
 
     model, thresholds, vectors = _setup(level=0.7)
     ids = _ids(2, 24, seed=5)
@@ -284,6 +284,9 @@ def test_the_kl_backward_in_chunks_of_positions_gives_the_loss_and_gradients_of_
         torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=0)
         for name, grad in plain_grads.items():
             torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7)
+    # validation reads its logits in chunks too: the same KL
+    kls = [validation_kl(model, thresholds, vectors.alphas, ids, teacher, 2, "fp32", chunk=c) for c in (7, 1000)]
+    assert kls[0] == pytest.approx(kls[1], rel=1e-6) and kls[0] == pytest.approx(plain_loss.item() * 2, rel=1e-5)
 
 
 def test_a_diverging_run_falls_back_to_the_plain_mask():

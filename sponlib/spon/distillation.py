@@ -51,18 +51,24 @@ def kl_backward(
     runs once from the states' gradient. The same gradients as the whole at once, without
     recomputing anything. Returns the weighted loss, detached."""
     states = hidden.detach().requires_grad_(True)  # (m, L, d): the head's backward stops here
-    flat, flat_teacher = states.flatten(0, -2), teacher.flatten(0, -2)  # (N, d), (N, d)
-    positions, total = flat.shape[0], torch.zeros((), device=hidden.device)
-    for start in range(0, positions, chunk):
+    positions, total = states[..., 0].numel(), torch.zeros((), device=hidden.device)
+    for student_part, teacher_part in _chunks(states, teacher, chunk):  # (n, d) each
         with autocast(hidden.device, precision):
-            student = head_logits(model, flat[start : start + chunk])  # (n, V)
+            student = head_logits(model, student_part)  # (n, V)
             with torch.no_grad():
-                target = head_logits(model, flat_teacher[start : start + chunk])  # (n, V)
+                target = head_logits(model, teacher_part)  # (n, V)
             loss = kl_to_teacher(student, target) * (weight * student.shape[0] / positions)
         loss.backward()
         total += loss.detach().to(total.device)
     hidden.backward(states.grad)
     return total
+
+
+def _chunks(states: torch.Tensor, teacher: torch.Tensor, chunk: int):
+    """(m, L, d) student and teacher states -> pairs of (n, d) slices of `chunk` positions."""
+    flat, flat_teacher = states.flatten(0, -2), teacher.flatten(0, -2)  # (N, d), (N, d)
+    for start in range(0, flat.shape[0], chunk):
+        yield flat[start : start + chunk], flat_teacher[start : start + chunk]
 
 
 def autocast(device: torch.device, precision: str):
@@ -109,10 +115,11 @@ def validation_kl(
     batch_size: int,
     precision: str,
     replicas: Replicas | None = None,
+    chunk: int = KL_CHUNK,
 ) -> float:
     """Mean KL(p_dense ‖ p_sparse) per position over validation windows (N, L), under `alphas`;
-    `teacher` holds their dense final hidden states (N, L, d). Data-parallel processes each take
-    their share of the windows and sum."""
+    `teacher` holds their dense final hidden states (N, L, d). The head's logits are made `chunk`
+    positions at a time. Data-parallel processes each take their share of the windows and sum."""
     replicas = replicas or Replicas()
     device = input_device(model)
     share = replicas.share(len(ids), "validation windows")
@@ -122,9 +129,10 @@ def validation_kl(
         for start in range(0, len(ids), batch_size):
             batch = ids[start : start + batch_size].to(device)  # (B, L)
             with autocast(device, precision):
-                student = head_logits(model, final_hidden(model, batch))  # (B, L, V)
-                target = head_logits(model, teacher[start : start + batch_size])  # (B, L, V)
-            total += kl_to_teacher(student, target).item() * batch.numel()
+                hidden = final_hidden(model, batch)  # (B, L, d)
+                for student_part, teacher_part in _chunks(hidden, teacher[start : start + batch_size], chunk):
+                    student, target = head_logits(model, student_part), head_logits(model, teacher_part)
+                    total += kl_to_teacher(student, target).item() * student.shape[0]  # (n, V) each
             positions += batch.numel()
     total, positions = replicas.sum(torch.tensor([total, positions], dtype=torch.float64)).tolist()
     return total / positions
