@@ -105,6 +105,11 @@ def load_tokenizer(name_or_folder: str):
     from sponlib.models.gguf import KNOWN_MODELS, prepare_model
 
     folder = prepare_model(name_or_folder) if name_or_folder in KNOWN_MODELS else Path(name_or_folder)
+    if not (folder / "tokenizer_config.json").is_file():
+        raise SystemExit(
+            f"--tokenizer {name_or_folder}: neither a known model ({', '.join(KNOWN_MODELS)}) nor a folder of "
+            "tokenizer files; leave it out to use the default model's tokenizer"
+        )
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -161,11 +166,11 @@ def rehearse(args, record: dict, save) -> None:
     device, dtype = resolve_device(args.device), torch.bfloat16
     stages = Stages(device, record, save)
     progress = True  # bars honour TQDM_DISABLE
+    tokenizer = load_tokenizer(args.tokenizer)  # a wrong folder fails before an 8B model is built
     model = stages.run("build", lambda: build_model(args.shape, device, dtype))
     record["parameters_B"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
 
     def text():
-        tokenizer = load_tokenizer(args.tokenizer)
         counts = {protocol.CALIBRATION_TEXT: args.windows, protocol.VALIDATION_TEXT: args.val_windows}
         counts |= {name: args.eval_windows for name in protocol.TEST_TEXTS}
         windows = {  # the protocol's texts, windows and seed, as the command line picks them
@@ -180,10 +185,9 @@ def rehearse(args, record: dict, save) -> None:
         if top >= model.config.vocab_size:
             raise SystemExit(f"token id {top} is outside the {args.shape} vocabulary ({model.config.vocab_size})")
         described = {name: w.describe() for name, w in windows.items()}
-        return {"tokenizer": tokenizer, "windows": windows, "record": {"texts": described}}
+        return {"windows": windows, "record": {"texts": described}}
 
-    made = stages.run("text", text)
-    tokenizer, windows = made["tokenizer"], made["windows"]
+    windows = stages.run("text", text)["windows"]
     tests = [windows[name] for name in protocol.TEST_TEXTS]
 
     def calibration():

@@ -78,3 +78,15 @@ def test_the_rehearsal_refuses_an_unknown_shape_before_building_anything(tmp_pat
     )
     assert done.returncode == 2 and "invalid choice: 'llama3-70b'" in done.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_rehearsal_says_what_a_tokenizer_folder_lacks(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/scale_rehearsal.py", "--shape", "tiny", "--device", "cpu"]
+        + ["--tokenizer", str(tmp_path), "--json", str(tmp_path / "x.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "nor a folder of tokenizer files" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "x.json").exists()  # refused before anything was built or written
