@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sponlib.records import results_dir
-from sponlib.reports.readme import update_readme
+from sponlib.reports.readme import result_pages, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +33,11 @@ def test_environment_yml_installs_the_project_through_pip():
     assert pip_section == ["--editable .[dev]"]
 
 
-def test_readme_result_tables_match_their_json():
-    assert update_readme(ROOT / "README.md", check=True) is False, "run `python -m sponlib readme`"
+def test_readme_and_docs_result_tables_match_their_json():
+    pages = result_pages(ROOT)
+    assert ROOT / "README.md" in pages and ROOT / "docs" / "scale.md" in pages
+    for page in pages:
+        assert update_readme(page, check=True) is False, f"{page.name}: run `python -m sponlib readme`"
 
 
 def test_dense_baseline_is_recorded_as_the_protocol_asks():

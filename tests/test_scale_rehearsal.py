@@ -90,3 +90,26 @@ def test_the_rehearsal_says_what_a_tokenizer_folder_lacks(tmp_path):
     )
     assert done.returncode == 1 and "nor a folder of tokenizer files" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "x.json").exists()  # refused before anything was built or written
+
+
+def test_the_rehearsal_table_reads_both_forms_of_the_out_of_memory_record():
+    """The committed first record (the micro-batch tried, cut before decoding) and the same with
+    the form training now records, (step, windows a pass), and a decode stage (format only)."""
+    import copy
+
+    from sponlib.records import load_result
+    from sponlib.reports.scale import render_rehearsal
+
+    record = load_result("scale_rehearsal_h200_before_fixes.json")
+    text = render_rehearsal(record)
+    assert "10,414 tokens/s, 16 windows a pass (out of memory at 32 windows a pass)" in text
+    assert "The run stopped before: decode." in text
+    later = copy.deepcopy(record)
+    later["stages"]["train"]["out_of_memory"] = [[0, 32], [0, 16]]
+    later["stages"]["train"]["forward_batch"] = 8
+    later["stages"]["decode"] = {"seconds": 80.9, "dense_tokens_per_s": 172.0, "sparse_fused_tokens_per_s": 237.1}
+    later["stages"]["decode"]["speedup"] = 1.379
+    text = render_rehearsal(later)
+    assert "8 windows a pass (out of memory at 32, 16 windows a pass)" in text
+    assert "| batch-1 decoding | 80.9 |  |  | 172 → 237 tokens/s (×1.38)" in text
+    assert "stopped before" not in text

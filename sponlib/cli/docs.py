@@ -1,4 +1,5 @@
-"""`readme` and `figures`: the README's result tables and figures from data/results/. They load
+"""`readme` and `figures`: the result tables of the README and docs/, and the README's figures,
+from data/results/. They load
 the maintainers' tooling (sponlib.reports), which nothing else imports."""
 
 from __future__ import annotations
@@ -7,9 +8,9 @@ from ..errors import SponlibError
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("readme", help="regenerate the README's result tables from data/results/")
-    p.add_argument("--readme", default="README.md")
-    p.add_argument("--check", action="store_true", help="fail if the README is out of date instead of writing")
+    p = sub.add_parser("readme", help="regenerate the result tables of the README and docs/ from data/results/")
+    p.add_argument("--readme", help="one page to regenerate (default: the README and every page of docs/ with tables)")
+    p.add_argument("--check", action="store_true", help="fail if a page is out of date instead of writing")
     p.set_defaults(run=cmd_readme)
 
     p = sub.add_parser("figures", help="export the README's figures as PNG from data/results/ (needs chromium)")
@@ -25,12 +26,13 @@ def add_commands(sub) -> None:
 
 
 def cmd_readme(args) -> None:
-    from ..reports.readme import update_readme
+    from ..reports.readme import result_pages, update_readme
 
-    changed = update_readme(args.readme, check=args.check)
-    if args.check and changed:
-        raise SponlibError(f"{args.readme} is out of date with data/results/; run `python -m sponlib readme`")
-    print(f"{args.readme}: {'updated' if changed else 'up to date'}")
+    for page in [args.readme] if args.readme else result_pages():
+        changed = update_readme(page, check=args.check)
+        if args.check and changed:
+            raise SponlibError(f"{page} is out of date with data/results/; run `python -m sponlib readme`")
+        print(f"{page}: {'updated' if changed else 'up to date'}")
 
 
 def cmd_figures(args) -> None:

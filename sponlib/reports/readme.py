@@ -1,13 +1,13 @@
-"""README result tables, rendered from the JSON files under data/results/.
+"""README and docs result tables, rendered from the JSON files under data/results/.
 
-The README holds each table between two markers naming its source file:
+The README (and any page under docs/) holds each table between two markers naming its source file:
 
     <!-- results: dense_baseline.json -->
     ...generated markdown...
     <!-- /results -->
 
 `python -m sponlib readme` rewrites those blocks; a test checks they match, so a number in the
-README is always the one its JSON records.
+README or the docs is always the one its JSON records.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..io import atomic_write_text
 from ..records import load_result
-from . import kernels, quality, robust, speed
+from . import kernels, quality, robust, scale, speed
 
 _BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -45,6 +45,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "multigpu.json": speed.render_multigpu,
     "multigpu_agreement.json": speed.render_multigpu,
     "multigpu_halves.json": speed.render_multigpu,
+    "scale_rehearsal_h200_before_fixes.json": scale.render_rehearsal,
 }
 
 
@@ -52,6 +53,13 @@ def render_block(filename: str) -> str:
     if filename not in RENDERERS:
         raise KeyError(f"no README renderer for {filename}; known: {', '.join(RENDERERS)}")
     return RENDERERS[filename](load_result(filename))
+
+
+def result_pages(root: str | Path = ".") -> list[Path]:
+    """The README and every page under docs/ that holds a results block."""
+    root = Path(root)
+    pages = [root / "README.md"] + sorted((root / "docs").glob("*.md"))
+    return [page for page in pages if page.is_file() and "<!-- results: " in page.read_text()]
 
 
 def update_readme(path: str | Path = "README.md", check: bool = False) -> bool:
