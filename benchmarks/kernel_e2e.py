@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from kernel_shapes import DTYPE, E2E_LEVELS, LLAMA3_8B
+from kernel_shapes import DTYPE, E2E_LEVELS, LLAMA3_8B, random_model
 
 
 def decode_bytes(model, sparsity_by_name: dict[str, float], max_len: int) -> tuple[float, float]:
@@ -210,18 +210,12 @@ def e2e(
 def _llama_model(levels, dtype: torch.dtype = DTYPE):
     """A Llama-3-8B-shaped model with seeded random weights, and its thresholds per level from
     sponlib.sparsity.calibrate on random tokens."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import LlamaConfig
 
     from sponlib.sparsity import calibrate
 
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA3_8B), dtype=dtype).eval()
+    model = random_model(LlamaConfig(**LLAMA3_8B), "cuda", dtype)
     config = model.config
-    with torch.no_grad():  # seeded N(0, 0.02) weights, unit norms, whatever the library's init did
-        for name, param in model.named_parameters():
-            param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0.0, 0.02)
-    model.requires_grad_(False)
     ids = torch.randint(0, config.vocab_size, (8, 128), device="cuda")
     calibration = calibrate(
         model,

@@ -1,5 +1,6 @@
 """Shapes and settings shared by the parts of benchmarks/kernels_h200.py: the Llama-3-8B and
-SmolLM2 projection shapes, the sparsity levels, the dtype of the bf16 runs."""
+SmolLM2 projection shapes, the sparsity levels, the dtype of the bf16 runs; and the seeded
+random-weight models that its decoding parts and benchmarks/scale_rehearsal.py build."""
 
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ LLAMA3_8B = dict(
     rope_theta=500000.0,
     tie_word_embeddings=False,
 )
+
+
+def random_model(config, device, dtype: torch.dtype, seed: int = 0):
+    """The model of a transformers `config` on `device`, with seeded N(0, 0.02) weights and unit
+    norms whatever the library's own initialisation did, in eval mode with gradients off."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0.0, 0.02)
+    return model.requires_grad_(False)
+
+
 SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
 
 

@@ -47,7 +47,7 @@ from sponlib.experiments import protocol
 from sponlib.models import resolve_device
 from sponlib.records import write_result
 
-from kernel_shapes import LLAMA3_8B
+from kernel_shapes import LLAMA3_8B, random_model
 
 TINY = dict(
     vocab_size=49152,
@@ -84,18 +84,11 @@ QUALITY_NOTE = "random weights: perplexities and recoveries are meaningless; tim
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """The model of `shape` on `device` with seeded N(0, 0.02) weights and unit norms."""
+    """The model of `shape` on `device` with seeded random weights (kernel_shapes.random_model)."""
     import transformers
 
     class_name, fields = SHAPES[shape]
-    config = getattr(transformers, class_name)(**fields)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.fill_(1.0) if name.endswith("norm.weight") else param.normal_(0.0, 0.02)
-    return model.requires_grad_(False)
+    return random_model(getattr(transformers, class_name)(**fields), device, dtype, seed)
 
 
 def load_tokenizer(name_or_folder: str):
