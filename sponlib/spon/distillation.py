@@ -130,9 +130,11 @@ def validation_kl(
             batch = ids[start : start + batch_size].to(device)  # (B, L)
             with autocast(device, precision):
                 hidden = final_hidden(model, batch)  # (B, L, d)
+                summed = 0.0  # read back once per batch, not per chunk
                 for student_part, teacher_part in _chunks(hidden, teacher[start : start + batch_size], chunk):
                     student, target = head_logits(model, student_part), head_logits(model, teacher_part)
-                    total += kl_to_teacher(student, target).item() * student.shape[0]  # (n, V) each
+                    summed = summed + kl_to_teacher(student, target) * student.shape[0]  # (n, V) each
+            total += float(summed)
             positions += batch.numel()
     total, positions = replicas.sum(torch.tensor([total, positions], dtype=torch.float64)).tolist()
     return total / positions
