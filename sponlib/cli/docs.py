@@ -1,6 +1,6 @@
 """`readme` and `figures`: the result tables of the README and docs/, and the README's figures,
-from data/results/. They load
-the maintainers' tooling (sponlib.reports), which nothing else imports."""
+from data/results/. They load the maintainers' tooling (sponlib.reports), which nothing else
+imports."""
 
 from __future__ import annotations
 
