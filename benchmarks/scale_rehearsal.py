@@ -18,6 +18,7 @@ Stages, as sponlib's Python recipe runs them:
     evaluate    perplexity dense / mask / SPON on the in-domain and out-of-domain test texts
     profile     with --profile: three training steps under torch.profiler, the operators that
                 take the device time
+    passes      with --pass-sizes: training throughput and peak memory at each windows per pass
     export      the vectors folded into biases, a Hugging Face folder with the thresholds; where
                 the config cannot take the biases (Qwen3's MLP) the refusal is recorded and the
                 user's way on is taken instead: the model and its vectors, applied at run time
@@ -224,6 +225,9 @@ def rehearse(args, record: dict, save) -> None:
     stages.run("evaluate", evaluation)
     if args.profile:
         stages.run("profile", lambda: {"record": profile_steps(model, mask, windows, config, device)})
+    if args.pass_sizes:
+        sizes = [int(size) for size in args.pass_sizes.split(",")]
+        stages.run("passes", lambda: {"record": {"sizes": pass_sizes(model, mask, windows, config, device, sizes)}})
     export_dir = work / "export"
 
     def export():
@@ -309,6 +313,44 @@ def profile_steps(model, mask, windows: dict, config, device: torch.device, top:
     return {"steps": short.steps, "clock": "device" if cuda else "cpu", "total_ms": round(total / 1e3, 1), "ops": table}
 
 
+def pass_sizes(model, mask, windows: dict, config, device: torch.device, sizes: list[int]) -> list[dict]:
+    """Training throughput and peak memory at each number of windows per pass: six steps on 64
+    training windows (one validation window, no refits), steps 3 to 5 timed. A size that runs out
+    of memory is recorded as such."""
+    from sponlib.spon import train_spon
+
+    rows = []
+    for size in sizes:
+        short = dataclasses.replace(
+            config, steps=6, micro_batch=size, eval_every=6, checkpoint_every=0, track_sparsity=False
+        )
+        ended: list[float] = []  # the callback comes after each step's losses are read back: a sync
+        _free(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        row = {"windows_per_pass": size, "tokens_per_pass": size * protocol.WINDOW_LEN}
+        try:
+            train_spon(
+                model,
+                mask,
+                windows["train"].ids[:64],
+                windows[protocol.VALIDATION_TEXT].ids[:1],
+                short,
+                progress=False,
+                callback=lambda *_: ended.append(time.perf_counter()),
+            )
+        except torch.OutOfMemoryError:
+            rows.append(row | {"out_of_memory": True})
+            continue
+        tokens = 3 * config.batch_size * protocol.WINDOW_LEN  # steps 3, 4 and 5
+        row["tokens_per_s"] = round(tokens / (ended[4] - ended[1]), 1)
+        if device.type == "cuda":
+            row["peak_gpu_GB"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+        rows.append(row)
+        print(f"   {row}", flush=True)
+    return rows
+
+
 def _folder_gb(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9, 2)
 
@@ -344,6 +386,10 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=512, help="decoding cache length (default 512)")
     parser.add_argument(
         "--profile", action="store_true", help="also profile three training steps (the operators that take the time)"
+    )
+    parser.add_argument(
+        "--pass-sizes",
+        help="also time six training steps at each of these windows per pass, e.g. 4,8,16 (throughput, peak memory)",
     )
     parser.add_argument("--work", help="folder for the checkpoint and the export (default a new temporary one)")
     args = parser.parse_args()

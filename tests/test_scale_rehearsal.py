@@ -57,9 +57,13 @@ def test_the_rehearsal_runs_every_stage_on_a_tiny_config(tmp_path):
 def test_a_config_without_mlp_biases_decodes_with_its_vectors_and_profiling_names_the_costly_operators(tmp_path):
     """Qwen3's config has no bias switch for the MLP: the export's refusal is recorded and the
     rehearsal goes on as the refusal tells a user to, decoding the trained model with its vectors
-    applied at run time; --profile adds a table of the operators that took the time."""
-    record, work = _rehearse(tmp_path, "tiny-qwen3", "--profile")
-    assert list(record["stages"]) == STAGES[:5] + ["profile", "export", "decode"]
+    applied at run time; --profile adds a table of the operators that took the time, --pass-sizes
+    the throughput at each number of windows per pass."""
+    record, work = _rehearse(tmp_path, "tiny-qwen3", "--profile", "--pass-sizes", "1,2")
+    assert list(record["stages"]) == STAGES[:5] + ["profile", "passes", "export", "decode"]
+    sizes = record["stages"]["passes"]["sizes"]
+    assert [row["windows_per_pass"] for row in sizes] == [1, 2]
+    assert all(row["tokens_per_s"] > 0 and "out_of_memory" not in row for row in sizes)
     assert "cannot give 6 projections a bias" in record["stages"]["export"]["refused"]
     assert not (work / "export").exists()
     profile = record["stages"]["profile"]
