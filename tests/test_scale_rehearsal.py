@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_TOKENIZER = "data/tokenizers/smollm2-135m"
 STAGES = ["build", "text", "calibrate", "train", "evaluate", "export", "reload", "decode"]
 
 
@@ -59,7 +60,9 @@ def test_a_config_without_mlp_biases_decodes_with_its_vectors_and_profiling_name
     rehearsal goes on as the refusal tells a user to, decoding the trained model with its vectors
     applied at run time; --profile adds a table of the operators that took the time, --pass-sizes
     the throughput at each number of windows per pass."""
-    record, work = _rehearse(tmp_path, "tiny-qwen3", "--profile", "--pass-sizes", "1,2")
+    record, work = _rehearse(
+        tmp_path, "tiny-qwen3", "--profile", "--pass-sizes", "1,2", "--tokenizer", SHIPPED_TOKENIZER
+    )
     assert list(record["stages"]) == STAGES[:5] + ["profile", "passes", "export", "decode"]
     sizes = record["stages"]["passes"]["sizes"]
     assert [row["windows_per_pass"] for row in sizes] == [1, 2]
@@ -71,6 +74,23 @@ def test_a_config_without_mlp_biases_decodes_with_its_vectors_and_profiling_name
     assert all(row["op"].startswith("aten::") for row in profile["ops"][:3])
     assert sum(row["share"] for row in profile["ops"]) <= 1.0
     assert record["stages"]["decode"]["sparse_fused_tokens_per_s"] > 0
+
+
+def test_the_shipped_tokenizer_encodes_the_corpora_as_the_default_models_own():
+    """The tokenizer files under data/ (for GPU machines without the model's package) cut every
+    shipped text into the very ids the installed default model's tokenizer gives."""
+    from transformers import AutoTokenizer
+
+    from sponlib.data import load_corpus
+    from sponlib.experiments import protocol
+    from sponlib.models.gguf import prepare_model
+
+    shipped = AutoTokenizer.from_pretrained(ROOT / SHIPPED_TOKENIZER)
+    installed = AutoTokenizer.from_pretrained(prepare_model(protocol.MODEL))
+    assert shipped.get_vocab() == installed.get_vocab()
+    for name in (protocol.TRAIN_TEXT, protocol.VALIDATION_TEXT, *protocol.TEST_TEXTS):
+        text = "\n\n".join(doc for _, doc in load_corpus(name).documents())[:50_000]
+        assert shipped(text)["input_ids"] == installed(text)["input_ids"], name
 
 
 def test_the_rehearsal_refuses_an_unknown_shape_before_building_anything(tmp_path):
