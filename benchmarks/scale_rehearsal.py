@@ -351,6 +351,18 @@ def pass_sizes(model, mask, windows: dict, config, device: torch.device, sizes: 
     return rows
 
 
+def limit_memory(device: torch.device, gigabytes: float) -> float:
+    """Cap the GPU memory this process may allocate (torch's allocator refuses beyond it, as a
+    smaller GPU would); returns the cap in GB."""
+    if device.type != "cuda":
+        raise SystemExit("--memory-limit-gb caps GPU memory: it needs --device cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    if gigabytes * 1e9 > total:
+        raise SystemExit(f"--memory-limit-gb {gigabytes:g} is more than the GPU has ({total / 1e9:.1f} GB)")
+    torch.cuda.set_per_process_memory_fraction(gigabytes * 1e9 / total, device)
+    return gigabytes
+
+
 def _folder_gb(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9, 2)
 
@@ -391,10 +403,17 @@ def main() -> None:
         "--pass-sizes",
         help="also time six training steps at each of these windows per pass, e.g. 4,8,16 (throughput, peak memory)",
     )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        help="let the process use at most this much GPU memory, as on a smaller GPU (e.g. 80)",
+    )
     parser.add_argument("--work", help="folder for the checkpoint and the export (default a new temporary one)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     record = {"shape": args.shape, "note": QUALITY_NOTE, "stages": {}}
+    if args.memory_limit_gb:
+        record["memory_limit_GB"] = limit_memory(device, args.memory_limit_gb)
 
     def save():
         write_result(args.json, "scale-rehearsal", record, device=device, dtype=torch.bfloat16)
