@@ -211,3 +211,22 @@ def test_measured_sparsity_on_held_out_text_is_within_two_points(default_model, 
             model(held_out.ids, logits_to_keep=1)
         measured = sparsifier.summary()["weighted"]
         assert math.isclose(measured, target, abs_tol=0.02), (method, target, measured)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_teal_masks_in_its_own_dtype_exactly_as_in_float32(dtype):
+    """The one-pass teal mask of bf16/fp16 inputs keeps exactly the entries that the float32
+    comparison keeps, for thresholds on, just above and just below the dtype's values."""
+    from sponlib.sparsity.rules import half_threshold, masked_input
+
+    x = (torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    big = torch.finfo(dtype).max
+    x[:4] = torch.tensor([0.0, -0.0, big, -big], dtype=dtype)
+    values = x.abs().float().unique()[:: len(x) // 64]  # thresholds on values the inputs take
+    between = torch.nextafter(values, torch.full_like(values, float("inf")))  # float32 values just above
+    below = torch.nextafter(values, torch.zeros_like(values))
+    for tau in [*values.tolist(), *between.tolist(), *below.tolist(), 1e-30, 70000.0, 1e39, -1.0]:
+        expected = x * (x.abs().float() > tau)
+        assert torch.equal(masked_input(x, tau, None), expected), tau
+    assert half_threshold(0.5, torch.float32) is None and half_threshold(float("nan"), dtype) is None
+    assert half_threshold(-0.1, dtype) is None and half_threshold(1e39, dtype) is None
