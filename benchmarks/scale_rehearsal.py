@@ -359,7 +359,8 @@ def limit_memory(device: torch.device, gigabytes: float) -> float:
     total = torch.cuda.get_device_properties(device).total_memory
     if gigabytes * 1e9 > total:
         raise SystemExit(f"--memory-limit-gb {gigabytes:g} is more than the GPU has ({total / 1e9:.1f} GB)")
-    torch.cuda.set_per_process_memory_fraction(gigabytes * 1e9 / total, device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(gigabytes * 1e9 / total, index)
     return gigabytes
 
 
