@@ -13,13 +13,17 @@ over memory. Compiling fuses it. The variants:
 Each variant trains six steps at each windows-per-pass size (benchmarks/scale_rehearsal.py's
 `pass_sizes`: steps 3 to 5 timed, so compiling is not counted there) and records its whole wall
 time apart, compiling included. The weights are random (nothing is downloaded); the thresholds
-come from calibrating them on the shipped text at the protocol's window length.
+come from calibrating them on the shipped text at the protocol's window length. With
+--variant-limit-s a variant still running after that long (compiling, as a rule) is stopped and
+recorded as not finished in that time.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -57,6 +61,31 @@ def uncompiled(modules: list) -> None:
     torch._dynamo.reset()
 
 
+class OutOfTime(Exception):
+    """A variant ran past --variant-limit-s (compiling, as a rule)."""
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """Raise OutOfTime in this (main) thread after `seconds`; 0 means no limit."""
+
+    def expired(signum, frame):
+        # again each second: a compile may catch the first one and go on
+        signal.alarm(1)
+        raise OutOfTime(f"not finished in {seconds} s")
+
+    if not seconds:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b", help="model config (default llama3-8b)")
@@ -73,6 +102,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="16", help="windows per pass, comma-separated (default 16)")
     parser.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
     parser.add_argument("--level", type=float, default=0.5, help="sparsity (default 0.5)")
+    parser.add_argument(
+        "--variant-limit-s",
+        type=int,
+        default=0,
+        help="stop a variant after this many seconds, compiling included, and record that (default 0: no limit)",
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -100,10 +135,19 @@ def main() -> None:
         started = time.perf_counter()
         modules = compiled(model, variant)
         try:
-            rows = pass_sizes(model, mask, windows, config, device, sizes)
+            with time_limit(args.variant_limit_s):
+                rows = pass_sizes(model, mask, windows, config, device, sizes)
             result = {"sizes": rows}
-        except Exception as error:  # a variant that cannot run is a result too
-            result = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
+        except Exception as error:  # a variant that cannot run (or not in time) is a result too
+            # torch may wrap the OutOfTime raised inside a compile in an error of its own
+            cause = error
+            while cause is not None and not isinstance(cause, OutOfTime):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                # (its own words: torch may have added its advice to the message)
+                result = {"error": f"not finished in {args.variant_limit_s} s", "limit_s": args.variant_limit_s}
+            else:
+                result = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
         finally:
             uncompiled(modules)
         result["wall_s"] = round(time.perf_counter() - started, 1)
