@@ -20,6 +20,8 @@ LLAMA3_8B = dict(
     rope_theta=500000.0,
     tie_word_embeddings=False,
 )
+# the published Llama-3-70B config's sizes: for benchmarks/scale_extrapolation.py (meta device only)
+LLAMA3_70B = LLAMA3_8B | dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64)
 
 
 def random_model(config, device, dtype: torch.dtype, seed: int = 0):
