@@ -46,6 +46,10 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "multigpu_agreement.json": speed.render_multigpu,
     "multigpu_halves.json": speed.render_multigpu,
     "scale_rehearsal_h200_before_fixes.json": scale.render_rehearsal,
+    "scale_rehearsal_h200.json": scale.render_rehearsal,
+    "scale_rehearsal_qwen3_h200.json": scale.render_rehearsal,
+    "training_speed_h200.json": scale.render_training_speed,
+    "scale_extrapolation_70b.json": scale.render_extrapolation,
 }
 
 

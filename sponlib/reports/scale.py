@@ -61,7 +61,8 @@ def render_rehearsal(record: dict) -> str:
         reserved = f"{stage['peak_reserved_GB']:.1f}" if "peak_reserved_GB" in stage else ""
         label, seconds = STAGE_NAMES.get(name, name), stage["seconds"]
         lines.append(f"| {label} | {seconds:.1f} | {gpu} | {reserved} | {_measured(name, stage)} |")
-    missing = [name for name in STAGE_NAMES if name not in stages and name != "profile"]
+    skipped = {"profile"} | ({"reload"} if "refused" in stages.get("export", {}) else set())  # not run by design
+    missing = [name for name in STAGE_NAMES if name not in stages and name not in skipped]
     device, versions = record["device"], record["versions"]
     footer = (
         f"\n{record['shape']} shape, {record.get('parameters_B', '?')}B parameters, random {record['dtype']} weights "
@@ -73,3 +74,85 @@ def render_rehearsal(record: dict) -> str:
     if missing:
         footer += f" The run stopped before: {', '.join(missing)}."
     return "\n".join(lines) + footer + f" Command: `{record['command']}`\n"
+
+
+def render_training_speed(record: dict) -> str:
+    """Training throughput per variant and windows per pass, side by side with eager."""
+    lines = [
+        "| variant | windows a pass | tokens/s | vs eager | peak GPU GB | variant's wall s, compiling included |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    eager = {
+        row["windows_per_pass"]: row.get("tokens_per_s") for row in record["variants"].get("eager", {}).get("sizes", [])
+    }
+    for variant, result in record["variants"].items():
+        if "error" in result:
+            lines.append(f"| {variant} | | {result['error']} | | | {result['wall_s']:.0f} |")
+            continue
+        for row in result["sizes"]:
+            if row.get("out_of_memory"):
+                lines.append(f"| {variant} | {row['windows_per_pass']} | out of memory | | | |")
+                continue
+            base = eager.get(row["windows_per_pass"])
+            ratio = f"×{row['tokens_per_s'] / base:.2f}" if base else ""
+            lines.append(
+                f"| {variant} | {row['windows_per_pass']} | {row['tokens_per_s']:,.0f} | {ratio} | "
+                f"{row['peak_gpu_GB']:.1f} | {result['wall_s']:.0f} |"
+            )
+    device, versions = record["device"], record["versions"]
+    return "\n".join(lines) + (
+        f"\n{record['shape']} shape, random {record['dtype']} weights, teal at {record['level']}, "
+        f"{record['train_batch']} windows of 512 tokens a step; {device['name']}, torch {versions['torch']}. "
+        f"Command: `{record['command']}`\n"
+    )
+
+
+def _span(low: float, high: float) -> str:
+    """Seconds as minutes, a range where the two differ."""
+    low_min, high_min = low / 60, high / 60
+    if round(low_min, 1) == round(high_min, 1):
+        return f"{low_min:.1f}"
+    return f"{low_min:.1f}–{high_min:.1f}"
+
+
+def render_extrapolation(record: dict) -> str:
+    """A 70B model's cost per stage, derived from the 8B records; the training passes' memory; the
+    commands a user would run."""
+    source, target = record["source"]["shape"], record["target"]
+    gpus = record["suggested"]["gpus"]
+    lines = [
+        f"| stage | {source}, measured s | {target}, estimated min | peak GB ({target}) | scaled by |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for name, stage in record["stages"].items():
+        estimate = _span(stage["low_s"], stage["high_s"]) if "low_s" in stage else "not estimated"
+        if name == "train":
+            estimate += f" ({stage['tokens_per_s'][0]:,}–{stage['tokens_per_s'][1]:,} tokens/s)"
+        peak = f"{stage['peak_GB']:.0f} ({stage['gpus']} GPUs)" if "peak_GB" in stage else ""
+        if name == "train":
+            micro = record["suggested"]["micro_batch"]
+            peak = next(
+                f"{p['peak_GB']:.0f} at {micro} windows a pass"
+                for p in record["passes"]
+                if p["windows_per_pass"] == micro
+            )
+        if name == "export":
+            peak = f"{stage['host_GB']:.0f} host RAM, {stage['folder_GB']:.0f} GB folder"
+        lines.append(
+            f"| {STAGE_NAMES.get(name, name)} | {stage['source_s']:.1f} | {estimate} | {peak} | {stage['rule']} |"
+        )
+    low, high = record["total_s"]
+    ratios = record["ratios"]
+    passes = "; ".join(
+        f"{p['windows_per_pass']} window{'s' * (p['windows_per_pass'] > 1)}: {p['peak_GB']:.0f} GB on {p['gpus']}"
+        for p in record["passes"]
+    )
+    text = "\n".join(lines) + (
+        f"\nIn all about {_span(low, high)} minutes on {gpus} GPUs of {record['gpu_GB']:.0f} GB "
+        f"(weights {record['models'][target]['weights_GB']:.0f} GB). Ratios {target} / {source}: "
+        f"FLOPs ×{ratios['flops']:.2f}, activations ×{ratios['activations']:.2f}, bytes ×{ratios['bytes']:.2f}. "
+        f"Training's peak by windows a pass (GPUs filled to {record['usable_share']:.0%}): {passes}. "
+        f"Decoding is bounded by the weights' bytes at {record['decode_bound_tokens_per_s']:.0f} tokens/s dense "
+        f"({record['bandwidth_TBs']} TB/s). Command: `{record['command']}`\n"
+    )
+    return text + "\n```bash\n" + "\n".join(record["commands"]) + "\n```\n"
