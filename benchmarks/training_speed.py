@@ -13,7 +13,9 @@ over memory. Compiling fuses it. The variants:
 Each variant trains six steps at each windows-per-pass size (benchmarks/scale_rehearsal.py's
 `pass_sizes`: steps 3 to 5 timed, so compiling is not counted there) and records its whole wall
 time apart, compiling included. The weights are random (nothing is downloaded); the thresholds
-come from calibrating them on the shipped text at the protocol's window length. With
+come from calibrating them on the shipped text at the protocol's window length. The record
+also holds the ceiling: the throughput if a step were nothing but its matrix products, each
+timed alone at this step's shapes (`matmul_ceiling`), and each row's share of it. With
 --variant-limit-s a variant still running after that long (compiling, as a rule) is stopped and
 recorded as not finished in that time.
 """
@@ -29,6 +31,7 @@ import torch
 
 from sponlib.data import load_corpus, load_windows
 from sponlib.experiments import protocol
+from sponlib.kernels.timing import graph_time
 from sponlib.models import resolve_device
 from sponlib.records import write_result
 from sponlib.sparsity import calibrate
@@ -37,6 +40,7 @@ from sponlib.spon import TrainConfig
 from scale_rehearsal import SHAPES, build_model, load_tokenizer, pass_sizes
 
 VARIANTS = ("eager", "norms", "decoder")
+CEILING_TOKENS = 8192  # rows of the products timed for the ceiling: a pass of 16 windows
 CALIBRATION_WINDOWS = 16
 TRAIN_WINDOWS = 64
 
@@ -86,6 +90,58 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
+def seconds_per_call(call, device: torch.device, repeats: int = 8) -> float:
+    """One call's time: replayed from a CUDA graph on a GPU, the best of `repeats` elsewhere."""
+    if device.type == "cuda":
+        return graph_time([call] * repeats)
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_ceiling(model, device: torch.device, dtype: torch.dtype, tokens: int = CEILING_TOKENS) -> dict:
+    """The throughput a training step would reach if it were nothing but its matrix products, each
+    at the rate it runs alone: every projection forward (tokens, in) @ (in, out) and backward to
+    its input (tokens, out) @ (out, in), no weight gradients (the weights are frozen); the head
+    forward for student and teacher and backward for the student. The attention's own products
+    (about 3% of the FLOPs at a 512 window) and all elementwise work are left out, so it is an
+    upper bound."""
+    layers = model.get_decoder().layers
+    shapes: dict[tuple[int, int], int] = {}  # (in, out) -> projections of that shape in a layer
+    for module in layers[0].modules():
+        if isinstance(module, torch.nn.Linear):
+            key = (module.in_features, module.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    head = model.get_output_embeddings()
+
+    def pair(n_in: int, n_out: int) -> tuple[float, float]:  # (forward s, backward-to-input s)
+        x, w = (
+            torch.randn(tokens, n_in, device=device, dtype=dtype),
+            torch.randn(n_out, n_in, device=device, dtype=dtype),
+        )
+        dy = torch.randn(tokens, n_out, device=device, dtype=dtype)
+        return seconds_per_call(lambda: x @ w.T, device), seconds_per_call(lambda: dy @ w, device)
+
+    seconds, flops = 0.0, 0.0
+    for (n_in, n_out), count in shapes.items():
+        forward, backward = pair(n_in, n_out)
+        seconds += len(layers) * count * (forward + backward)
+        flops += len(layers) * count * 2 * (2 * tokens * n_in * n_out)
+    forward, backward = pair(head.in_features, head.out_features)
+    seconds += 2 * forward + backward  # student and teacher logits, the student's backward
+    flops += 3 * 2 * tokens * head.in_features * head.out_features
+    return {
+        "tokens": tokens,
+        "GFLOP_per_token": round(flops / tokens / 1e9, 3),
+        "matmul_TFLOPs": round(flops / seconds / 1e12, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b", help="model config (default llama3-8b)")
@@ -130,6 +186,9 @@ def main() -> None:
     mask = calibrate(model, windows["calibration"], refine_levels=(args.level,)).thresholds(args.level, "teal")
     config = TrainConfig(batch_size=args.train_batch)
     record = {"shape": args.shape, "level": args.level, "train_batch": args.train_batch, "variants": {}}
+    with torch.no_grad():
+        record["ceiling"] = matmul_ceiling(model, device, dtype)
+    print(f"ceiling: {record['ceiling']}", flush=True)
 
     for variant in variants:
         started = time.perf_counter()
@@ -137,6 +196,9 @@ def main() -> None:
         try:
             with time_limit(args.variant_limit_s):
                 rows = pass_sizes(model, mask, windows, config, device, sizes)
+            for row in rows:
+                if "tokens_per_s" in row:
+                    row["of_ceiling"] = round(row["tokens_per_s"] / record["ceiling"]["tokens_per_s"], 3)
             result = {"sizes": rows}
         except Exception as error:  # a variant that cannot run (or not in time) is a result too
             # torch may wrap the OutOfTime raised inside a compile in an error of its own

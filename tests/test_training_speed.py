@@ -37,6 +37,9 @@ def test_eager_training_throughput_is_recorded_per_pass_size(tmp_path):
     rows = record["variants"]["eager"]["sizes"]
     assert [row["windows_per_pass"] for row in rows] == [1, 2]
     assert all(row["tokens_per_s"] > 0 and row["vs_eager"] == 1.0 for row in rows)
+    ceiling = record["ceiling"]  # the step's matrix products alone: faster than the step
+    assert ceiling["GFLOP_per_token"] > 0 and ceiling["tokens_per_s"] > max(row["tokens_per_s"] for row in rows)
+    assert all(row["of_ceiling"] == round(row["tokens_per_s"] / ceiling["tokens_per_s"], 3) for row in rows)
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ The README (and any page under docs/) holds each table between two markers namin
     ...generated markdown...
     <!-- /results -->
 
-`python -m sponlib readme` rewrites those blocks; a test checks they match, so a number in the
-README or the docs is always the one its JSON records.
+A word after the file name picks another view of the same record (`<!-- results:
+scale_rehearsal_h200.json targets -->`). `python -m sponlib readme` rewrites those blocks; a test
+checks they match, so a number in the README or the docs is always the one its JSON records.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..io import atomic_write_text
 from ..records import load_result
 from . import kernels, quality, robust, scale, speed
 
-_BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+_BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+(?: \w+)?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "dense_baseline.json": quality.render_perplexity,
@@ -50,13 +51,15 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "scale_rehearsal_qwen3_h200.json": scale.render_rehearsal,
     "training_speed_h200.json": scale.render_training_speed,
     "scale_extrapolation_70b.json": scale.render_extrapolation,
+    "scale_rehearsal_h200.json targets": scale.render_targets,
 }
 
 
-def render_block(filename: str) -> str:
-    if filename not in RENDERERS:
-        raise KeyError(f"no README renderer for {filename}; known: {', '.join(RENDERERS)}")
-    return RENDERERS[filename](load_result(filename))
+def render_block(name: str) -> str:
+    """The markdown for a block: `name` is a record's file name, or that and a view's word."""
+    if name not in RENDERERS:
+        raise KeyError(f"no README renderer for {name}; known: {', '.join(RENDERERS)}")
+    return RENDERERS[name](load_result(name.split()[0]))
 
 
 def result_pages(root: str | Path = ".") -> list[Path]:
@@ -71,7 +74,7 @@ def update_readme(path: str | Path = "README.md", check: bool = False) -> bool:
     (with check=True the file is left untouched)."""
     path = Path(path)
     text = path.read_text()
-    new = _BLOCK.sub(lambda m: m.group(1) + render_block(m.group("file")) + m.group(4), text)
+    new = _BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name")) + m.group(4), text)
     if new != text and not check:
         atomic_write_text(path, new)
     return new != text

@@ -156,3 +156,44 @@ def render_extrapolation(record: dict) -> str:
         f"({record['bandwidth_TBs']} TB/s). Command: `{record['command']}`\n"
     )
     return text + "\n```bash\n" + "\n".join(record["commands"]) + "\n```\n"
+
+
+def render_targets(record: dict) -> str:
+    """The full rehearsal against its targets on one GPU: calibration time, training throughput
+    and peak memory, the whole run's time, and whether every stage ran without a flag."""
+    stages = record["stages"]
+    calibrate, train = stages["calibrate"], stages["train"]
+    peak = max(stage.get("peak_gpu_GB", 0.0) for stage in stages.values())
+    halved = [f[1] for f in train["out_of_memory"]]
+    ran = [name for name in STAGE_NAMES if name in stages]
+    unattended = "refused" not in stages.get("export", {}) and len(ran) == len(STAGE_NAMES) - 1  # all but profile
+    how = f"all {len(ran)} stages ran at the defaults"
+    if halved:
+        how += f"; passes of {', '.join(map(str, halved))} windows ran out of memory and were halved without a flag"
+    rows = [
+        (
+            f"calibration, {calibrate['meta']['windows']} × {calibrate['meta']['window_len']} windows, "
+            f"{len(calibrate['meta']['refine_levels'])} levels",
+            "≤ 5 min",
+            f"{calibrate['seconds']:.0f} s",
+            calibrate["seconds"] <= 300,
+        ),
+        (
+            "SPON training throughput",
+            "≥ 20k tokens/s",
+            f"{train['tokens_per_s']:,.0f} tokens/s",
+            train["tokens_per_s"] >= 20e3,
+        ),
+        ("peak GPU memory, any stage", "≤ 80 GB", f"{peak:.1f} GB", peak <= 80),
+        ("whole rehearsal", "≤ 30 min", f"{record['total_s'] / 60:.1f} min", record["total_s"] <= 1800),
+        ("nothing fails or needs a flag a user would not know", "", how, unattended),
+    ]
+    lines = ["| measure | target | measured | met |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {measure} | {target} | {value} | {'yes' if met else '**no**'} |" for measure, target, value, met in rows
+    ]
+    limit = f", its memory capped at {record['memory_limit_GB']:g} GB" if "memory_limit_GB" in record else ""
+    return (
+        "\n".join(lines)
+        + f"\n{record['shape']} shape on one {record['device']['name']}{limit}. Command: `{record['command']}`\n"
+    )
