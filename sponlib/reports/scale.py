@@ -77,34 +77,45 @@ def render_rehearsal(record: dict) -> str:
 
 
 def render_training_speed(record: dict) -> str:
-    """Training throughput per variant and windows per pass, side by side with eager."""
+    """Training throughput per variant and windows per pass, side by side with eager and with the
+    ceiling the step's matrix products set (where the record has it)."""
+    ceiling = record.get("ceiling")
     lines = [
-        "| variant | windows a pass | tokens/s | vs eager | peak GPU GB | variant's wall s, compiling included |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | windows a pass | tokens/s | vs eager | of the ceiling | peak GPU GB | variant's wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     eager = {
         row["windows_per_pass"]: row.get("tokens_per_s") for row in record["variants"].get("eager", {}).get("sizes", [])
     }
     for variant, result in record["variants"].items():
         if "error" in result:
-            lines.append(f"| {variant} | | {result['error']} | | | {result['wall_s']:.0f} |")
+            lines.append(f"| {variant} | | {result['error']} | | | | {result['wall_s']:.0f} |")
             continue
         for row in result["sizes"]:
             if row.get("out_of_memory"):
-                lines.append(f"| {variant} | {row['windows_per_pass']} | out of memory | | | |")
+                lines.append(f"| {variant} | {row['windows_per_pass']} | out of memory | | | | |")
                 continue
             base = eager.get(row["windows_per_pass"])
             ratio = f"×{row['tokens_per_s'] / base:.2f}" if base else ""
+            share = f"{row['tokens_per_s'] / ceiling['tokens_per_s']:.0%}" if ceiling else ""
+            peak = f"{row['peak_gpu_GB']:.1f}" if "peak_gpu_GB" in row else ""  # none on a CPU
             lines.append(
-                f"| {variant} | {row['windows_per_pass']} | {row['tokens_per_s']:,.0f} | {ratio} | "
-                f"{row['peak_gpu_GB']:.1f} | {result['wall_s']:.0f} |"
+                f"| {variant} | {row['windows_per_pass']} | {row['tokens_per_s']:,.0f} | {ratio} | {share} | "
+                f"{peak} | {result['wall_s']:.0f} |"
             )
     device, versions = record["device"], record["versions"]
-    return "\n".join(lines) + (
+    text = "\n".join(lines) + (
         f"\n{record['shape']} shape, random {record['dtype']} weights, teal at {record['level']}, "
         f"{record['train_batch']} windows of 512 tokens a step; {device['name']}, torch {versions['torch']}. "
-        f"Command: `{record['command']}`\n"
+        "A variant's wall time includes its compiling."
     )
+    if ceiling:
+        text += (
+            f" The ceiling: {ceiling['tokens_per_s']:,.0f} tokens/s, a step's matrix products alone "
+            f"({ceiling['GFLOP_per_token']:.1f} GFLOP a token) at the {ceiling['matmul_TFLOPs']:.0f} TFLOP/s "
+            f"they reach alone at its shapes ({ceiling['tokens']} rows)."
+        )
+    return text + f" Command: `{record['command']}`\n"
 
 
 def _span(low: float, high: float) -> str:
