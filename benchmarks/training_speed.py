@@ -15,7 +15,9 @@ Each variant trains six steps at each windows-per-pass size (benchmarks/scale_re
 time apart, compiling included. The weights are random (nothing is downloaded); the thresholds
 come from calibrating them on the shipped text at the protocol's window length. The record
 also holds the ceiling: the throughput if a step were nothing but its matrix products, each
-timed alone at this step's shapes (`matmul_ceiling`), and each row's share of it. With
+timed alone at this step's shapes (`matmul_ceiling`), and each row's share of it; and the bf16
+mask's forward and backward on a pass's widest input, compared in float32 and multiplied (as
+the hooks did before) against the one hardshrink the hooks run now. With
 --variant-limit-s a variant still running after that long (compiling, as a rule) is stopped and
 recorded as not finished in that time.
 """
@@ -35,6 +37,7 @@ from sponlib.kernels.timing import graph_time
 from sponlib.models import resolve_device
 from sponlib.records import write_result
 from sponlib.sparsity import calibrate
+from sponlib.sparsity.rules import input_scores, masked_input
 from sponlib.spon import TrainConfig
 
 from scale_rehearsal import SHAPES, build_model, load_tokenizer, pass_sizes
@@ -90,17 +93,20 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def seconds_per_call(call, device: torch.device, repeats: int = 8) -> float:
-    """One call's time: replayed from a CUDA graph on a GPU, the best of `repeats` elsewhere."""
-    if device.type == "cuda":
+def seconds_per_call(call, device: torch.device, repeats: int = 8, graph: bool = True) -> float:
+    """One call's time: replayed from a CUDA graph on a GPU (`graph`), else the mean of `repeats`
+    calls in a row after one warm-up, the device synchronised around them."""
+    if device.type == "cuda" and graph:
         return graph_time([call] * repeats)
     call()
-    best = float("inf")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
     for _ in range(repeats):
-        started = time.perf_counter()
         call()
-        best = min(best, time.perf_counter() - started)
-    return best
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / repeats
 
 
 def matmul_ceiling(model, device: torch.device, dtype: torch.dtype, tokens: int = CEILING_TOKENS) -> dict:
@@ -139,6 +145,34 @@ def matmul_ceiling(model, device: torch.device, dtype: torch.dtype, tokens: int 
         "GFLOP_per_token": round(flops / tokens / 1e9, 3),
         "matmul_TFLOPs": round(flops / seconds / 1e12, 1),
         "tokens_per_s": round(tokens / seconds, 1),
+    }
+
+
+def mask_op_times(model, device: torch.device, dtype: torch.dtype, tokens: int = CEILING_TOKENS) -> dict:
+    """The teal mask on the widest projection input of a pass, (tokens, intermediate), forward and
+    backward, two ways: compared in float32 and multiplied (what the hooks did in bf16 before), and
+    the one `hardshrink` they do now (`masked_input`). Milliseconds each."""
+    width = model.config.intermediate_size
+    x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(tokens, width, device=device, dtype=dtype)
+    tau = 0.6745  # the median of |N(0, 1)|: half the entries zeroed
+
+    def step(mask):
+        def call():
+            out = mask(x)
+            (gradient,) = torch.autograd.grad(out, x, grad)
+            return gradient
+
+        return call
+
+    ways = {
+        "compare_multiply": lambda t: t * (input_scores(t, None) > tau),
+        "hardshrink": lambda t: masked_input(t, tau, None),
+    }
+    # autograd outside a CUDA graph: the calls are long enough that launching them costs little
+    times = {name: seconds_per_call(step(way), device, repeats=10, graph=False) for name, way in ways.items()}
+    return {"shape": [tokens, width], "dtype": str(dtype).removeprefix("torch.")} | {
+        f"{name}_ms": round(seconds * 1e3, 3) for name, seconds in times.items()
     }
 
 
@@ -188,7 +222,8 @@ def main() -> None:
     record = {"shape": args.shape, "level": args.level, "train_batch": args.train_batch, "variants": {}}
     with torch.no_grad():
         record["ceiling"] = matmul_ceiling(model, device, dtype)
-    print(f"ceiling: {record['ceiling']}", flush=True)
+    record["mask_op"] = mask_op_times(model, device, dtype)
+    print(f"ceiling: {record['ceiling']}\nmask: {record['mask_op']}", flush=True)
 
     for variant in variants:
         started = time.perf_counter()

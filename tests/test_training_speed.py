@@ -39,6 +39,8 @@ def test_eager_training_throughput_is_recorded_per_pass_size(tmp_path):
     assert all(row["tokens_per_s"] > 0 and row["vs_eager"] == 1.0 for row in rows)
     ceiling = record["ceiling"]  # the step's matrix products alone: faster than the step
     assert ceiling["GFLOP_per_token"] > 0 and ceiling["tokens_per_s"] > max(row["tokens_per_s"] for row in rows)
+    mask = record["mask_op"]  # both ways of masking timed on a pass's widest input
+    assert mask["shape"] == [8192, 128] and mask["compare_multiply_ms"] > 0 and mask["hardshrink_ms"] > 0
     assert all(row["of_ceiling"] == round(row["tokens_per_s"] / ceiling["tokens_per_s"], 3) for row in rows)
 
 
