@@ -115,6 +115,14 @@ def render_training_speed(record: dict) -> str:
             f"({ceiling['GFLOP_per_token']:.1f} GFLOP a token) at the {ceiling['matmul_TFLOPs']:.0f} TFLOP/s "
             f"they reach alone at its shapes ({ceiling['tokens']} rows)."
         )
+    mask = record.get("mask_op")
+    if mask:
+        rows, width = mask["shape"]
+        text += (
+            f" The {mask['dtype']} mask on a ({rows}, {width}) input, forward and backward: "
+            f"{mask['compare_multiply_ms']:.2f} ms compared in float32 and multiplied, "
+            f"{mask['hardshrink_ms']:.2f} ms as one hardshrink."
+        )
     return text + f" Command: `{record['command']}`\n"
 
 
