@@ -313,13 +313,16 @@ def profile_steps(model, mask, windows: dict, config, device: torch.device, top:
     return {"steps": short.steps, "clock": "device" if cuda else "cpu", "total_ms": round(total / 1e3, 1), "ops": table}
 
 
-def pass_sizes(model, mask, windows: dict, config, device: torch.device, sizes: list[int]) -> list[dict]:
+def pass_sizes(
+    model, mask, windows: dict, config, device: torch.device, sizes: list[int], rows: list | None = None
+) -> list[dict]:
     """Training throughput and peak memory at each number of windows per pass: six steps on 64
     training windows (one validation window, no refits), steps 3 to 5 timed. A size that runs out
-    of memory is recorded as such."""
+    of memory is recorded as such. Rows go into `rows` as each size ends (a caller that stops
+    the work midway keeps the sizes done)."""
     from sponlib.spon import train_spon
 
-    rows = []
+    rows = [] if rows is None else rows
     for size in sizes:
         short = dataclasses.replace(
             config, steps=6, micro_batch=size, eval_every=6, checkpoint_every=0, track_sparsity=False

@@ -228,13 +228,11 @@ def main() -> None:
     for variant in variants:
         started = time.perf_counter()
         modules = compiled(model, variant)
+        rows: list[dict] = []  # the sizes done, kept where the variant stops midway
+        result: dict = {"sizes": rows}
         try:
             with time_limit(args.variant_limit_s):
-                rows = pass_sizes(model, mask, windows, config, device, sizes)
-            for row in rows:
-                if "tokens_per_s" in row:
-                    row["of_ceiling"] = round(row["tokens_per_s"] / record["ceiling"]["tokens_per_s"], 3)
-            result = {"sizes": rows}
+                pass_sizes(model, mask, windows, config, device, sizes, rows)
         except Exception as error:  # a variant that cannot run (or not in time) is a result too
             # torch may wrap the OutOfTime raised inside a compile in an error of its own
             cause = error
@@ -242,11 +240,14 @@ def main() -> None:
                 cause = cause.__cause__ or cause.__context__
             if cause is not None:
                 # (its own words: torch may have added its advice to the message)
-                result = {"error": f"not finished in {args.variant_limit_s} s", "limit_s": args.variant_limit_s}
+                result |= {"error": f"not finished in {args.variant_limit_s} s", "limit_s": args.variant_limit_s}
             else:
-                result = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
+                result["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
         finally:
             uncompiled(modules)
+        for row in rows:
+            if "tokens_per_s" in row:
+                row["of_ceiling"] = round(row["tokens_per_s"] / record["ceiling"]["tokens_per_s"], 3)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         record["variants"][variant] = result
         print(f"{variant}: {result}", flush=True)

@@ -49,12 +49,18 @@ def test_training_speed_rows_show_ratios_and_unfinished_variants():
         "variants": {
             "eager": {"sizes": [{"windows_per_pass": 16, "tokens_per_s": 10000.0, "peak_gpu_GB": 70.0}], "wall_s": 30},
             "norms": {"sizes": [{"windows_per_pass": 16, "tokens_per_s": 12000.0, "peak_gpu_GB": 65.0}], "wall_s": 31},
-            "decoder": {"error": "not finished in 240 s", "limit_s": 240, "wall_s": 241},
+            "decoder": {
+                "sizes": [{"windows_per_pass": 4, "tokens_per_s": 15000.0, "peak_gpu_GB": 30.0}],
+                "error": "not finished in 240 s",
+                "limit_s": 240,
+                "wall_s": 241,
+            },
         },
     }
     table = scale.render_training_speed(record)
     assert "| norms | 16 | 12,000 | ×1.20 | 30% | 65.0 | 31 |" in table
-    assert "| decoder | | not finished in 240 s |" in table
+    # the size it finished before its time ran out, then why it stopped
+    assert "| decoder | 4 | 15,000 |  | 38% | 30.0 | 241 |\n| decoder | | not finished in 240 s |" in table
     assert "4.00 ms compared in float32 and multiplied, 1.00 ms as one hardshrink" in table
 
 

@@ -3,6 +3,7 @@ wall time and peak memory, and what the stage measured."""
 
 from __future__ import annotations
 
+TRAIN_TARGET = 20e3  # tokens/s on one GPU at 8B, the rehearsal's throughput target
 STAGE_NAMES = {
     "build": "build from the config",
     "text": "tokenize the corpora",
@@ -88,10 +89,7 @@ def render_training_speed(record: dict) -> str:
         row["windows_per_pass"]: row.get("tokens_per_s") for row in record["variants"].get("eager", {}).get("sizes", [])
     }
     for variant, result in record["variants"].items():
-        if "error" in result:
-            lines.append(f"| {variant} | | {result['error']} | | | | {result['wall_s']:.0f} |")
-            continue
-        for row in result["sizes"]:
+        for row in result.get("sizes", []):
             if row.get("out_of_memory"):
                 lines.append(f"| {variant} | {row['windows_per_pass']} | out of memory | | | | |")
                 continue
@@ -103,6 +101,8 @@ def render_training_speed(record: dict) -> str:
                 f"| {variant} | {row['windows_per_pass']} | {row['tokens_per_s']:,.0f} | {ratio} | {share} | "
                 f"{peak} | {result['wall_s']:.0f} |"
             )
+        if "error" in result:  # after the sizes it finished, if any
+            lines.append(f"| {variant} | | {result['error']} | | | | {result['wall_s']:.0f} |")
     device, versions = record["device"], record["versions"]
     text = "\n".join(lines) + (
         f"\n{record['shape']} shape, random {record['dtype']} weights, teal at {record['level']}, "
@@ -110,10 +110,12 @@ def render_training_speed(record: dict) -> str:
         "A variant's wall time includes its compiling."
     )
     if ceiling:
+        share = TRAIN_TARGET / ceiling["tokens_per_s"]
         text += (
             f" The ceiling: {ceiling['tokens_per_s']:,.0f} tokens/s, a step's matrix products alone "
             f"({ceiling['GFLOP_per_token']:.1f} GFLOP a token) at the {ceiling['matmul_TFLOPs']:.0f} TFLOP/s "
-            f"they reach alone at its shapes ({ceiling['tokens']} rows)."
+            f"they reach alone at its shapes ({ceiling['tokens']} rows); the target, {TRAIN_TARGET:,.0f} tokens/s, "
+            f"is {share:.0%} of it."
         )
     mask = record.get("mask_op")
     if mask:
@@ -201,7 +203,7 @@ def render_targets(record: dict) -> str:
             "SPON training throughput",
             "≥ 20k tokens/s",
             f"{train['tokens_per_s']:,.0f} tokens/s",
-            train["tokens_per_s"] >= 20e3,
+            train["tokens_per_s"] >= TRAIN_TARGET,
         ),
         ("peak GPU memory, any stage", "≤ 80 GB", f"{peak:.1f} GB", peak <= 80),
         ("whole rehearsal", "≤ 30 min", f"{record['total_s'] / 60:.1f} min", record["total_s"] <= 1800),
