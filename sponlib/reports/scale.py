@@ -152,11 +152,8 @@ def render_extrapolation(record: dict) -> str:
         peak = f"{stage['peak_GB']:.0f} ({stage['gpus']} GPUs)" if "peak_GB" in stage else ""
         if name == "train":
             micro = record["suggested"]["micro_batch"]
-            peak = next(
-                f"{p['peak_GB']:.0f} at {micro} windows a pass"
-                for p in record["passes"]
-                if p["windows_per_pass"] == micro
-            )
+            chosen = next(p for p in record["passes"] if p["windows_per_pass"] == micro)
+            peak = f"{chosen['peak_GB']:.0f} ({chosen['gpus']} GPUs), {micro} windows a pass"
         if name == "export":
             peak = f"{stage['host_GB']:.0f} host RAM, {stage['folder_GB']:.0f} GB folder"
         lines.append(
