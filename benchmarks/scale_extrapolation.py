@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 from sponlib.records import write_result
+from sponlib.spon.distillation import KL_CHUNK
 
 from kernel_shapes import LLAMA3_70B
 from scale_rehearsal import SHAPES
 
 WINDOW = 512
-BYTES_PER_WEIGHT = 2  # bf16
-LOGIT_CHUNK_NOTE = "head logits, 4096 positions at a time"
+BF16_BYTES = 2  # weights and teacher states alike
 # stage -> how its 8B time scales: compute (a range), bytes, same, or not extrapolated (None)
 STAGE_RULES = {
     "build": None,  # random weights here; a hub model's loading time is the disk's
@@ -78,7 +78,7 @@ def describe(config_class: str, fields: dict) -> dict:
     flops = 2 * (projections + head) + 4 * n_layers * WINDOW * attention_width
     return {
         "parameters_B": round(params / 1e9, 3),
-        "weights_GB": round(params * BYTES_PER_WEIGHT / 1e9, 2),
+        "weights_GB": round(params * BF16_BYTES / 1e9, 2),
         "layers": n_layers,
         "hidden": config.hidden_size,
         "intermediate": config.intermediate_size,
@@ -117,10 +117,10 @@ def extrapolate(rehearsal: dict, speed: dict, target: str, gpu_gb: float, usable
         "bytes": round(goal["weights_GB"] / source["weights_GB"], 3),
     }
     stages_8b, train_8b = rehearsal["stages"], rehearsal["stages"]["train"]
-    train_windows = rehearsal["stages"]["text"]["texts"]["train"]["windows"]
+    train_windows = stages_8b["text"]["texts"]["train"]["windows"]
 
     def teacher_gb(model: dict) -> float:  # (windows, 512, hidden) bf16 final states
-        return train_windows * WINDOW * model["hidden"] * 2 / 1e9
+        return train_windows * WINDOW * model["hidden"] * BF16_BYTES / 1e9
 
     per_window, at_zero = window_cost(speed)
     fixed = at_zero - source["weights_GB"] - teacher_gb(source)  # logits chunks, optimiser, workspace
@@ -129,18 +129,19 @@ def extrapolate(rehearsal: dict, speed: dict, target: str, gpu_gb: float, usable
         peak = goal["weights_GB"] + teacher_gb(goal) + fixed + per_window * ratios["activations"] * windows
         passes.append({"windows_per_pass": windows, "peak_GB": round(peak, 1), "gpus": gpus_for(peak, gpu_gb, usable)})
 
+    factors = {  # rule -> (low, high) factors on the 8B time
+        "same": (1, 1),
+        "compute": (ratios["activations"], ratios["flops"]),
+        "bytes": (ratios["bytes"], ratios["bytes"]),
+        "bytes-to-compute": (ratios["bytes"], ratios["flops"]),
+    }
     stages = {}
     for name, rule in STAGE_RULES.items():
         measured = stages_8b.get(name)
         if measured is None:
             continue
         row = {"rule": rule or "not extrapolated", "source_s": measured["seconds"]}
-        low_high = {
-            "same": (1, 1),
-            "compute": (ratios["activations"], ratios["flops"]),
-            "bytes": (ratios["bytes"], ratios["bytes"]),
-            "bytes-to-compute": (ratios["bytes"], ratios["flops"]),
-        }.get(rule)
+        low_high = factors.get(rule)
         if low_high:
             row["low_s"], row["high_s"] = (round(measured["seconds"] * r, 1) for r in low_high)
         if rule in ("compute", "bytes-to-compute") and "peak_gpu_GB" in measured and name != "train":
@@ -182,7 +183,8 @@ def extrapolate(rehearsal: dict, speed: dict, target: str, gpu_gb: float, usable
             },
             "teacher_GB": round(teacher_gb(goal), 2),
             "fixed_GB": round(fixed, 2),
-            "fixed_is": LOGIT_CHUNK_NOTE + ", optimiser state and workspace: the same at both sizes",
+            "fixed_is": f"head logits, {KL_CHUNK} positions at a time, optimiser state and workspace: "
+            "the same at both sizes",
         },
         "passes": passes,
         "stages": stages,

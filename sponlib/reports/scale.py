@@ -147,10 +147,9 @@ def render_extrapolation(record: dict) -> str:
     ]
     for name, stage in record["stages"].items():
         estimate = _span(stage["low_s"], stage["high_s"]) if "low_s" in stage else "not estimated"
-        if name == "train":
-            estimate += f" ({stage['tokens_per_s'][0]:,}–{stage['tokens_per_s'][1]:,} tokens/s)"
         peak = f"{stage['peak_GB']:.0f} ({stage['gpus']} GPUs)" if "peak_GB" in stage else ""
-        if name == "train":
+        if name == "train":  # its throughput, and the peak of the pass size suggested
+            estimate += f" ({stage['tokens_per_s'][0]:,}–{stage['tokens_per_s'][1]:,} tokens/s)"
             micro = record["suggested"]["micro_batch"]
             chosen = next(p for p in record["passes"] if p["windows_per_pass"] == micro)
             peak = f"{chosen['peak_GB']:.0f} ({chosen['gpus']} GPUs), {micro} windows a pass"
