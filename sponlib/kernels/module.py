@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..models.adapters import block_projections
 from ..models.fingerprint import check_fingerprint
-from ..sparsity.rules import comparison_dtype, score_weights
+from ..sparsity.rules import THRESHOLD_METHODS, comparison_dtype, score_weights
 from ..sparsity.thresholds import Thresholds
 from . import listed_ops  # noqa: F401  (registers sponlib::listed_gemv)
 from .ops import check_level, new_workspace, sparse_gemv
@@ -305,6 +305,7 @@ def swap_in(
     SPON vector folded into the bias, when `alphas` has one). With `fuse`, q/k/v and gate/up of
     each block become one FusedSparseLinear launch each (SegmentOf modules in their places).
     Returns `model`."""
+    _check_rule(thresholds)
     if check:
         check_fingerprint(thresholds.fingerprint, model, "these thresholds")
     blocks = block_projections(model)
@@ -357,6 +358,7 @@ def set_thresholds(model: nn.Module, thresholds: Thresholds, alphas: dict[str, t
     modules = sparse_linears(model)
     if not modules:
         raise InvalidArgumentError("the model has no SparseLinear modules: call swap_in(model, thresholds) first")
+    _check_rule(thresholds)
     _check_alphas(modules, thresholds, alphas)
     first = next(iter(modules.values()))
     rule = "teal" if (first.fused if isinstance(first, SegmentOf) else first).col_norm is None else "wina"
@@ -387,3 +389,12 @@ def swap_out(model: nn.Module) -> nn.Module:
             model, name, module.fused.to_linear(module.index) if isinstance(module, SegmentOf) else module.to_linear()
         )
     return model
+
+
+def _check_rule(thresholds: Thresholds) -> None:
+    """The kernels skip columns by a threshold: larosa's Top-K and rsparse's low-rank part are not theirs."""
+    if thresholds.method not in THRESHOLD_METHODS:
+        raise InvalidArgumentError(
+            f"the sparse kernels run the threshold rules ({', '.join(THRESHOLD_METHODS)}), not {thresholds.method}: "
+            "run it through sponlib's hooks (sponlib.sparsity.Sparsifier, or mask.applied(model))"
+        )

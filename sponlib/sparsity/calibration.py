@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ from ..models.hooks import HookSet
 from ..models.placement import device_record, input_device
 from ..progress import no_bars
 from .allocation import allocation_levels, greedy_allocation
-from .rules import METHODS, SCORES, check_sparsity, input_scores, score_weights, sparse_input, split_method
+from .lowrank import DEFAULT_LOW_RANK_SHARE, channel_level, completed
+from .rules import SCORES, THRESHOLD_METHODS, check_sparsity, input_scores, score_weights, split_method, with_vector
 from .thresholds import Thresholds
 
 LOG10_LOW, LOG10_HIGH, BINS = -10.0, 6.0, 4096  # |x| < 1e-10 (zeros included) lands in bin 0
@@ -118,11 +119,22 @@ class Calibration:
                 ratios[name].append(refined[target][name] / dense if dense > 0 else 1.0)
         return [0.0] + grid, ratios
 
-    def thresholds(self, target: float, method: str = "teal", sparse_aware: bool = True) -> Thresholds:
+    def thresholds(
+        self, target: float, method: str = "teal", sparse_aware: bool = True, low_rank_share: float | None = None
+    ) -> Thresholds:
         """Thresholds of every projection for mask rule `method` at average sparsity `target`:
         the dense threshold at each projection's level, times the sparse-aware correction
-        interpolated between refined levels (left out with sparse_aware=False, for comparison)."""
+        interpolated between refined levels (left out with sparse_aware=False, for comparison).
+        larosa needs no threshold (Top-K; attach its rotations with `with_rotations`); rsparse is
+        teal at the channel level its byte budget leaves (sponlib.sparsity.lowrank)."""
         target = check_sparsity(target)
+        if method == "larosa":
+            levels = dict.fromkeys(self.sizes, target)
+            return Thresholds(method, target, levels, dict.fromkeys(self.sizes, 0.0), self.fingerprint, dict(self.meta))
+        if method == "rsparse":
+            share = DEFAULT_LOW_RANK_SHARE if low_rank_share is None else low_rank_share
+            teal = self.thresholds(channel_level(target, share), "teal", sparse_aware)
+            return replace(teal, method=method, target=target, rule_settings={"low_rank_share": share})
         score, _ = split_method(method)
         if score not in self.tables:
             raise InvalidArgumentError(f"this calibration has no {score} statistics; calibrate with it")
@@ -231,8 +243,8 @@ class _RefiningHook:
     """Pass 2 hook: calibrate tau on the input this projection really sees, then apply it (and add
     the projection's SPON vector, if any, as the Sparsifier would)."""
 
-    def __init__(self, level: float, col_norm: torch.Tensor | None, alpha: torch.Tensor | None = None):
-        self.level, self.col_norm, self.alpha, self.tau = level, col_norm, alpha, None
+    def __init__(self, level: float, col_norm, alpha=None, completion: torch.Tensor | None = None):
+        self.level, self.col_norm, self.alpha, self.completion, self.tau = level, col_norm, alpha, completion, None
 
     def __call__(self, module, args):
         x = args[0]  # (B, T, in)
@@ -240,23 +252,34 @@ class _RefiningHook:
         hist = _Histogram()
         hist.add(score)
         self.tau = float(hist.quantiles(torch.tensor([self.level], dtype=torch.float64))[0])
-        return (sparse_input(x, score > self.tau, self.alpha),) + tuple(args[1:])
+        sparse = x * (score > self.tau)
+        if self.completion is not None:  # rsparse: what the mask drops, through W's low-rank part
+            sparse = completed(x, sparse, self.completion)
+        return (with_vector(sparse, self.alpha),) + tuple(args[1:])
 
 
 @torch.inference_mode()
 def refine_thresholds(
-    model, ids: torch.Tensor, score: str, levels: dict[str, float], alphas: dict[str, torch.Tensor] | None = None
+    model,
+    ids: torch.Tensor,
+    score: str,
+    levels: dict[str, float],
+    alphas: dict[str, torch.Tensor] | None = None,
+    completions: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Pass 2 at one setting: every projection's threshold calibrated under upstream sparsity
     (and upstream SPON vectors, when `alphas` are given: SPON moves the hidden states, so
-    thresholds fitted without it would miss their level). `ids` go through as one batch, so each
-    threshold sees all refinement tokens."""
-    alphas = alphas or {}
+    thresholds fitted without it would miss their level; and rsparse's low-rank bases, when
+    `completions` are given). `ids` go through as one batch, so each threshold sees all
+    refinement tokens."""
+    alphas, completions = alphas or {}, completions or {}
     refiners: dict[str, _RefiningHook] = {}
     with HookSet() as hooks:
         for block in block_projections(model):
             for p in block.values():
-                refiners[p.name] = _RefiningHook(levels[p.name], score_weights(p.module, score), alphas.get(p.name))
+                refiners[p.name] = _RefiningHook(
+                    levels[p.name], score_weights(p.module, score), alphas.get(p.name), completions.get(p.name)
+                )
                 hooks.pre(p.module, refiners[p.name])
         model(input_ids=ids.to(input_device(model)), use_cache=False, logits_to_keep=1)
     return {name: hook.tau for name, hook in refiners.items()}
@@ -308,7 +331,7 @@ def calibrate(
         timings["greedy_s"] = time.perf_counter() - started - sum(timings.values())
     methods = [
         m
-        for m in METHODS
+        for m in THRESHOLD_METHODS
         if split_method(m)[0] in scores
         and (split_method(m)[1] == "uniform" or split_method(m)[0] in calibration.greedy)
     ]

@@ -7,6 +7,12 @@ the projection's threshold τ:
 A mask rule is a score plus an allocation of sparsity over the projections: "uniform" (the same
 level everywhere: teal, wina) or the block-wise "greedy" one (greedy, greedy-wina; see
 sponlib.sparsity.allocation).
+
+Two rules change what W reads beyond zeroing entries:
+    larosa   Top-K per token on the input rotated into its PCA basis, then rotated back
+             (score "topk", no threshold; sponlib.sparsity.rotation)
+    rsparse  the teal mask, plus the dropped part x − S(x) through a low-rank part of W
+             (sponlib.sparsity.lowrank)
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..models.placement import onloaded
 
-SCORES = ("teal", "wina")  # what is thresholded
-METHODS = ("teal", "wina", "greedy", "greedy-wina")  # mask rule = score + allocation
+SCORES = ("teal", "wina")  # what is thresholded (and calibrated)
+METHODS = ("teal", "wina", "greedy", "greedy-wina", "larosa", "rsparse")  # mask rule = score + allocation
+THRESHOLD_METHODS = METHODS[:4]  # the rules a threshold alone makes: what the kernels and exports run
 
 
 def check_sparsity(target: float) -> float:
@@ -39,9 +46,12 @@ def check_sparsity(target: float) -> float:
 
 
 def split_method(method: str) -> tuple[str, str]:
-    """'greedy-wina' -> ('wina', 'greedy'); 'teal' -> ('teal', 'uniform')."""
+    """'greedy-wina' -> ('wina', 'greedy'); 'teal' -> ('teal', 'uniform'); 'larosa' -> ('topk',
+    'uniform'); 'rsparse' -> ('teal', 'uniform') (its thresholds are teal's)."""
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown mask rule {method!r}; choose from {', '.join(METHODS)}")
+    if method in ("larosa", "rsparse"):
+        return ("topk" if method == "larosa" else "teal"), "uniform"
     if method.startswith("greedy"):
         return ("wina" if method.endswith("wina") else "teal"), "greedy"
     return method, "uniform"
@@ -111,6 +121,19 @@ def half_threshold(tau: float, dtype: torch.dtype) -> float | None:
         bits = struct.unpack("<H", struct.pack("<e", nearest))[0] - 1
         nearest = struct.unpack("<e", struct.pack("<H", bits))[0]
     return nearest
+
+
+def kept_count(in_features: int, level: float) -> int:
+    """Inputs a Top-K mask keeps per token at sparsity `level`: the rest, rounded, are zeroed."""
+    return in_features - round(level * in_features)
+
+
+def topk_input(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """x with all but its `keep` largest-magnitude entries of each token zeroed. (..., in) -> (..., in)"""
+    if keep >= x.shape[-1]:
+        return x
+    index = x.abs().topk(max(keep, 0), dim=-1, sorted=False).indices  # (..., keep)
+    return torch.zeros_like(x).scatter(-1, index, x.gather(-1, index))  # gradients reach the kept entries
 
 
 def zeroed_entries(sparse: torch.Tensor, tau: float) -> torch.Tensor:

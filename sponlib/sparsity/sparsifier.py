@@ -14,31 +14,67 @@ from ..errors import InvalidArgumentError
 from ..models.adapters import iter_projections
 from ..models.fingerprint import check_fingerprint
 from ..models.placement import execution_device
-from .rules import masked_input, score_weights, with_vector, zeroed_entries
+from .lowrank import completed, completion_basis
+from .rotation import check_rotations, rotated_topk
+from .rules import comparison_dtype, kept_count, masked_input, score_weights, with_vector, zeroed_entries
 from .thresholds import Thresholds
 
 
 class MaskHook:
     """Forward pre-hook of one projection: zero the inputs whose score is <= tau (and count them),
-    then add the projection's spontaneous-neuron vector alpha if it has one: S(x) + alpha."""
+    then add the projection's spontaneous-neuron vector alpha if it has one: S(x) + alpha.
+
+    Two rules change S: with `keep`, Top-K per token instead of a threshold, in the basis of
+    `rotation` when given (larosa); with `completion` (in, r), the dropped part x − S(x) still
+    reaches W through its rank-r part (rsparse). The counts are of the channels a kernel skips."""
 
     def __init__(
-        self, tau: float, col_norm: torch.Tensor | None, alpha: torch.Tensor | None = None, count: bool = True
+        self,
+        tau: float,
+        col_norm: torch.Tensor | None,
+        alpha: torch.Tensor | None = None,
+        count: bool = True,
+        keep: int | None = None,
+        rotation: torch.Tensor | None = None,
+        completion: torch.Tensor | None = None,
     ):
         self.tau = tau
         self.col_norm = col_norm  # (in,) for wina, None for teal
         self.alpha = alpha  # (in,) or None; may require grad (SPON training)
         self.count = count  # training skips the bookkeeping
+        self.keep, self.rotation, self.completion = keep, rotation, completion
         self.zeroed = 0  # tensor after the first call: no device sync per forward
         self.seen = 0
 
     def __call__(self, module: nn.Module, args: tuple):
         x = args[0]  # (..., in)
-        sparse = masked_input(x, self.tau, self.col_norm)  # (..., in)
+        if self.keep is not None:
+            sparse = rotated_topk(x, self.keep, self.rotation)  # (..., in)
+            zeroed = x.numel() - self.keep * (x.numel() // x.shape[-1])
+        else:
+            sparse = masked_input(x, self.tau, self.col_norm)  # (..., in)
+            zeroed = zeroed_entries(sparse, self.tau) if self.count else 0
+            if self.completion is not None:
+                sparse = completed(x, sparse, self.completion)
         if self.count:
-            self.zeroed = self.zeroed + zeroed_entries(sparse, self.tau)
+            self.zeroed = self.zeroed + zeroed
             self.seen += x.numel()
         return (with_vector(sparse, self.alpha),) + tuple(args[1:])
+
+
+def rule_hook(thresholds: Thresholds, proj, alpha: torch.Tensor | None, count: bool) -> MaskHook:
+    """The hook of one projection under `thresholds`, whatever their rule."""
+    name, module = proj.name, proj.module
+    if thresholds.method == "larosa":
+        rotation = thresholds.rotations.matrices.get(name) if thresholds.rotations is not None else None
+        if rotation is not None:  # once, where the projection computes: not a copy per forward
+            rotation = rotation.to(execution_device(module), comparison_dtype(module.weight.dtype))
+        keep = kept_count(proj.in_features, thresholds.levels[name])
+        return MaskHook(thresholds.taus[name], None, alpha, count, keep=keep, rotation=rotation)
+    completion = None
+    if thresholds.method == "rsparse":
+        completion = completion_basis(module, thresholds.target, thresholds.rule_settings["low_rank_share"])
+    return MaskHook(thresholds.taus[name], score_weights(module, thresholds.score), alpha, count, completion=completion)
 
 
 class Sparsifier:
@@ -70,6 +106,8 @@ class Sparsifier:
         missing = set(self.projections) - set(thresholds.taus)
         if missing:
             raise InvalidArgumentError(f"thresholds lack {len(missing)} projections, e.g. {sorted(missing)[0]}")
+        if thresholds.method == "larosa" and thresholds.rule_settings.get("rotation") != "folded":
+            check_rotations(thresholds.rotations, self.projections)
         alphas = alphas or {}
         unknown = set(alphas) - set(self.projections)
         if unknown:
@@ -85,10 +123,13 @@ class Sparsifier:
                 )
             if alpha is not None:
                 alpha = alpha.to(execution_device(proj.module))
-            self.hooks[name] = MaskHook(
-                thresholds.taus[name], score_weights(proj.module, thresholds.score), alpha, count
-            )
+            self.hooks[name] = rule_hook(thresholds, proj, alpha, count)
         self._handles: list = []
+
+    @property
+    def completions(self) -> dict[str, torch.Tensor]:
+        """rsparse's low-rank bases by projection (what a refit of its thresholds needs)."""
+        return {n: h.completion for n, h in self.hooks.items() if h.completion is not None}
 
     @property
     def active(self) -> bool:

@@ -1,13 +1,17 @@
 """`Thresholds`: one τ per projection for one mask rule at one target sparsity, saved as JSON and
 checked against the model's fingerprint on load. They come from a calibration
 (sponlib.sparsity.calibration), or exactly from one dense pass (`quantile_thresholds`, for tests).
+
+Rules beyond a threshold keep their settings here too: rsparse its low-rank share
+(`rule_settings`), larosa its rotations (`rotations`, held in memory only: they are a file of
+their own, sponlib.sparsity.rotation, and the settings record their sha256).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -30,13 +34,27 @@ class Thresholds:
     taus: dict[str, float]  # projection name -> threshold on its score
     fingerprint: dict  # of the model they were calibrated on
     calibration: dict = field(default_factory=dict)  # provenance of the calibration
+    rule_settings: dict = field(default_factory=dict)  # rsparse: low_rank_share; larosa: rotation provenance
+    rotations: object = field(default=None, repr=False, compare=False)  # larosa: a sparsity.rotation.Rotations
 
     @property
     def score(self) -> str:
         return split_method(self.method)[0]
 
+    @property
+    def refittable(self) -> bool:
+        """Whether τ sets the level (a Top-K rule has no threshold to refit)."""
+        return self.score != "topk"
+
+    def with_rotations(self, rotations) -> "Thresholds":
+        """These thresholds with larosa's rotations attached (their provenance and sha256 recorded)."""
+        return replace(
+            self, rotations=rotations, rule_settings={**self.rule_settings, "rotation": rotations.describe()}
+        )
+
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_json(path, {"format": "sponlib-thresholds/1", **asdict(self)})
+        saved = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rotations"}
+        atomic_write_json(path, {"format": "sponlib-thresholds/1", **saved})
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> "Thresholds":

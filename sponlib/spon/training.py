@@ -242,13 +242,11 @@ class _Trainer:
         keeps the best step."""
         synchronize(self.devices)  # GPU work of earlier steps belongs to training time
         started = time.perf_counter()
-        if self.config.track_sparsity and self.step > 0:
+        if self.config.track_sparsity and self.step > 0 and self.thresholds.refittable:
+            alphas = {n: a.detach() for n, a in self.alphas.items()}
+            levels = self.thresholds.levels
             taus = refine_thresholds(
-                self.model,
-                self.refit_ids,
-                self.thresholds.score,
-                self.thresholds.levels,
-                {n: a.detach() for n, a in self.alphas.items()},
+                self.model, self.refit_ids, self.thresholds.score, levels, alphas, self.sparsifier.completions
             )
             self.taus = self.replicas.broadcast(taus)  # one set of thresholds, even if GPUs round differently
             for name, tau in self.taus.items():
@@ -359,7 +357,7 @@ class _Trainer:
     def _result(self) -> tuple[SponVectors, Thresholds]:
         config, best = self.config, self.best
         result = SponVectors(best["alphas"], dict(self.vectors.meta))
-        refitted = config.track_sparsity and best["step"] > 0
+        refitted = config.track_sparsity and best["step"] > 0 and self.thresholds.refittable
         thresholds = dataclasses.replace(
             self.thresholds,
             taus=best["taus"],
