@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
 
@@ -49,6 +49,7 @@ from .errors import InvalidArgumentError
 from .models.gguf import KNOWN_MODELS
 from .paths import display_path
 from .sparsity.calibration import Calibration
+from .sparsity.rotation import ROTATION_WINDOWS, text_rotations
 from .sparsity.rules import check_sparsity, split_method
 from .sparsity.sparsifier import Sparsifier
 from .sparsity.thresholds import Thresholds
@@ -239,6 +240,31 @@ class MaskRequest:
                 f"{what} was made for mask rule {thresholds.method}, not {self.rule}: leave the rule out "
                 f"or use a matching file{hint}"
             )
+
+
+def with_rotations(mask: Mask, model: nn.Module, tokenizer) -> Mask:
+    """A larosa mask with its rotations attached: made again from the text its thresholds name
+    (a SPON file records the corpus, windows and seed it was trained with), else from the first
+    windows of the calibration text. Other masks are returned as they are."""
+    thresholds = mask.thresholds
+    if thresholds is None or thresholds.method != "larosa" or thresholds.rotations is not None:
+        return mask
+    made = thresholds.rule_settings.get("rotation") or {}
+    corpus = made.get("corpus", thresholds.calibration.get("corpus"))
+    if corpus is None:
+        raise InvalidArgumentError(
+            "these larosa thresholds name no text to make their rotations from: attach them yourself "
+            "(thresholds.with_rotations(sponlib.sparsity.rotation.pca_rotations(model, ids)))"
+        )
+    rotations = text_rotations(
+        model,
+        tokenizer,
+        corpus,
+        made.get("windows", ROTATION_WINDOWS),
+        made.get("window_len", thresholds.calibration.get("window_len", 512)),
+        made.get("seed", thresholds.calibration.get("seed", 0)),
+    )
+    return replace(mask, thresholds=thresholds.with_rotations(rotations))
 
 
 def resolve_mask(

@@ -20,7 +20,7 @@ LAYERS = (
     {"data"},
     {"mixtures"},
     {"models"},
-    {"distributed", "sparsity", "records"},
+    {"distributed", "sparsity", "pruning", "records"},
     {"spon", "perplexity"},
     {"artifacts"},
     {"masks"},

@@ -52,8 +52,10 @@ class LayerAnalysis:
         metrics=("drift", "cosine", "cka", "lens_kl"),
         max_cached: int = 24,
         spon_levels=None,
+        rotations=None,
     ):
         self.model, self.ids, self.calibration = model, ids, calibration  # ids: (B, L)
+        self.rotations = rotations  # larosa's (sponlib.sparsity.rotation), from calibration text
         self.spon = {(rule, round(float(level), 4)): pair for (rule, level), pair in (spon or {}).items()}
         if spon_levels is not None and not isinstance(spon_levels, dict):  # one SponLevels: keyed by its rule
             spon_levels = {spon_levels.rule: spon_levels}
@@ -104,9 +106,15 @@ class LayerAnalysis:
                 )
             vectors, thresholds = self.spon_levels[rule].at(level)
             return Variant(f"spon@{level}", thresholds, vectors.alphas)
-        return Variant(
-            f"masked@{level}", resolve_mask(self.model, level, rule, calibration=self.calibration).thresholds
-        )
+        thresholds = resolve_mask(self.model, level, rule, calibration=self.calibration).thresholds
+        if rule == "larosa":
+            if self.rotations is None:
+                raise InvalidArgumentError(
+                    "larosa needs its rotations: LayerAnalysis(..., rotations=sponlib.sparsity.rotation."
+                    "text_rotations(model, tokenizer, calibration.meta['corpus']))"
+                )
+            thresholds = thresholds.with_rotations(self.rotations)
+        return Variant(f"masked@{level}", thresholds)
 
     def projection(self, block: int, role: str):
         """The Projection (sponlib.models.adapters) of one block and role."""

@@ -31,10 +31,10 @@ import sys
 
 from ..distributed import launched_world_size
 from ..errors import SponlibError
-from . import docs, evaluate, experiments, harness, robust, setup, spon
+from . import comparisons, docs, evaluate, experiments, harness, robust, setup, spon
 
 # One module per group of commands, each adding its own sub-parsers, in the order `--help` lists them.
-GROUPS = (setup, evaluate, spon, experiments, robust, harness, docs)
+GROUPS = (setup, evaluate, spon, experiments, robust, comparisons, harness, docs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from ..models.loading import resolve_dtype
 from ..models.placement import input_device
 from ..perplexity import evaluate
 from ..records import write_result
+from ..sparsity.rules import METHODS
 from . import options
 from .inputs import (
     calibrate_from,
@@ -46,7 +47,13 @@ def add_commands(sub) -> None:
     options.add_text(p)
     options.add_windows(p)
     p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1); omit for the dense model")
-    p.add_argument("--method", default=None, help="mask rule: teal (default), wina, greedy, greedy-wina")
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="mask rule (default teal); larosa makes its rotations from the calibration text, rsparse "
+        "adds a low-rank part for the bytes its mask saves (docs/comparisons.md)",
+    )
     p.add_argument(
         "--calibration",
         metavar="FILE",

@@ -15,7 +15,7 @@ from ..data import hub_dataset, load_corpus, load_windows, text_file
 from ..distributed import Replicas
 from ..errors import SponlibError
 from ..io import sha256_file
-from ..masks import DEFAULT_RULE, Mask, MaskRequest
+from ..masks import DEFAULT_RULE, Mask, MaskRequest, with_rotations
 from ..mixtures import mixture_windows, parse_sources
 from ..models.loading import DEVICE_MAP_STRATEGIES, load_model, resolve_device, resolve_dtype
 from ..models.placement import placement_record
@@ -172,7 +172,7 @@ def resolve(args, request: MaskRequest, model, tokenizer, replicas: Replicas) ->
         if request.needs_calibration:
             calibration = calibration_for(args, model, tokenizer, [request.rule or DEFAULT_RULE])
             request = MaskRequest(request.sparsity, request.rule, calibration)
-        mask = request.resolve(model)
+        mask = with_rotations(request.resolve(model), model, tokenizer)  # larosa's, from its text
     return replicas.broadcast(mask)
 
 

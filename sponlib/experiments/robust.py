@@ -157,6 +157,11 @@ class RobustRun:
     def mask(self, level: float):
         return self.calibration.thresholds(level, self.rule)
 
+    def load(self, path: Path):
+        """Vectors and thresholds saved in the work folder (a rule with more than thresholds,
+        e.g. larosa's rotations, attaches it here)."""
+        return load_spon(path, self.model)
+
     def score(self, level: float, vectors, thresholds) -> list[dict]:
         """Validation and every test text: dense, mask and SPON side by side, paired."""
         rows = []
@@ -173,7 +178,7 @@ class RobustRun:
         """The vectors and thresholds of `recipe` at `level`: from the work folder, else trained."""
         path = self.work / f"{recipe.training}-{self.rule}-{level:g}.safetensors"
         if path.exists():
-            return load_spon(path, self.model)
+            return self.load(path)
         mask = self.mask(level)
         if recipe.closed_form:
             vectors, thresholds = self._closed_form(recipe, mask), mask
@@ -295,7 +300,7 @@ class RobustRun:
                     self.model, vectors, thresholds, mask, self.texts.validation, start=start, scan=scan
                 )
                 save_spon(vectors, thresholds, path)
-            final[level] = load_spon(path, self.model)
+            final[level] = self.load(path)
             if level in levels and self.artifacts is not None:
                 save_spon(*final[level], self.artifacts / f"spon-{self.rule}-{level:g}.safetensors")
             if not self._done("final", level=level, recipe=recipe.name):

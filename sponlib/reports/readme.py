@@ -19,7 +19,7 @@ from typing import Callable
 
 from ..io import atomic_write_text
 from ..records import load_result
-from . import kernels, quality, robust, scale, speed
+from . import comparisons, kernels, quality, robust, scale, speed
 
 _BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+(?: \w+)?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -52,6 +52,9 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "training_speed_h200.json": scale.render_training_speed,
     "scale_extrapolation_70b.json": scale.render_extrapolation,
     "scale_rehearsal_h200.json targets": scale.render_targets,
+    "comparisons.json": comparisons.render_rules,
+    "comparisons.json pruning": comparisons.render_pruning,
+    "comparisons.json targets": comparisons.render_targets,
 }
 
 

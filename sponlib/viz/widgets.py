@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 
 from ..analysis.layers import LayerAnalysis
 from ..analysis.metrics import pca_fit, pca_project
+from ..errors import InvalidArgumentError
 from ..models.adapters import ROLES
 from ..sparsity.rules import input_scores, score_weights, split_method
 from . import plots
@@ -170,6 +171,11 @@ class ThresholdExplorer(_Dashboard):
         block: int = 0,
         role: str = "q",
     ):
+        if "larosa" in rules:
+            raise InvalidArgumentError(
+                "the threshold explorer draws each input against its threshold; larosa keeps a Top-K of "
+                "rotated inputs and has none: explore it with the DriftExplorer"
+            )
         super().__init__(analysis, rules, level, levels)
         self.block = w.IntSlider(
             value=block, min=0, max=analysis.n_blocks - 1, description="block", continuous_update=False

@@ -1,0 +1,98 @@
+"""`comparisons`: SPON on five mask rules and weight pruning at the same sparsity, side by side
+(sponlib.experiments.comparisons; record data/results/comparisons.json).
+
+Parts can run in parallel processes on one GPU, each resuming from the work folder:
+    python -m sponlib comparisons --device cuda --parts larosa --json data/results/comparisons.json
+    ... one per rule, and --parts pruning; then --parts record assembles the record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InvalidArgumentError
+from ..experiments import protocol
+from ..experiments.comparisons import RECIPE, RULES, Comparisons
+from ..experiments.genres import genre_texts, recipe_named
+from ..models.loading import load_model
+from ..sparsity.rotation import ROTATION_WINDOWS, text_rotations
+from ..spon.config import TrainConfig
+from . import options
+from .inputs import calibration_for
+
+PARTS = (*RULES, "pruning", "record")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "comparisons", help="SPON on five mask rules, and Wanda/SparseGPT pruning at the same sparsity, side by side"
+    )
+    options.add_model(p)
+    options.add_windows(p)
+    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one)")
+    options.add_calibration(p, prefix="calib-")
+    p.add_argument(
+        "--parts",
+        type=options.names,
+        default=list(PARTS),
+        help=f"comma-separated parts to run (default all: {', '.join(PARTS)})",
+    )
+    p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="protocol levels (default 0.25..0.7)")
+    p.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
+    p.add_argument("--steps", type=int, default=250, help="optimiser steps per training (default 250)")
+    p.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 0.001)")
+    p.add_argument(
+        "--rotation-windows", type=int, default=ROTATION_WINDOWS, help="calibration windows for larosa's PCA"
+    )
+    p.add_argument("--prune-windows", type=int, default=128, help="training windows Wanda and SparseGPT calibrate on")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per evaluation forward pass (default 16)")
+    p.add_argument("--work", default="runs/comparisons", help="folder of every part's results (resumes from it)")
+    p.add_argument("--json", required=True, metavar="OUT", help="the record to write")
+    p.set_defaults(run=cmd_comparisons)
+
+
+def cmd_comparisons(args) -> None:
+    unknown = [part for part in args.parts if part not in PARTS]
+    if unknown:
+        raise InvalidArgumentError(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    recipe = recipe_named(RECIPE)
+    config = TrainConfig(steps=args.steps, batch_size=args.train_batch, lr=args.lr, checkpoint_every=50)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calibration = calibration_for(args, model, tokenizer, ["greedy"])
+    texts = genre_texts(tokenizer, args.windows, args.window_len, args.seed, args.train_windows, recipes=(recipe,))
+    corpus = calibration.meta.get("corpus", protocol.CALIBRATION_TEXT)
+    rotations = text_rotations(model, tokenizer, corpus, args.rotation_windows, args.window_len, args.seed)
+    run = Comparisons(
+        model,
+        calibration,
+        texts,
+        config,
+        args.json,
+        Path(args.work),
+        rotations,
+        levels=tuple(args.levels),
+        batch_size=args.batch_size,
+        settings={"prune_windows": args.prune_windows},
+    )
+    run.note_command([part for part in args.parts if part != "record"])
+    for part in args.parts:
+        if part in RULES:
+            run.run_rule(part)
+        elif part == "pruning":
+            run.run_pruning(args.prune_windows)
+    if "record" in args.parts:
+        record = run.write()
+        for rule, levels in record["summary"]["rules"].items():
+            for level, row in levels.items():
+                print(
+                    f"{rule:8s} {level:>5}  sparsity {_fmt(row['sparsity'])}  in {_fmt(row['recovery_in'])}  "
+                    f"held-out min {_fmt(row['recovery_heldout_min'])}  worse on {row['worse_than_mask']}"
+                )
+        for name, row in record["summary"]["pruning"].items():
+            print(f"{name:14s} ppl in {_fmt(row['ppl_in'])}  teal+SPON {_fmt(row['ppl_teal_spon_in'])}")
+        print(f"wrote {args.json}")
+
+
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{value:.3f}"

@@ -1,0 +1,86 @@
+"""The comparisons experiment end to end on a tiny model (plumbing), `eval --method` with the new
+rules, and the committed record against the issue's targets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sponlib.experiments.comparisons import PRUNING, RULES
+from sponlib.records import load_result
+from sponlib.reports.comparisons import missing_cells, render_pruning, render_rules
+
+
+def sponlib(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "sponlib", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_comparisons_run_in_parts_and_assemble_one_record(tiny_model_dir, tmp_path):
+    small = [
+        "comparisons",
+        "--model",
+        str(tiny_model_dir),
+        "--windows",
+        "2",
+        "--window-len",
+        "32",
+        "--calib-windows",
+        "2",
+    ]
+    small += ["--calib-window-len", "32", "--train-windows", "8", "--steps", "2", "--train-batch", "2"]
+    small += ["--rotation-windows", "2", "--prune-windows", "2", "--levels", "0.5", "--work", str(tmp_path / "w")]
+    out = tmp_path / "comparisons.json"
+    for parts in ("teal,larosa", "rsparse,pruning"):  # two commands, as parallel processes would
+        run = sponlib(*small, "--parts", parts, "--json", str(out))
+        assert run.returncode == 0, run.stderr
+    assert not out.exists()  # parts alone write no record
+    run = sponlib(*small, "--parts", "record", "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    record = json.loads(out.read_text())
+    assert record["kind"] == "comparisons" and not record["complete"]  # wina and greedy were not run
+    assert [c["parts"] for c in record["part_commands"]] == [["teal", "larosa"], ["rsparse", "pruning"]]
+    assert [e["level"] for e in record["rules"]["larosa"]] == [0.5] and record["rules"]["wina"] == []
+    assert record["rules"]["larosa"][0]["measured"]["weighted"] == pytest.approx(0.5, abs=0.01)
+    assert record["rotation_check"]["float64"]["max_abs"] < 1e-9
+    assert {(e["method"], e["pattern"]) for e in record["pruning"]} == set(PRUNING)
+    assert all(len(e["rows"]) == 1 + len(record["settings"]["texts"]["tests"]) for e in record["pruning"])
+    assert "wina at 0.5" in render_rules(record) and "sparsegpt 2:4" in render_pruning(record)
+
+    bad = sponlib(*small, "--parts", "teal,nonsense", "--json", str(out))
+    assert bad.returncode != 0 and "unknown part 'nonsense'" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["larosa", "rsparse"])
+def test_eval_runs_the_new_rules(tiny_model_dir, tmp_path, rule):
+    out = tmp_path / "eval.json"
+    base = ["eval", "--model", str(tiny_model_dir), "--corpus", "persuasion", "--windows", "2", "--window-len", "32"]
+    calibration = ["--calibration", str(tmp_path / "c.safetensors"), "--calib-windows", "2", "--calib-window-len", "32"]
+    run = sponlib(*base, *calibration, "--sparsity", "0.5", "--method", rule, "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    record = json.loads(out.read_text())
+    assert record["method"] == rule
+    bad = sponlib(*base, "--sparsity", "0.5", "--method", "larosa-wina", "--json", str(out))
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
+def test_the_committed_record_meets_the_targets_it_holds():
+    """Every cell the record has: masks at their level on held-out text (larosa exactly, rsparse in
+    bytes), SPON never worse than its mask on any test text, and pruning beside teal + SPON."""
+    record = load_result("comparisons.json")
+    assert list(record["rules"]) == list(RULES)
+    for rule, entries in record["rules"].items():
+        for entry in entries:
+            measured = entry["measured"]
+            key = "bytes_not_read" if rule == "rsparse" else "weighted"
+            assert abs(measured[key] - entry["level"]) <= 0.01, (rule, entry["level"], measured)
+            assert not any(row["worse_than_mask"] for row in entry["rows"]), (rule, entry["level"])
+            if rule == "rsparse":
+                assert abs(measured["weighted"] - measured["channel_target"]) <= 0.01
+    assert {(e["method"], e["pattern"]) for e in record["pruning"]} == set(PRUNING)
+    assert all(abs(e["zero_share"] - 0.5) < 1e-4 for e in record["pruning"])
+    assert set(missing_cells(record)) <= {f"{r} at {lv:g}" for r in RULES for lv in (0.4, 0.6, 0.7)}
+    assert Path(record["command"].split("--json ")[1]).as_posix() == "data/results/comparisons.json"
