@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from ..sparsity.rules import METHODS
 from ..tasks.harness import check_model_args, check_tasks, lm_from_model_args, results_record, run_harness
 from . import options
 from .inputs import write_record
@@ -26,7 +27,7 @@ def add_commands(sub) -> None:
         help="comma-separated lm-eval task, group or tag names, e.g. hellaswag,lambada_openai",
     )
     p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1); omit for the dense model")
-    p.add_argument("--method", default=None, help="mask rule: teal (default), wina, greedy, greedy-wina")
+    p.add_argument("--method", default=None, choices=METHODS, help="mask rule (default teal)")
     p.add_argument(
         "--calibration", metavar="FILE", help="calibration file (default: the one shipped for a known model)"
     )

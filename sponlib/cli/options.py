@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..experiments import protocol
+from ..sparsity.rules import METHODS
 from ..spon.training import TrainConfig
 
 
@@ -100,7 +101,7 @@ def add_windows(p: argparse.ArgumentParser, windows: int = protocol.WINDOWS, see
 
 def add_trained(p: argparse.ArgumentParser) -> None:
     """The SPON vectors and calibration of commands that evaluate trained vectors."""
-    p.add_argument("--method", default="teal", help="mask rule (default teal)")
+    p.add_argument("--method", default="teal", choices=METHODS, help="mask rule (default teal)")
     p.add_argument(
         "--levels",
         type=floats,

@@ -18,6 +18,7 @@ from ..mixtures import parse_sources, source_from_name
 from ..models.loading import load_model, resolve_dtype
 from ..models.placement import input_device
 from ..records import write_result
+from ..sparsity.rules import METHODS
 from ..spon.export import THRESHOLDS_FILE, fold_and_export
 from ..spon.safeguard import safeguard
 from ..spon.training import train_spon
@@ -31,7 +32,7 @@ def add_commands(sub) -> None:
     options.add_model(p)
     options.add_placement(p)
     p.add_argument("--sparsity", type=float, required=True, help="target sparsity in [0, 1)")
-    p.add_argument("--method", default="teal", help="mask rule: teal (default), wina, greedy, greedy-wina")
+    p.add_argument("--method", default="teal", choices=METHODS, help="mask rule (default teal)")
     p.add_argument("--out", required=True, help="SPON file to write (.safetensors); its thresholds go next to it")
     p.add_argument(
         "--calibration",

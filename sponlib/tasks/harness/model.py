@@ -13,6 +13,7 @@ import os
 from lm_eval.models.huggingface import HFLM
 
 from ...errors import InvalidArgumentError
+from ...masks import with_rotations
 from ...models.loading import load_model
 from ...models.placement import input_device
 from ...sparsity.sparsifier import Sparsifier
@@ -115,7 +116,7 @@ def lm_from_model_args(model_args: str | dict | None, **defaults):
             given.setdefault(key, value)
     settings, hflm = check_model_args(given)  # everything checked before the model loads
     model, tokenizer = load_model(settings["model"], dtype=settings["dtype"], device=settings["device"])
-    mask = mask_request(settings).resolve(model)
+    mask = with_rotations(mask_request(settings).resolve(model), model, tokenizer)  # larosa's, from its text
     lm = SponlibLM(model, tokenizer, thresholds=mask.thresholds, spon=mask.spon, **hflm)
     lm.provenance.update(mask.source)
     return lm
