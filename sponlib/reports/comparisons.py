@@ -58,7 +58,8 @@ def render_pruning(record: dict) -> str:
     worst = max(held, key=lambda r: r["ppl_teal_spon"] / r["ppl_dense"])
     lines = [
         f"| model ({level:g} of the weights or inputs) | weights zeroed | Persuasion ppl | "
-        f"{worst['text'].removeprefix('brown-')} ppl | better than teal + SPON on | worse on |",
+        f"{worst['text'].removeprefix('brown-')} ppl (held-out, teal + SPON's worst) | better than teal + SPON on | "
+        "worse on |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| dense | 0 | {_fmt(inside['ppl_dense'], 2)} | {_fmt(worst['ppl_dense'], 2)} | | |",
         f"| teal (mask) | per token | {_fmt(inside['ppl_teal'], 2)} | {_fmt(worst['ppl_teal'], 2)} | | |",
@@ -74,14 +75,15 @@ def render_pruning(record: dict) -> str:
             f"{_fmt(by_text[inside['text']]['ppl_pruned'], 2)} | {_fmt(by_text[worst['text']]['ppl_pruned'], 2)} | "
             f"{better} of {len(tests)} | {worse} of {len(tests)} |"
         )
-    return "\n".join(lines) + "\n\n" + _line(record)
+    paired = "better or worse: the paired 95% bootstrap interval of log(ppl_pruned / ppl_spon) lies below or above 0"
+    return "\n".join(lines) + "\n\n" + _line(record, paired)
 
 
-def _line(record: dict) -> str:
+def _line(record: dict, what: str = "recovery with its paired 95% bootstrap interval") -> str:
     texts = record["settings"]["texts"]["tests"]
     return (
         f"{len(texts)} test texts of {texts[0]['windows']} windows × {texts[0]['window_len']} tokens (seed "
-        f"{texts[0]['seed']}); recovery with its paired 95% bootstrap interval. " + run_line(record)
+        f"{texts[0]['seed']}); {what}. " + run_line(record)
     )
 
 
