@@ -120,3 +120,21 @@ def render_targets(record: dict) -> str:
         f"| Wanda and SparseGPT, 50% and 2:4, beside teal + SPON | 4 rows | {len(record['pruning'])} rows |",
     ]
     return "\n".join(lines) + "\n\n" + f"Rotation check on {check.get('windows')} windows of {check.get('text')}.\n"
+
+
+def render_share(record: dict) -> str:
+    """rsparse's masked perplexity on validation text at each share of the bytes given to low rank."""
+    shares = sorted({row["share"] for row in record["rows"]})
+    lines = [
+        "| level | " + " | ".join(f"ρ = {share:g}" + (" (teal)" if share == 0 else "") for share in shares) + " |",
+        "| ---: | " + " | ".join("---:" for _ in shares) + " |",
+    ]
+    for level in sorted({row["level"] for row in record["rows"]}):
+        cells = {row["share"]: row for row in record["rows"] if row["level"] == level}
+        lines.append(f"| {level:g} | " + " | ".join(_fmt(cells[s]["perplexity"], 2) for s in shares) + " |")
+    text = record["text"]
+    return (
+        "\n".join(lines)
+        + f"\n\nMasked perplexity (no SPON) on {text['windows']} windows × {text['window_len']} tokens of "
+        f"{text['source']} (seed {text['seed']}); dense {record['dense_perplexity']:.2f}. " + run_line(record)
+    )

@@ -55,6 +55,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "comparisons.json": comparisons.render_rules,
     "comparisons.json pruning": comparisons.render_pruning,
     "comparisons.json targets": comparisons.render_targets,
+    "rsparse_share_cpu.json": comparisons.render_share,
 }
 
 
