@@ -27,10 +27,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "comparisons", help="SPON on five mask rules, and Wanda/SparseGPT pruning at the same sparsity, side by side"
     )
-    options.add_model(p)
-    options.add_windows(p)
-    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one)")
-    options.add_calibration(p, prefix="calib-")
+    options.add_genre_run(p)
     p.add_argument(
         "--parts",
         type=options.names,
@@ -38,15 +35,10 @@ def add_commands(sub) -> None:
         help=f"comma-separated parts to run (default all: {', '.join(PARTS)})",
     )
     p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="protocol levels (default 0.25..0.7)")
-    p.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
-    p.add_argument("--steps", type=int, default=250, help="optimiser steps per training (default 250)")
-    p.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 0.001)")
     p.add_argument(
         "--rotation-windows", type=int, default=ROTATION_WINDOWS, help="calibration windows for larosa's PCA"
     )
     p.add_argument("--prune-windows", type=int, default=128, help="training windows Wanda and SparseGPT calibrate on")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per evaluation forward pass (default 16)")
     p.add_argument("--work", default="runs/comparisons", help="folder of every part's results (resumes from it)")
     p.add_argument("--json", required=True, metavar="OUT", help="the record to write")
     p.set_defaults(run=cmd_comparisons)

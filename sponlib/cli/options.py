@@ -148,6 +148,20 @@ def add_calibration(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
 
 
+def add_genre_run(p: argparse.ArgumentParser) -> None:
+    """The model, test windows, calibration and SPON training settings of the experiments that
+    train on the genre protocol (robust, comparisons)."""
+    add_model(p)
+    add_windows(p)
+    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one)")
+    add_calibration(p, prefix="calib-")
+    p.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
+    p.add_argument("--steps", type=int, default=250, help="optimiser steps per training run (default 250)")
+    p.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 0.001)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per evaluation forward pass (default 16)")
+
+
 def add_training(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("SPON training (training and validation text are never the test novel)")

@@ -20,10 +20,7 @@ from .inputs import calibration_for
 def add_commands(sub) -> None:
     d = TrainConfig()
     p = sub.add_parser("robust", help="robust SPON: recipes side by side on held-out genres, the winner at every level")
-    options.add_model(p)
-    options.add_windows(p)
-    p.add_argument("--calibration", metavar="FILE", help="calibration file (default: the shipped one)")
-    options.add_calibration(p, prefix="calib-")
+    options.add_genre_run(p)
     p.add_argument(
         "--recipes",
         type=options.names,
@@ -38,13 +35,8 @@ def add_commands(sub) -> None:
         default=protocol.INTERPOLATION_CHECKS,
         help="levels where interpolated SPON is checked against vectors trained there",
     )
-    p.add_argument("--train-windows", type=int, default=1024, help="distinct training windows (default 1024)")
-    p.add_argument("--steps", type=int, default=250, help="optimiser steps per run (default 250)")
-    p.add_argument("--train-batch", type=int, default=32, help="windows per step (default 32)")
     p.add_argument("--micro-batch", type=int, default=0, help="windows per forward pass (default: the whole batch)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 0.001)")
     p.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"), help="training precision")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per evaluation forward pass (default 16)")
     p.add_argument("--work", default="runs/spon_robust", help="folder for every trained vector set (resumes from it)")
     p.add_argument("--artifacts", default=None, help="folder for the final vectors (default data/artifacts/<model>)")
     p.add_argument("--no-artifacts", action="store_true", help="keep the final vectors in --work only")
