@@ -53,8 +53,10 @@ def cmd_comparisons(args) -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     calibration = calibration_for(args, model, tokenizer, ["greedy"])
     texts = genre_texts(tokenizer, args.windows, args.window_len, args.seed, args.train_windows, recipes=(recipe,))
-    corpus = calibration.meta.get("corpus", protocol.CALIBRATION_TEXT)
-    rotations = text_rotations(model, tokenizer, corpus, args.rotation_windows, args.window_len, args.seed)
+    rotations = None
+    if {"larosa", "record"} & set(args.parts):  # a dense pass over calibration text: only where larosa is used
+        corpus = calibration.meta.get("corpus", protocol.CALIBRATION_TEXT)
+        rotations = text_rotations(model, tokenizer, corpus, args.rotation_windows, args.window_len, args.seed)
     run = Comparisons(
         model,
         calibration,

@@ -29,7 +29,7 @@ from ..models.likelihood import window_nlls
 from ..models.placement import input_device
 from ..pruning import format_pattern, parse_pattern, prune_model
 from ..records import command_line, write_result
-from ..sparsity.lowrank import bytes_read, low_rank
+from ..sparsity.lowrank import bytes_read
 from ..sparsity.rotation import Rotations, fold_rotations
 from ..sparsity.sparsifier import Sparsifier
 from ..spon.safeguard import bootstrap_means, percentile_interval
@@ -131,14 +131,10 @@ class Comparisons:
         text = self.texts.tests[1]  # the first Brown genre: never calibrated or trained on
         with Sparsifier(self.model, thresholds) as sp:
             window_nlls(self.model, text.ids[:MEASURE_WINDOWS], self.batch_size, progress=False)
-        measured, summary = sp.measured(), sp.summary()
+        measured, summary, bases = sp.measured(), sp.summary(), sp.completions  # bases: rsparse's (in, r)
         weights = total = 0.0
         for p in iter_projections(self.model):
-            rank = 0
-            if thresholds.method == "rsparse":
-                rank = low_rank(
-                    p.in_features, p.out_features, thresholds.target, thresholds.rule_settings["low_rank_share"]
-                )
+            rank = bases[p.name].shape[1] if p.name in bases else 0
             weights += bytes_read(p.in_features, p.out_features, measured[p.name], rank)
             total += p.in_features * p.out_features
         return {
@@ -263,13 +259,14 @@ class Comparisons:
             return []
         run = self.rule_run("teal")
         vectors, thresholds = run.load(spon_path)
+        mask = run.mask(PRUNING_LEVEL)
         out = []
         for entry in done:
             rows = []
             for windows in [self.texts.validation, *self.texts.tests]:
                 pruned = torch.tensor(entry["nlls"][windows.source], dtype=torch.float64)
                 spon = run.nlls(windows, thresholds, vectors.alphas, key=("spon", PRUNING_LEVEL)).double()
-                masked = run.nlls(windows, run.mask(PRUNING_LEVEL), key=("mask", PRUNING_LEVEL)).double()
+                masked = run.nlls(windows, mask, key=("mask", PRUNING_LEVEL)).double()
                 dense = run.nlls(windows, key="dense").double()
                 low, high = percentile_interval(bootstrap_means(pruned - spon))  # paired over windows
                 rows.append(

@@ -53,13 +53,17 @@ class Rotations:
 
     def __init__(self, matrices: dict[str, torch.Tensor], groups: list[list[str]], fingerprint: dict, meta: dict):
         self.matrices, self.groups, self.fingerprint, self.meta = matrices, groups, fingerprint, meta
+        self._digest: str | None = None
 
     def digest(self) -> str:
-        """sha256 of the matrices in float32, group by group: what a SPON file trained on them records."""
-        h = hashlib.sha256()
-        for group in self.groups:
-            h.update(self.matrices[group[0]].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return h.hexdigest()
+        """sha256 of the matrices in float32, group by group: what a SPON file trained on them records.
+        Hashed once: every larosa mask records it, and a run builds many."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            for group in self.groups:
+                h.update(self.matrices[group[0]].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
 
     def describe(self) -> dict:
         return {**self.meta, "sha256": self.digest()}
