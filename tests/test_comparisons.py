@@ -52,6 +52,28 @@ def test_comparisons_run_in_parts_and_assemble_one_record(tiny_model_dir, tmp_pa
     bad = sponlib(*small, "--parts", "teal,nonsense", "--json", str(out))
     assert bad.returncode != 0 and "unknown part 'nonsense'" in bad.stderr
 
+    # Another level in another work folder: its record keeps the cells above (same settings).
+    later = [*small[: small.index("--levels")], "--levels", "0.25", "--work", str(tmp_path / "w2")]
+    assert sponlib(*later, "--parts", "teal", "--json", str(out)).returncode == 0
+    run = sponlib(*later, "--parts", "record", "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "kept from the record already" in run.stdout and "teal 0.5" in run.stdout
+    merged = json.loads(out.read_text())
+    assert [e["level"] for e in merged["rules"]["teal"]] == [0.25, 0.5] and merged["settings"]["levels"] == [0.25, 0.5]
+    assert [e["level"] for e in merged["rules"]["larosa"]] == [0.5]  # same rotations: larosa's cell kept too
+    assert merged["rules"]["teal"][1] == record["rules"]["teal"][0] | {"made_by": merged["rules"]["teal"][1]["made_by"]}
+    assert "--parts teal,larosa" in merged["rules"]["teal"][1]["made_by"]["commands"][0]
+    assert merged["rules"]["teal"][1]["made_by"]["record_created"] == record["created"]
+    assert "--parts teal " in merged["rules"]["teal"][0]["made_by"]["commands"][0]
+    assert len(merged["pruning"]) == len(PRUNING) and merged["rotation_check"] == record["rotation_check"]
+    assert [c["parts"] for c in merged["part_commands"]] == [["teal", "larosa"], ["rsparse", "pruning"], ["teal"]]
+
+    # Other settings (more training steps): nothing is kept, and the output says why.
+    other = [*later[: later.index("--steps")], "--steps", "3", *later[later.index("--steps") + 2 :]]
+    run = sponlib(*other, "--parts", "record", "--json", str(out))
+    assert run.returncode == 0 and "kept nothing" in run.stdout and "training" in run.stdout
+    assert json.loads(out.read_text())["rules"]["larosa"] == []
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["larosa", "rsparse"])

@@ -77,6 +77,10 @@ def cmd_comparisons(args) -> None:
             run.run_pruning(args.prune_windows)
     if "record" in args.parts:
         record = run.write()
+        if run.refused:
+            print(f"kept nothing of the record already at {args.json}: {run.refused}")
+        elif run.carried:
+            print(f"kept from the record already at {args.json}: {', '.join(run.carried)}")
         for rule, levels in record["summary"]["rules"].items():
             for level, row in levels.items():
                 print(

@@ -10,7 +10,9 @@ and weight pruning at the same sparsity, on the genre protocol's texts.
    beside teal + SPON at 0.5 (paired: log(ppl_pruned / ppl_spon) with its interval).
 
 Each rule has a work folder of its own (a `RobustRun`), and pruning another, so parts can run in
-parallel processes and an interrupted run resumes; the record is assembled from what is done.
+parallel processes and an interrupted run resumes; the record is assembled from what is done,
+with the cells of the record already at its path that the work folders lack, where that record
+was made under the same settings (sponlib.experiments.carried), so a run may add levels or rules.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from ..models.adapters import iter_projections
 from ..models.likelihood import window_nlls
 from ..models.placement import input_device
 from ..pruning import format_pattern, parse_pattern, prune_model
-from ..records import command_line, write_result
+from ..records import command_line, model_record, write_result
 from ..sparsity.lowrank import bytes_read
 from ..sparsity.rotation import Rotations, fold_rotations
 from ..sparsity.sparsifier import Sparsifier
 from ..spon.safeguard import bootstrap_means, percentile_interval
 from ..spon.vectors import load_spon
-from . import protocol
+from . import carried, protocol
 from .genres import GenreTexts, recipe_named
 from .robust import RobustRun
 from .robust_record import tested
@@ -77,6 +79,8 @@ class Comparisons:
     batch_size: int = 16
     progress: bool = True
     settings: dict = field(default_factory=dict)  # how the texts, rotations and pruning were made
+    carried: list = field(default_factory=list, init=False)  # cells the last write kept from the earlier record
+    refused: str | None = field(default=None, init=False)  # why it kept none, if it kept none
 
     def __post_init__(self):
         self.work = Path(self.work)
@@ -206,48 +210,71 @@ class Comparisons:
     # ------------------------------------------------------------ the record
 
     def write(self) -> dict:
-        """The record from everything done so far in the work folders."""
-        rules = {}
-        for rule in RULES:
-            run_record = _read(self.work / rule / "record.json", {})
-            measured = _read(self.work / rule / "measured.json", {})
-            entries = [e for e in run_record.get("final", []) if e.get("recipe") == RECIPE]
-            rules[rule] = [
-                {
-                    "level": e["level"],
-                    "measured": measured.get(f"{e['level']:g}"),
-                    "gamma": e["safeguard"].get("gamma"),
-                    "training": {k: v for k, v in e["training"].items() if k != "history"},
-                    "rows": e["rows"],
-                }
-                for e in sorted(entries, key=lambda e: e["level"])
-            ]
-        pruning = self._pruning_rows()
+        """The record from everything done so far in the work folders, with the cells of the
+        record already at `json_path` that this work did not make, where its settings match
+        (sponlib.experiments.carried)."""
+        commands = _read(self.work / "commands.json", [])
+        rules = {rule: self._rule_entries(rule, _made_by(commands, rule)) for rule in RULES}
+        pruning = [e | {"made_by": _made_by(commands, "pruning")} for e in self._pruning_rows()]
+        settings = {
+            **self.settings,
+            "rules": list(RULES),
+            "levels": list(self.levels),
+            "recipe": recipe_named(RECIPE).describe(),
+            "training": self.config.as_dict(),
+            "texts": self.texts.describe(),
+            "calibration": self.calibration.meta.get("corpus"),
+            "rotations": self.rotations.describe() if self.rotations is not None else None,
+            "measure_windows": MEASURE_WINDOWS,
+            "pruning_level": PRUNING_LEVEL,
+        }
+        dtype = next(self.model.parameters()).dtype
+        earlier = self._earlier(settings, dtype)
         rotation_check = _read(self.work / "larosa" / "measured.json", {}).get("rotation_check")
+        if earlier is not None:
+            self.carried = carried.carry_rules(earlier, rules, settings) + carried.carry_pruning(earlier, pruning)
+            levels = {e["level"] for entries in rules.values() for e in entries} | set(self.levels)
+            settings["levels"] = sorted(levels)
+            if rotation_check is None and carried.same_rotations(earlier, settings):
+                rotation_check = earlier.get("rotation_check")
         payload = {
-            "settings": {
-                **self.settings,
-                "rules": list(RULES),
-                "levels": list(self.levels),
-                "recipe": recipe_named(RECIPE).describe(),
-                "training": self.config.as_dict(),
-                "texts": self.texts.describe(),
-                "calibration": self.calibration.meta.get("corpus"),
-                "rotations": self.rotations.describe() if self.rotations is not None else None,
-                "measure_windows": MEASURE_WINDOWS,
-                "pruning_level": PRUNING_LEVEL,
-            },
-            "part_commands": _read(self.work / "commands.json", []),
+            "settings": settings,
+            "part_commands": carried.part_commands(earlier, commands),
             "rules": rules,
             "rotation_check": rotation_check,
             "pruning": pruning,
-            "complete": all(len(rules[r]) == len(self.levels) for r in RULES) and len(pruning) == len(PRUNING),
+            "complete": all(len(rules[r]) == len(settings["levels"]) for r in RULES) and len(pruning) == len(PRUNING),
             "summary": comparison_summary(rules, pruning),
         }
-        dtype = next(self.model.parameters()).dtype
         return write_result(
             self.json_path, "comparisons", payload, model=self.model, device=input_device(self.model), dtype=dtype
         )
+
+    def _rule_entries(self, rule: str, made_by: dict) -> list[dict]:
+        """One rule's cells made in its work folder, by level."""
+        run_record = _read(self.work / rule / "record.json", {})
+        measured = _read(self.work / rule / "measured.json", {})
+        entries = [e for e in run_record.get("final", []) if e.get("recipe") == RECIPE]
+        return [
+            {
+                "level": e["level"],
+                "measured": measured.get(f"{e['level']:g}"),
+                "gamma": e["safeguard"].get("gamma"),
+                "training": {k: v for k, v in e["training"].items() if k != "history"},
+                "rows": e["rows"],
+                "made_by": made_by,
+            }
+            for e in sorted(entries, key=lambda e: e["level"])
+        ]
+
+    def _earlier(self, settings: dict, dtype) -> dict | None:
+        """The record at `json_path` if its cells can join this one; else None, and `refused` says why."""
+        earlier = _read(Path(self.json_path), None)
+        if earlier is None:
+            return None
+        provenance = {"model": model_record(self.model), "dtype": str(dtype).removeprefix("torch.")}
+        self.refused = carried.refusal(earlier, settings, json.loads(json.dumps(provenance)))
+        return None if self.refused else earlier
 
     def _pruning_rows(self) -> list[dict]:
         """Each pruned model per text, beside dense and teal (+ SPON) at PRUNING_LEVEL, paired."""
@@ -285,6 +312,10 @@ class Comparisons:
                 )
             out.append({k: v for k, v in entry.items() if k != "nlls"} | {"rows": rows})
         return out
+
+
+def _made_by(commands: list[dict], part: str) -> dict:
+    return {"commands": [c["command"] for c in commands if part in c["parts"]]}
 
 
 def _read(path: Path, default):
