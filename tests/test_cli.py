@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from sponlib.io import sha256_file
+
 
 def sponlib(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "sponlib", *args], capture_output=True, text=True, timeout=timeout)
@@ -353,6 +355,10 @@ def test_recovery_runs_and_resumes_on_a_tiny_model(tiny_model_dir, tmp_path):
         "spon-teal-0.7.safetensors",
         "spon-teal-0.7.thresholds.json",
     ]
+    assert row["artifact"] == {
+        "file": "spon-teal-0.5.safetensors",
+        "sha256": sha256_file(tmp_path / "art" / "spon-teal-0.5.safetensors"),
+    }
     run = sponlib(*args)  # everything done: nothing is trained again
     assert run.returncode == 0 and "SPON" not in run.stderr
     assert json.loads((tmp_path / "rec.json").read_text())["experiments"] == record["experiments"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InvalidArgumentError
+from ..io import sha256_file
 from ..models.adapters import ROLES
 from ..models.placement import input_device
 from ..perplexity import evaluate
@@ -214,10 +215,12 @@ class RecoveryRun:
             progress=self.progress,
         )
         spon = evaluate(self.model, self.test_windows, spon_thresholds, self.batch_size, self.progress, spon=vectors)
+        artifact = None
         if experiment.artifact and self.artifacts:
             Path(self.artifacts).mkdir(parents=True, exist_ok=True)
-            name = f"spon-{experiment.method}-{experiment.level:g}.safetensors"
-            save_spon(vectors, spon_thresholds, Path(self.artifacts) / name)
+            path = Path(self.artifacts) / f"spon-{experiment.method}-{experiment.level:g}.safetensors"
+            save_spon(vectors, spon_thresholds, path)
+            artifact = {"file": path.name, "sha256": sha256_file(path)}  # ties the shipped copy to this run
         training = {k: v for k, v in vectors.meta["training"].items() if k != "history"}
         texts = {d["corpus"]: compare_rows(d, m, s) for d, m, s in zip(dense, masked, spon)}
         in_domain, out_of_domain = (w.source for w in self.test_windows[:2])
@@ -234,6 +237,7 @@ class RecoveryRun:
             "recovery_out": texts[out_of_domain]["recovery"],
             "training": training,
             "val_history": vectors.meta["training"]["history"]["val"],
+            "artifact": artifact,
         }
         self.record["experiments"].append(row)
         self._write()
