@@ -8,14 +8,19 @@
     export     fold SPON vectors into biases and write a plain Hugging Face checkpoint
     recovery   train and evaluate SPON across levels, rules and ablations (data/results/spon_recovery.json)
     sweep      perplexity dense and for each mask rule at each level (data/results/sparsity_sweep.json)
-    analyse    layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)
+    analyze    layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)
     generalize shipped SPON vectors on many texts: recovery per Brown genre (data/results/spon_generalization.json)
     robust     robust SPON: training recipes side by side on held-out genres, the winner at every
                level behind the safeguard (data/results/spon_robust.json)
-    tasks      cloze, next-sentence choice, knowledge probe and generation drift (data/results/tasks.json)
+    tasks      cloze, next-sentence choice, knowledge probe and generation drift (--json names the
+               record, e.g. data/results/tasks.json)
+    comparisons SPON on five mask rules and weight pruning at the same sparsity (data/results/comparisons.json)
     harness    lm-evaluation-harness tasks on a dense, masked or SPON model (optional extra `harness`)
     readme     regenerate the README's result tables from data/results/
     figures    export the README's figures as PNG from data/results/ (docs/figures/), through chromium
+
+Spelling is American; the British `analyse` and `generalise` stay as aliases, and `sweep`
+takes `--method` as well as `--methods`, so earlier command lines keep working.
 
 Errors sponlib raises on purpose print as one line (exit status 2), without a traceback.
 

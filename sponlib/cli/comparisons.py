@@ -30,16 +30,32 @@ def add_commands(sub) -> None:
     options.add_genre_run(p)
     p.add_argument(
         "--parts",
-        type=options.names,
+        type=options.one_or_more(PARTS, "part"),
         default=list(PARTS),
+        metavar="PART,...",
         help=f"comma-separated parts to run (default all: {', '.join(PARTS)})",
     )
-    p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="protocol levels (default 0.25..0.7)")
     p.add_argument(
-        "--rotation-windows", type=int, default=ROTATION_WINDOWS, help="calibration windows for larosa's PCA"
+        "--levels",
+        type=options.floats,
+        default=protocol.LEVELS,
+        help=f"comma-separated protocol levels (default {options.joined(protocol.LEVELS)})",
     )
-    p.add_argument("--prune-windows", type=int, default=128, help="training windows Wanda and SparseGPT calibrate on")
-    p.add_argument("--work", default="runs/comparisons", help="folder of every part's results (resumes from it)")
+    p.add_argument(
+        "--rotation-windows",
+        type=int,
+        default=ROTATION_WINDOWS,
+        help="calibration windows for larosa's PCA (default %(default)s)",
+    )
+    p.add_argument(
+        "--prune-windows",
+        type=int,
+        default=128,
+        help="training windows Wanda and SparseGPT calibrate on (default %(default)s)",
+    )
+    p.add_argument(
+        "--work", default="runs/comparisons", help="folder of every part's results, resumed from (default %(default)s)"
+    )
     p.add_argument("--json", required=True, metavar="OUT", help="the record to write")
     p.set_defaults(run=cmd_comparisons)
 

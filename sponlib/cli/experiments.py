@@ -1,5 +1,5 @@
-"""The experiments that write this project's records: `sweep`, `recovery`, `analyse`, `generalize`
-and `tasks` (sponlib.experiments)."""
+"""The experiments that write this project's records: `sweep`, `recovery`, `analyze` (alias
+`analyse`), `generalize` (alias `generalise`) and `tasks` (sponlib.experiments)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..experiments.sweep import sweep
 from ..experiments.tasks import TaskSizes, run_family
 from ..models.loading import load_model
 from ..paths import data_dir
-from ..sparsity.rules import check_sparsity, split_method
+from ..sparsity.rules import METHODS, check_sparsity, split_method
 from . import options
 from .evaluate import print_rows
 from .inputs import (
@@ -28,17 +28,31 @@ from .inputs import (
     write_record,
 )
 
+# The experiment groups of the recovery record, as the protocol makes them: levels, rules, roles, data.
+RECOVERY_GROUPS = tuple(dict.fromkeys(e.group for e in protocol_experiments()))
+
 
 def add_commands(sub) -> None:
-    for add in (_add_recovery, _add_sweep, _add_analyse, _add_generalize, _add_tasks):
+    for add in (_add_recovery, _add_sweep, _add_analyze, _add_generalize, _add_tasks):
         add(sub)
 
 
 def _add_recovery(sub) -> None:
     p = sub.add_parser("recovery", help="SPON recovery across levels, mask rules and ablations")
     options.add_model(p)
-    p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="teal levels")
-    p.add_argument("--only", default=None, help="comma-separated experiment groups: levels,rules,roles,data")
+    p.add_argument(
+        "--levels",
+        type=options.floats,
+        default=protocol.LEVELS,
+        help=f"comma-separated teal levels (default {options.joined(protocol.LEVELS)})",
+    )
+    p.add_argument(
+        "--only",
+        type=options.one_or_more(RECOVERY_GROUPS, "experiment group"),
+        default=None,
+        metavar="GROUP,...",
+        help=f"comma-separated experiment groups to run, of {','.join(RECOVERY_GROUPS)} (default all)",
+    )
     p.add_argument(
         "--test-corpus",
         action="append",
@@ -54,11 +68,14 @@ def _add_recovery(sub) -> None:
         "--tune-lrs",
         type=options.floats,
         default=(),
-        help="comma-separated learning rates to try first on validation KL (teal 0.5); the best is used for every run",
+        help="comma-separated learning rates to try first on validation KL (teal 0.5); the best is used for every run "
+        "(default: none, --lr)",
     )
-    p.add_argument("--tune-steps", type=int, default=100)
+    p.add_argument(
+        "--tune-steps", type=int, default=100, help="optimiser steps of each --tune-lrs trial (default %(default)s)"
+    )
     p.add_argument("--artifacts", default=None, help="folder for the teal vectors (default data/artifacts/<model>)")
-    p.add_argument("--json", required=True, metavar="OUT")
+    p.add_argument("--json", required=True, metavar="OUT", help="the record to write (and resume)")
     p.set_defaults(run=cmd_recovery)
 
 
@@ -67,12 +84,20 @@ def _add_sweep(sub) -> None:
     options.add_model(p)
     options.add_text(p)
     options.add_windows(p)
-    p.add_argument("--levels", type=options.floats, default=protocol.SWEEP_LEVELS, help="comma-separated targets")
+    p.add_argument(
+        "--levels",
+        type=options.floats,
+        default=protocol.SWEEP_LEVELS,
+        help=f"comma-separated target sparsities (default {options.joined(protocol.SWEEP_LEVELS)})",
+    )
     p.add_argument(
         "--methods",
-        type=lambda text: text.split(","),
+        "--method",  # the spelling of eval and train, which take one rule
+        dest="methods",
+        type=options.one_or_more(METHODS, "mask rule"),
         default=list(protocol.SWEEP_RULES),
-        help="comma-separated mask rules (default {})".format(",".join(protocol.SWEEP_RULES)),
+        metavar="RULE,...",
+        help=f"comma-separated mask rules, of {','.join(METHODS)} (default {','.join(protocol.SWEEP_RULES)})",
     )
     p.add_argument(
         "--calibration",
@@ -81,16 +106,21 @@ def _add_sweep(sub) -> None:
         help="calibration file; made (with greedy allocations) and written there if missing",
     )
     options.add_calibration(p, prefix="calib-")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--json", metavar="OUT", required=True)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default %(default)s)")
+    p.add_argument("--json", metavar="OUT", required=True, help="the record to write")
     p.set_defaults(run=cmd_sweep)
 
 
-def _add_analyse(sub) -> None:
-    p = sub.add_parser("analyse", help="layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)")
+def _add_analyze(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        aliases=["analyse"],  # the British spelling of earlier command lines
+        help="layer-by-layer comparison of dense, masked and SPON (drift, CKA, KL)",
+    )
+    p.set_defaults(command="analyze")  # args.command is the canonical name whichever spelling was typed
     options.add_model(p)
     text = protocol.IN_DOMAIN_TEXT
-    p.add_argument("--corpus", default=text, help=f"text to analyse (default {text})")
+    p.add_argument("--corpus", default=text, help=f"text to analyze (default {text})")
     options.add_windows(p, windows=8, seed_of="the windows and the token sample")
     options.add_trained(p)
     p.add_argument("--main-level", type=float, default=0.5, help="level of the heatmaps and PCA (default 0.5)")
@@ -99,11 +129,14 @@ def _add_analyse(sub) -> None:
         "--lens-tokens", type=int, default=512, help="tokens of the logit lens, spread over the windows (default 512)"
     )
     p.add_argument("--json", required=True, help="where to write the record")
-    p.set_defaults(run=cmd_analyse)
+    p.set_defaults(run=cmd_analyze)
 
 
 def _add_generalize(sub) -> None:
-    p = sub.add_parser("generalize", help="shipped SPON vectors on many texts: recovery per Brown genre")
+    p = sub.add_parser(
+        "generalize", aliases=["generalise"], help="shipped SPON vectors on many texts: recovery per Brown genre"
+    )
+    p.set_defaults(command="generalize")
     options.add_model(p)
     p.add_argument(
         "--corpus",
@@ -114,7 +147,7 @@ def _add_generalize(sub) -> None:
     )
     options.add_windows(p, windows=32)
     options.add_trained(p)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default %(default)s)")
     p.add_argument("--json", required=True, help="where to write the record")
     p.set_defaults(run=cmd_generalize)
 
@@ -137,11 +170,12 @@ def _add_tasks(sub) -> None:
         "--drift", type=int, default=sizes.drift, help=f"generation prompts per held-out text (default {sizes.drift})"
     )
     p.add_argument("--seed", type=int, default=sizes.seed, help=f"seed that picks the examples (default {sizes.seed})")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default %(default)s)")
     p.add_argument(
         "--json",
-        default="data/results/tasks.json",
-        help="record to write or extend; other families in it are kept (default %(default)s)",
+        required=True,  # no default: a run must name its record, so none overwrites a committed one by accident
+        metavar="OUT",
+        help="record to write or extend, e.g. data/results/tasks.json; other families in it are kept",
     )
     p.set_defaults(run=cmd_tasks)
 
@@ -151,7 +185,7 @@ def cmd_recovery(args) -> None:
 
     experiments = protocol_experiments(args.levels)
     if args.only:
-        groups = set(args.only.split(","))
+        groups = set(args.only)
         experiments = [e for e in experiments if e.group in groups]
     config = train_config(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -216,7 +250,7 @@ def cmd_sweep(args) -> None:
     print(f"wrote {args.json}")
 
 
-def cmd_analyse(args) -> None:
+def cmd_analyze(args) -> None:
     split_method(args.method)
     source = load_corpus(args.corpus)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)

@@ -6,10 +6,16 @@ and the library's own defaults, so that `--help` and the records agree with them
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 
+from ..errors import InvalidArgumentError
 from ..experiments import protocol
+from ..models.adapters import ROLES
+from ..models.loading import DEVICE_MAP_STRATEGIES, resolve_dtype
 from ..sparsity.rules import METHODS
+from ..spon.distillation import PRECISIONS
 from ..spon.training import TrainConfig
+from ..spon.vectors import check_roles
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -17,9 +23,54 @@ def floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x)
 
 
+def joined(values) -> str:
+    """(0.25, 0.5) -> '0.25,0.5': a default as it is typed on the command line, for --help."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def names(text: str) -> list[str]:
     """'teal,wina' -> ['teal', 'wina'] (empty items dropped)."""
     return [item for item in text.split(",") if item]
+
+
+def one_or_more(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type for a comma list drawn from a fixed set: 'teal,wina' -> ['teal', 'wina'];
+    an unknown or missing item is an argparse error that names the allowed values. The set rides
+    on the type as `.allowed`, for --help texts and the tests."""
+    allowed = tuple(allowed)
+
+    def parse(text: str) -> list[str]:
+        items = names(text)
+        if not items:
+            raise argparse.ArgumentTypeError(f"name at least one {what}: {', '.join(allowed)}")
+        for item in items:
+            if item not in allowed:
+                raise argparse.ArgumentTypeError(f"unknown {what} {item!r}; choose from {', '.join(allowed)}")
+        return items
+
+    parse.allowed = allowed
+    parse.__name__ = what  # argparse names the type by it in its messages
+    return parse
+
+
+def dtype_name(text: str) -> str:
+    """A dtype name as load_model takes it, checked by the library (its error lists the names)."""
+    try:
+        resolve_dtype(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def spon_roles(text: str) -> tuple[str, ...]:
+    """'q,k,down' -> ('q', 'k', 'down'): projections that get SPON vectors, checked by the library."""
+    try:
+        return check_roles(names(text))
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+spon_roles.allowed = ROLES
 
 
 def memory_limits(text: str) -> dict:
@@ -40,7 +91,7 @@ def add_model(p: argparse.ArgumentParser, device: bool = True) -> None:
         default=protocol.MODEL,
         help=f"known name, local Hugging Face folder or hub id (default: {protocol.MODEL})",
     )
-    p.add_argument("--dtype", default=protocol.DTYPE, help="float32 (default), bfloat16 or float16")
+    add_dtype(p, protocol.DTYPE)
     if device:
         p.add_argument(
             "--device",
@@ -49,13 +100,23 @@ def add_model(p: argparse.ArgumentParser, device: bool = True) -> None:
         )
 
 
+def add_dtype(p: argparse.ArgumentParser, default: str) -> None:
+    """--dtype, checked by the library's own dtype names (float32/fp32, bfloat16/bf16, float16/fp16)."""
+    p.add_argument(
+        "--dtype",
+        type=dtype_name,
+        default=default,
+        help="weights and activations: float32, bfloat16 or float16 (also fp32, bf16, fp16; default %(default)s)",
+    )
+
+
 def add_placement(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("a model larger than one device (instead of --device)")
     g.add_argument(
         "--device-map",
         metavar="STRATEGY|FILE",
-        help="spread the model with accelerate: auto, balanced, balanced_low_0, sequential, or a JSON "
-        "file of module name -> device (0, cuda:1, cpu, disk)",
+        help=f"spread the model with accelerate: {', '.join(DEVICE_MAP_STRATEGIES)}, or a JSON "
+        "file of module name -> device (0, cuda:1, cpu, disk) (default: all on --device)",
     )
     g.add_argument(
         "--max-memory",
@@ -80,8 +141,8 @@ def add_text(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--hf-dataset", metavar="PATH", help="datasets id or local folder (needs the hub for ids)")
     g.add_argument("--hf-config", default=None, help="data set configuration, e.g. wikitext-2-raw-v1")
-    g.add_argument("--hf-split", default="test")
-    g.add_argument("--hf-column", default="text")
+    g.add_argument("--hf-split", default="test", help="split of --hf-dataset to read (default %(default)s)")
+    g.add_argument("--hf-column", default="text", help="column of --hf-dataset holding the text (default %(default)s)")
 
 
 def add_window_len(p, flag: str) -> None:
@@ -127,7 +188,12 @@ def add_calibration(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help=f"windows for statistics (default {protocol.WINDOWS})",
     )
     add_window_len(g, f"--{prefix}window-len")
-    g.add_argument(f"--{prefix}seed", type=int, default=protocol.SEED)
+    g.add_argument(
+        f"--{prefix}seed",
+        type=int,
+        default=protocol.SEED,
+        help="seed that picks the windows of this text (default %(default)s)",
+    )
     g.add_argument(
         "--refine-windows",
         type=int,
@@ -163,6 +229,7 @@ def add_genre_run(p: argparse.ArgumentParser) -> None:
 
 
 def add_training(p: argparse.ArgumentParser) -> None:
+    """The training and validation text and every setting of a SPON training run (TrainConfig)."""
     d = TrainConfig()
     g = p.add_argument_group("SPON training (training and validation text are never the test novel)")
     train, val = protocol.TRAIN_TEXT, protocol.VALIDATION_TEXT
@@ -191,18 +258,41 @@ def add_training(p: argparse.ArgumentParser) -> None:
         help="windows per forward pass, when a step's windows do not fit in memory at once (default: "
         "all of a process's share); the vectors are the same",
     )
+    add_optimisation(g, d)
+
+
+def add_optimisation(g, d: TrainConfig) -> None:
+    """The optimiser, schedule, precision, threshold refits and projections of SPON training."""
     g.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="AdamW weight decay on the vectors (default %(default)s)",
+    )
     g.add_argument("--warmup", type=float, default=d.warmup, help="share of steps warming up (default %(default)s)")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    g.add_argument("--train-seed", type=int, default=d.seed, help="seed of the training windows and their order")
-    g.add_argument("--precision", default=d.precision, help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
+    g.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="steps between validations (default %(default)s)"
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="steps between checkpoints, 0 for none (default %(default)s)",
+    )
+    g.add_argument(
+        "--train-seed",
+        type=int,
+        default=d.seed,
+        help="seed of the training windows and their order (default %(default)s)",
+    )
+    add_precision(g, d.precision)
     g.add_argument(
         "--no-track-sparsity",
         dest="track_sparsity",
         action="store_false",
-        help="keep the thresholds fixed instead of refitting them under the vectors before each validation",
+        help="keep the thresholds fixed instead of refitting them under the vectors before each validation "
+        "(default: refit them)",
     )
     g.add_argument(
         "--refit-windows",
@@ -212,9 +302,20 @@ def add_training(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--roles",
-        type=lambda text: tuple(text.split(",")),
+        type=spon_roles,
         default=d.roles,
-        help="comma-separated projections that get vectors (default all: q,k,v,o,gate,up,down)",
+        metavar="ROLE,...",
+        help=f"comma-separated projections that get vectors, of {','.join(ROLES)} (default all)",
+    )
+
+
+def add_precision(p, default: str) -> None:
+    """--precision of SPON training, one of the library's precisions."""
+    p.add_argument(
+        "--precision",
+        default=default,
+        choices=PRECISIONS,
+        help="training precision: auto is bf16 autocast on CUDA and fp32 elsewhere (default %(default)s)",
     )
 
 

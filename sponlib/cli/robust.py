@@ -23,24 +23,40 @@ def add_commands(sub) -> None:
     options.add_genre_run(p)
     p.add_argument(
         "--recipes",
-        type=options.names,
+        type=options.one_or_more([r.name for r in RECIPES + EXTRA_RECIPES], "recipe"),
         default=[r.name for r in RECIPES],
+        metavar="RECIPE,...",
         help=f"comma-separated recipes of the ablation (default: {', '.join(r.name for r in RECIPES)}; "
         f"also {', '.join(r.name for r in EXTRA_RECIPES)})",
     )
-    p.add_argument("--levels", type=options.floats, default=protocol.LEVELS, help="levels of the final recipe")
+    p.add_argument(
+        "--levels",
+        type=options.floats,
+        default=protocol.LEVELS,
+        help=f"comma-separated levels of the final recipe (default {options.joined(protocol.LEVELS)})",
+    )
     p.add_argument(
         "--checks",
         type=options.floats,
         default=protocol.INTERPOLATION_CHECKS,
-        help="levels where interpolated SPON is checked against vectors trained there",
+        help="comma-separated levels where interpolated SPON is checked against vectors trained there "
+        f"(default {options.joined(protocol.INTERPOLATION_CHECKS)}; '' for none)",
     )
     p.add_argument("--micro-batch", type=int, default=0, help="windows per forward pass (default: the whole batch)")
-    p.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"), help="training precision")
-    p.add_argument("--work", default="runs/spon_robust", help="folder for every trained vector set (resumes from it)")
+    options.add_precision(p, d.precision)
+    p.add_argument(
+        "--work",
+        default="runs/spon_robust",
+        help="folder for every trained vector set, resumed from (default %(default)s)",
+    )
     p.add_argument("--artifacts", default=None, help="folder for the final vectors (default data/artifacts/<model>)")
     p.add_argument("--no-artifacts", action="store_true", help="keep the final vectors in --work only")
-    p.add_argument("--stop-after", choices=("ablation", "final"), default=None, help="stop after this part")
+    p.add_argument(
+        "--stop-after",
+        choices=("ablation", "final"),
+        default=None,
+        help="stop after the recipe ablation, or after the final recipe at every level (default: run every part)",
+    )
     p.add_argument("--json", required=True, metavar="OUT", help="the record to write (and resume)")
     p.set_defaults(run=cmd_robust)
 

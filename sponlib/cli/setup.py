@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..experiments import protocol
+from ..models.gguf import KNOWN_MODELS
+
+
+def known_model(name: str) -> str:
+    """A name of sponlib.models.gguf.KNOWN_MODELS, the only models `prepare` converts."""
+    if name not in KNOWN_MODELS:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not a known model. Known names: {', '.join(known_model.allowed)}"
+        )
+    return name
+
+
+known_model.allowed = tuple(sorted(KNOWN_MODELS))
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("prepare", help="convert and cache a known model")
-    p.add_argument("--model", default=protocol.MODEL)
+    p.add_argument(
+        "--model",
+        type=known_model,
+        default=protocol.MODEL,
+        help=f"known model to convert: {', '.join(known_model.allowed)} (default %(default)s)",
+    )
     p.add_argument("--force", action="store_true", help="convert again even if cached")
     p.set_defaults(run=cmd_prepare)
 

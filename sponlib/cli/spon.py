@@ -50,7 +50,7 @@ def add_commands(sub) -> None:
     p.add_argument("--spon", required=True, metavar="FILE", help="SPON file (from `train`)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not hold anything else)")
     p.add_argument("--model", default=None, help="model the vectors were trained on (default: as recorded in the file)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    options.add_dtype(p, "float32")
     p.set_defaults(run=cmd_export)
 
 
