@@ -181,7 +181,8 @@ def _run_parts(parts: list[str], args, record: dict, save) -> None:
         save("e2e-smollm2")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS + ON_DEMAND)}"
@@ -205,6 +206,11 @@ def main() -> None:
         action="store_true",
         help="with the sweep: write the fastest tiles to sponlib/kernels/configs/<gpu>.json",
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS) - set(ON_DEMAND)

@@ -116,7 +116,8 @@ def topology() -> dict:
     return record
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sparsity", type=float, default=0.5)
@@ -137,7 +138,11 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=0, help="Persuasion windows evaluated (0: all)")
     parser.add_argument("--work", default=None, help="folder for the runs' files (default: a temporary one)")
     parser.add_argument("--json", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     if torch.cuda.device_count() < 2:
         print(

@@ -24,7 +24,8 @@ from sponlib.records import write_result
 from sponlib.sparsity import Sparsifier
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=protocol.MODEL, help=f"model (default {protocol.MODEL})")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -33,7 +34,11 @@ def main() -> None:
     parser.add_argument("--levels", default="0.5,0.7", help="comma-separated levels (default 0.5,0.7)")
     parser.add_argument("--shares", default="0,0.05,0.1,0.2,0.3", help="comma-separated shares ρ")
     parser.add_argument("--json", required=True, metavar="OUT", help="the record to write")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.set_num_threads(2)
     model, tokenizer = load_model(args.model, dtype="float32", device=args.device)
     calibration = shipped_calibration(model)

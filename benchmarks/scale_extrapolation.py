@@ -210,7 +210,8 @@ def user_commands(target: str, gpus: int, micro_batch: int, config: dict) -> lis
     ]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearsal", default="data/results/scale_rehearsal_h200.json", help="8B rehearsal record")
     parser.add_argument("--speed", default="data/results/training_speed_h200.json", help="training-speed record")
@@ -224,7 +225,11 @@ def main() -> None:
         help="one GPU's memory bandwidth in TB/s, for the decoding bound (default 4.8: an H200's)",
     )
     parser.add_argument("--json", required=True, help="record to write")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     records = {}
     for name, path in (("rehearsal", args.rehearsal), ("speed", args.speed)):
         try:

@@ -379,7 +379,8 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b", help="model config (default llama3-8b)")
     parser.add_argument("--json", required=True, help="record to write (again after every stage)")
@@ -413,7 +414,11 @@ def main() -> None:
         help="let the process use at most this much GPU memory, as on a smaller GPU (e.g. 80)",
     )
     parser.add_argument("--work", help="folder for the checkpoint and the export (default a new temporary one)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     device = resolve_device(args.device)
     record = {"shape": args.shape, "note": QUALITY_NOTE, "stages": {}}
     if args.memory_limit_gb:

@@ -109,7 +109,8 @@ def measure(rotation: _Rotation, level: float, repeats: int, rounds: int) -> dic
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per path and round (default 10)")
@@ -119,7 +120,11 @@ def main() -> None:
         "--cache-mib", type=int, default=32, help="last-level cache to defeat, MiB (default 32, this machine's L3)"
     )
     parser.add_argument("--json", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
 

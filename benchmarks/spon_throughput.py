@@ -55,7 +55,8 @@ def plain_loop(model, thresholds, ids: torch.Tensor, batch_size: int, steps: int
     return tokens / timed
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
@@ -66,7 +67,11 @@ def main() -> None:
     parser.add_argument("--batches", default="8,16,32", help="comma-separated windows per step")
     parser.add_argument("--precisions", default=None, help="comma-separated; default bf16,fp32 on CUDA, fp32 on CPU")
     parser.add_argument("--json", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.model, device=device)

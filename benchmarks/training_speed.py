@@ -176,7 +176,8 @@ def mask_op_times(model, device: torch.device, dtype: torch.dtype, tokens: int =
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b", help="model config (default llama3-8b)")
     parser.add_argument("--json", required=True, help="record to write (again after every variant)")
@@ -198,6 +199,11 @@ def main() -> None:
         default=0,
         help="stop a variant after this many seconds, compiling included, and record that (default 0: no limit)",
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))

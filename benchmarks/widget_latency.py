@@ -63,7 +63,8 @@ def _move(dashboard, level: float) -> tuple[float, float]:
     return done, (first[0] if first else done)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This benchmark's command line (tests parse the commands of its records with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--corpus", default="persuasion")
@@ -75,7 +76,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--json", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype="float32", device="cpu")
