@@ -1,7 +1,9 @@
 # sponlib: two commands for users (`make lab`, `make test`); the rest are their steps.
 #
 #   make lab     set up if needed, prepare the default model, serve notebooks/ on 127.0.0.1
-#   make test    set up if needed, install chromium if missing, lint, run the whole test suite offline
+#   make test    set up if needed, install chromium if missing, lint, run the whole test suite offline,
+#                then the notebooks again on another CPU code path
+#   make test-fast  the unit tier alone (tests/conftest.py names the tiers): under 3 minutes
 #   make lint    ruff: lint rules and formatting (configured in pyproject.toml); part of make test
 #   make test-gpu  the sparse kernel's GPU tests (on a CUDA machine; they skip without one)
 #
@@ -23,7 +25,7 @@ STAMP      := $(VENV)/.sponlib-setup
 # Jupyter refuses to run as root unless told; CI and containers run as root.
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup model lab browser lint test test-gpu clean-venv
+.PHONY: setup model lab browser lint test test-fast test-gpu clean-venv
 
 setup: $(STAMP)
 
@@ -74,8 +76,15 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The notebooks run twice: as the machine's CPU computes by default, then with ATen's vector
+# kernels off (another summation order), so an output that moves with float32 rounding fails
+# here rather than on a user's machine.
 test: setup browser lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 SPONLIB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+	ATEN_CPU_CAPABILITY=default HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest notebooks
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -m unit tests
 
 # The Triton kernel against the torch reference on a CUDA GPU (skips cleanly without one). Set up
 # with the machine's CUDA build of torch, e.g. `make test-gpu TORCH_SPEC=torch`.

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real default model (loaded once per session) and a byte tokenizer."""
+"""Shared fixtures: the real default model (loaded once per session), a tiny model folder and a
+byte tokenizer. The test tiers are in the repository's top conftest.py."""
 
 import pytest
 import torch

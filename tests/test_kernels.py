@@ -524,6 +524,7 @@ def test_float32_single_token_matches_the_hooked_linear(score, monkeypatch):
 # --- the Triton kernel under Triton's CPU interpreter ----------------------------------------
 
 
+@pytest.mark.integration  # minutes: the GPU tests, interpreted
 def test_triton_kernel_tests_pass_under_the_cpu_interpreter():
     """tests/test_kernels_gpu.py with TRITON_INTERPRET=1: Triton then executes the kernel's
     source on CPU tensors, so a machine without a GPU (CI) still checks the kernel's logic
