@@ -42,7 +42,14 @@ $(STAMP): pyproject.toml Makefile
 model: setup
 	$(PY) -m sponlib prepare --model smollm2-135m
 
-lab: model
+# JupyterLab asks on its first start whether to fetch Jupyter news (a pop-up over the notebook);
+# settings overrides in the project's own environment answer no, and switch off update checks.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_OVERRIDES): $(STAMP)
+	mkdir -p $(dir $@)
+	printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' > $@
+
+lab: model $(LAB_OVERRIDES)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) \
 		--no-browser $(ROOT_FLAG)
 

@@ -16,6 +16,13 @@ import pytest
 
 TIERS = ("unit", "integration", "records", "notebooks", "browser")
 FILE_TIERS = {
+    # the command line and scripts in subprocesses, and process groups
+    "test_cli.py": "integration",
+    "test_distributed.py": "integration",
+    "test_harness.py": "integration",
+    "test_scale_extrapolation.py": "integration",
+    "test_scale_rehearsal.py": "integration",
+    "test_training_speed.py": "integration",
     "test_browser.py": "browser",
     "test_lab.py": "browser",
     "test_project.py": "records",

@@ -50,6 +50,11 @@ def test_make_lab_serves_the_notebooks():
         assert served == on_disk and any(name.endswith(".ipynb") for name in served)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=10) as r:
             assert r.status == 200 and b"JupyterLab" in r.read()
+        # no news pop-up: the project's settings answer JupyterLab's question before it is asked
+        notification = "@jupyterlab/apputils-extension:notification"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab/api/settings/{notification}?token={token}") as r:
+            defaults = {key: value["default"] for key, value in json.load(r)["schema"]["properties"].items()}
+        assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False
     finally:
         os.killpg(lab.pid, signal.SIGTERM)
         try:
