@@ -189,3 +189,20 @@ def test_spon_recovery_artifact_hashes_name_vectors_shipped_from_that_run():
         if versions is None:
             pytest.skip("the shipped vectors are newer than this run's; their history needs a full git checkout")
         assert artifact["sha256"] in versions, f"{name}: no version of {artifact['file']} has this hash"
+
+
+def test_the_shipped_vectors_are_the_ones_the_robust_record_names():
+    """Each shipped SPON file is the one the robust run kept for its chosen recipe at that level:
+    same sha256, and the file's own metadata (safeguard, training) equals the record's entry."""
+    from safetensors import safe_open
+
+    record = json.loads((RESULTS / "spon_robust.json").read_text())
+    kept = [e for e in record["final"] if e["recipe"] == record["choice"]["recipe"] and e["kind"] == "protocol"]
+    assert kept and all(e.get("artifact") for e in kept)
+    for entry in kept:
+        path = ROOT / "data" / "artifacts" / "smollm2-135m" / entry["artifact"]["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["artifact"]["sha256"], path.name
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+        assert meta["safeguard"] == entry["safeguard"], path.name
+        assert meta["training"]["val_kl_best"] == entry["training"]["val_kl_best"], path.name

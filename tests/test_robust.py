@@ -14,6 +14,7 @@ from sponlib.experiments.genres import genre_texts, recipe_named
 from sponlib.experiments.paired import compare_paired
 from sponlib.experiments.robust import RobustRun
 from sponlib.experiments.robust_record import robust_summary
+from sponlib.io import sha256_file
 from sponlib.models.tiny import tiny_model
 from sponlib.sparsity import Sparsifier, calibrate
 from sponlib.spon import TrainConfig, load_spon
@@ -86,6 +87,8 @@ def test_the_whole_experiment_runs_and_resumes(run):
     vectors, _ = load_spon(args[-1] / "spon-teal-0.5.safetensors")
     assert 0.0 <= vectors.meta["safeguard"]["gamma"] <= 1.0 and "interval" in vectors.meta["safeguard"]
     assert not (args[-1] / "spon-teal-0.45.safetensors").exists()  # checks stay in the work folder
+    kept = {e["level"]: e["artifact"] for e in run.record["final"]}
+    assert kept[0.45] is None and kept[0.5]["sha256"] == sha256_file(args[-1] / "spon-teal-0.5.safetensors")
     run.run_interpolation(winner, final)
     (check,) = run.record["interpolation"]
     assert check["between"] == [0.4, 0.5] and "recovery_trained" in check["rows"][1]

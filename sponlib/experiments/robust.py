@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.alignment import mean_residuals
-from ..io import atomic_write_json
+from ..io import atomic_write_json, sha256_file
 from ..models.adapters import iter_projections
 from ..models.likelihood import window_nlls
 from ..models.placement import device_record, input_device
@@ -301,8 +301,11 @@ class RobustRun:
                 )
                 save_spon(vectors, thresholds, path)
             final[level] = self.load(path)
+            artifact = None
             if level in levels and self.artifacts is not None:
-                save_spon(*final[level], self.artifacts / f"spon-{self.rule}-{level:g}.safetensors")
+                kept = self.artifacts / f"spon-{self.rule}-{level:g}.safetensors"
+                save_spon(*final[level], kept)
+                artifact = {"file": kept.name, "sha256": sha256_file(kept)}  # ties a shipped copy to this run
             if not self._done("final", level=level, recipe=recipe.name):
                 vectors, thresholds = final[level]
                 self.record["final"].append(
@@ -313,6 +316,7 @@ class RobustRun:
                         "safeguard": vectors.meta["safeguard"],
                         "training": _training_summary(vectors.meta["training"]),
                         "rows": self.score(level, vectors, thresholds),
+                        "artifact": artifact,
                     }
                 )
                 self.write()
