@@ -113,3 +113,17 @@ def test_a_redraw_defers_garbage_collection_and_restores_it(analysis, monkeypatc
         assert not gc.isenabled()  # a caller's own choice is left as it was
     finally:
         gc.enable()
+
+
+def test_rows_of_figures_and_controls_wrap_in_a_narrow_window(analysis):
+    """Side by side where the output is wide enough, else one under another: never cut off."""
+    import ipywidgets as w
+
+    explorer = DriftExplorer(analysis)
+    controls, _, figures, pca = explorer.widget.children
+    assert controls.layout.flex_flow == figures.layout.flex_flow == "row wrap"
+    assert [box.children[0] for box in figures.children] == [explorer.drift, explorer.kl]
+    assert all(box.layout.flex.endswith("700px") and box.layout.min_width == "0" for box in figures.children)
+    assert pca is explorer.pca
+    threshold = ThresholdExplorer(analysis)
+    assert [row.layout.flex_flow for row in threshold.widget.children if isinstance(row, w.Box)][:2] == ["row wrap"] * 2

@@ -21,21 +21,26 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..errors import InvalidArgumentError, UnknownModelError, hub_offline_hint
 from .gguf import CACHE_MARKER, DEFAULT_MODEL, KNOWN_MODELS, prepare_model, unknown_model_message
 
+# The names a dtype goes by. float64 is for numbers that must not move with the CPU: a masked model
+# amplifies float32's last bit (an input near its threshold falls on either side).
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[dtype]
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -6,7 +6,9 @@ selector that update plotly figures in place (`go.FigureWidget`, through anywidg
     ThresholdExplorer(analysis)      # one projection's input histogram with its threshold
 
 Every setting is computed once by `LayerAnalysis` and cached, so moving back to a level redraws
-at once. Each dashboard displays as its `.widget`; `.refresh()` is what a control change calls.
+at once. Each dashboard displays as its `.widget`, then (with `static_images()` on) a PNG of each
+of its figures as first drawn, for readers without JavaScript; `.refresh()` is what a control
+change calls. Rows of figures and controls wrap, so a narrow window stacks them.
 At a level between the trained ones (`spon_levels`), SPON is interpolated and the status says so.
 """
 
@@ -26,9 +28,26 @@ from ..errors import InvalidArgumentError
 from ..models.adapters import ROLES
 from ..sparsity.rules import input_scores, score_weights, split_method
 from . import plots
+from .static import snapshot
 
 SLIDER_LEVELS = tuple(round(0.05 * i, 2) for i in range(0, 19))  # 0 .. 0.9: the slider stops
 TITLES = {"drift": "Drift of the residual stream from dense", "lens_kl": "Logit-lens KL to dense"}
+# A figure's share of a row: plotly's own width for a figure its box gives none, so two sit side by
+# side in an output about 1450 px wide (a window of some 1550 px) and stack below that.
+FIGURE_BASIS = "700px"
+
+
+def wrapping_row(*children) -> w.Box:
+    """Controls side by side, wrapping onto a new line where the output is too narrow."""
+    return w.Box(list(children), layout=w.Layout(display="flex", flex_flow="row wrap", align_items="center"))
+
+
+def figure_row(*figures) -> w.Box:
+    """Figures side by side where each gets FIGURE_BASIS, else one under another at the full
+    width; never cut off. (A FigureWidget's `layout` is plotly's, so each sits in a box of its own
+    that carries the flex settings; the figure fills the box and plotly sizes itself to it.)"""
+    boxes = [w.VBox([figure], layout=w.Layout(flex=f"1 1 {FIGURE_BASIS}", min_width="0")) for figure in figures]
+    return w.Box(boxes, layout=w.Layout(display="flex", flex_flow="row wrap", width="100%"))
 
 
 @contextmanager
@@ -77,6 +96,7 @@ class _Dashboard:
         from IPython.display import display
 
         display(self.widget)
+        snapshot(self.widget)  # nothing unless static images are on
 
 
 def _set_curve(trace, values, visible: bool = True) -> None:
@@ -101,7 +121,7 @@ class DriftExplorer(_Dashboard):
         self._pcas: dict[int, tuple] = {}  # layer -> (PCA fitted on dense, dense's (N, 2) points in it)
         self._observe(self.rule, self.level, self.layer)
         self.widget = w.VBox(
-            [w.HBox([self.rule, self.level, self.layer]), self.status, w.HBox([self.drift, self.kl]), self.pca]
+            [wrapping_row(self.rule, self.level, self.layer), self.status, figure_row(self.drift, self.kl), self.pca]
         )
         self.refresh()
 
@@ -184,7 +204,7 @@ class ThresholdExplorer(_Dashboard):
         self.figure = go.FigureWidget(plots.activation_histogram(np.ones(4), 0.0))
         self._observe(self.rule, self.level, self.block, self.role)
         self.widget = w.VBox(
-            [w.HBox([self.rule, self.level]), w.HBox([self.block, self.role]), self.status, self.figure]
+            [wrapping_row(self.rule, self.level), wrapping_row(self.block, self.role), self.status, self.figure]
         )
         self.refresh()
 
