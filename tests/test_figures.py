@@ -203,3 +203,20 @@ def test_task_figure_shows_the_records_values_and_intervals():
     dense_lines = [shape.y0 for shape in fig.layout.shapes]
     knowledge = figures.task_rows(tasks["families"][families[0]], "knowledge", "all", "top1")
     assert knowledge[0]["dense"]["value"] in dense_lines
+
+
+def test_perplexity_figure_shows_the_robust_records_perplexities():
+    robust = record(figures.ROBUST_RECORD)
+    chosen = robust["choice"]["recipe"]
+    entries = sorted((e for e in robust["final"] if e["recipe"] == chosen), key=lambda e: e["level"])
+    fig = figures.perplexity_figure()
+    assert [trace.name for trace in fig.data] == ["dense", "masked", "spon"] * 2
+    novel, genres = fig.data[:3], fig.data[3:]
+    for trace in (*novel, *genres):
+        assert list(trace.x) == [e["level"] for e in entries]
+    for trace in novel:  # the test novel: the record's own numbers
+        assert list(trace.y) == [e["rows"][1][f"ppl_{trace.name}"] for e in entries]
+    for trace in genres:  # the held-out genres: their geometric mean
+        expected = [np.exp(np.mean([np.log(r[f"ppl_{trace.name}"]) for r in e["rows"][2:]])) for e in entries]
+        assert list(trace.y) == pytest.approx(expected, rel=1e-12)
+    assert fig.layout.yaxis.type == "log"

@@ -1,16 +1,52 @@
-"""The project's promises about itself: README quickstart, CI entry, conda file, result tables."""
+"""The project's promises about itself: a README of one screen with its quickstart, figure and
+links, docs pages whose links resolve and whose commands today's command line accepts, the CI
+entry, the conda file, and result tables that match their records."""
 
+import contextlib
+import io
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
+from sponlib.cli import build_parser
 from sponlib.records import results_dir
-from sponlib.reports.readme import result_pages, update_readme
+from sponlib.reports.readme import _BLOCK, RENDERERS, result_pages, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 250  # one screen's worth: the rest lives in docs/
+# the pages that hold generated tables since the README moved them to docs/
+TABLE_PAGES = {"README.md", "results.md", "library.md", "analysis.md", "tasks.md", "multigpu.md", "kernels.md"}
+TABLE_PAGES |= {"comparisons.md", "scale.md"}
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> str:
+    """A page without its code blocks, inline code and generated blocks: what its author wrote."""
+    text = _BLOCK.sub("", text)
+    text = FENCE.sub("", text)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def shown_commands(text: str) -> list[list[str]]:
+    """The sponlib commands of a page's shell blocks, as the words after `sponlib` (run as
+    `sponlib`, `.venv/bin/sponlib`, `python -m sponlib`, or `-m sponlib` under a launcher); `[...]` marks an optional
+    part, which is left out."""
+    commands = []
+    for kind, body in FENCE.findall(text):
+        if kind not in ("bash", "sh"):
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\[[^\]]*\]", "", line.split(" #", 1)[0]).strip()
+            found = re.search(r"(?:^|-m |/bin/)sponlib (.*)$", line)
+            if found:
+                commands.append(shlex.split(found.group(1)))
+    return commands
 
 
 def test_readme_quickstart_is_exactly_two_commands():
@@ -35,9 +71,45 @@ def test_environment_yml_installs_the_project_through_pip():
 
 def test_readme_and_docs_result_tables_match_their_json():
     pages = result_pages(ROOT)
-    assert ROOT / "README.md" in pages and ROOT / "docs" / "scale.md" in pages
+    assert {page.name for page in pages} == TABLE_PAGES
     for page in pages:
         assert update_readme(page, check=True) is False, f"{page.name}: run `python -m sponlib readme`"
+    # every table the renderers know is on some page: moving a section cannot drop one
+    shown = {m.group("name") for page in pages for m in _BLOCK.finditer(page.read_text())}
+    assert shown == set(RENDERERS)
+
+
+def test_readme_is_one_screen_with_its_figure_and_license():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    assert "](docs/figures/spon_perplexity.png)" in readme and "<!-- results: spon_robust.json headline -->" in readme
+    assert "](LICENSE)" in readme and "Apache-2.0" in readme
+    headings = re.findall(r"^## (.+)$", readme, re.M)
+    assert headings[:4] == ["Quickstart", "In Python", "SPON on your own model", "What is inside"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_relative_link_points_to_a_file(page):
+    text = FENCE.sub("", page.read_text())
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address or an anchor on the same page
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        assert path.exists(), f"{page.name}: {target} does not exist"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_commands_shown_in_the_docs_are_accepted_by_todays_command_line(page):
+    parser = build_parser()
+    for words in shown_commands(page.read_text()):
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                parser.parse_args(words)
+        except SystemExit:
+            pytest.fail(f"{page.name}: `sponlib {shlex.join(words)}`: {said.getvalue().strip()}")
+    # American spelling in prose and examples; records keep the commands as they were run
+    assert "sponlib analyse" not in _BLOCK.sub("", page.read_text())
 
 
 def test_dense_baseline_is_recorded_as_the_protocol_asks():

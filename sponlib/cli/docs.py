@@ -1,5 +1,5 @@
-"""`readme` and `figures`: the result tables of the README and docs/, and the README's figures,
-from data/results/. They load the maintainers' tooling (sponlib.reports), which nothing else
+"""`readme` and `figures`: the result tables of the README and docs/, and their figures, from
+data/results/. They load the maintainers' tooling (sponlib.reports), which nothing else
 imports."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ def add_commands(sub) -> None:
     p.add_argument("--check", action="store_true", help="fail if a page is out of date instead of writing")
     p.set_defaults(run=cmd_readme)
 
-    p = sub.add_parser("figures", help="export the README's figures as PNG from data/results/ (needs chromium)")
+    p = sub.add_parser(
+        "figures", help="export the figures of the README and docs/ as PNG from data/results/ (needs chromium)"
+    )
     p.add_argument("--out", default="docs/figures", help="folder for the PNGs (default docs/figures)")
     p.add_argument(
         "--only",

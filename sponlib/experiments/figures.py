@@ -1,6 +1,6 @@
 """The project's figures, each drawn with the builders of `sponlib.viz.plots` from one of its
 records under data/results/ (shown in the notebooks; `python -m sponlib figures` exports them as
-the README's PNGs, docs/figures/<name>.png):
+the PNGs of the README and docs/, docs/figures/<name>.png):
 
     drift_per_layer  drift_figure: hidden-state drift from dense per layer, masked and SPON, at
                      several teal levels
@@ -12,6 +12,8 @@ the README's PNGs, docs/figures/<name>.png):
                      main level
     task_scores      tasks_figure: task accuracy, knowledge and generation drift against the level,
                      dense / masked / SPON, for each model family
+    spon_perplexity  perplexity_figure: perplexity against the teal level, dense / masked / SPON
+                     (the shipped recipe), in domain and on the held-out genres
 
 Every number in a figure is read from its record, so a figure changes only when the code that
 measured it writes a new record.
@@ -29,6 +31,7 @@ from ..records import load_result
 from ..viz import plots
 from .protocol import LEVELS, RECOVERY_TARGETS
 from .protocol import robust_targets as robust_targets_of
+from .robust_record import chosen_entries
 
 ANALYSIS_RECORD = "analysis_smollm2.json"
 RECOVERY_RECORD = "spon_recovery.json"
@@ -252,6 +255,58 @@ def tasks_figure(record: dict | None = None) -> go.Figure:
     return fig
 
 
+def perplexity_panels(record: dict) -> dict[str, dict[str, list[float]]]:
+    """Panel title -> {"level", "dense", "masked", "spon": one value per level} for the chosen
+    recipe of a robust record: the test novel, and the geometric mean over the held-out genres
+    (exp of the mean log perplexity, each genre counting once)."""
+    entries = chosen_entries(record, "final")
+    panels = {"Persuasion (in domain)": {"level": [], "dense": [], "masked": [], "spon": []}}
+    genres = f"{len(entries[0]['rows']) - 2} held-out genres (geometric mean)"
+    panels[genres] = {"level": [], "dense": [], "masked": [], "spon": []}
+    for entry in entries:
+        novel, others = entry["rows"][1], entry["rows"][2:]
+        for title, rows in ((next(iter(panels)), [novel]), (genres, others)):
+            panels[title]["level"].append(entry["level"])
+            for kind in ("dense", "masked", "spon"):
+                values = [row[f"ppl_{kind}"] for row in rows]  # the novel's own value, exactly
+                panels[title][kind].append(values[0] if len(values) == 1 else float(np.exp(np.mean(np.log(values)))))
+    return panels
+
+
+def perplexity_figure(record: dict | None = None) -> go.Figure:
+    """Perplexity against the teal level: the dense model, the mask alone and the mask with the
+    shipped SPON vectors, on the test novel and on the genres neither training nor validation saw."""
+    record = load_result(ROBUST_RECORD) if record is None else record
+    panels = perplexity_panels(record)
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.1, subplot_titles=list(panels))
+    for column, values in enumerate(panels.values(), start=1):
+        for kind, dash in (("dense", "dot"), ("masked", "solid"), ("spon", "dash")):
+            fig.add_trace(
+                go.Scatter(
+                    x=values["level"],
+                    y=values[kind],
+                    name=kind,
+                    legendgroup=kind,
+                    showlegend=column == 1,
+                    mode="lines" if kind == "dense" else "lines+markers",
+                    line=dict(color=plots.VARIANT_COLOURS[kind], dash=dash),
+                    hovertemplate=f"{kind}<br>level %{{x}}<br>perplexity %{{y:.2f}}<extra></extra>",
+                ),
+                row=1,
+                col=column,
+            )
+        fig.update_xaxes(title_text="teal level (share of inputs zeroed)", row=1, col=column)
+        fig.update_yaxes(type="log", row=1, col=column)  # the mask at 0.7 is an order of magnitude off
+    fig.update_layout(
+        template=plots.TEMPLATE,
+        height=420,
+        margin=dict(l=60, r=20, t=90, b=55),
+        title_text=f"Perplexity against sparsity: dense, the teal mask, SPON ({record['model']['name']})",
+        yaxis_title="perplexity (log scale)",
+    )
+    return fig
+
+
 # figure name (the PNG's file stem) -> builder reading its record
 FIGURES: dict[str, Callable[[], go.Figure]] = {
     "drift_per_layer": drift_figure,
@@ -259,4 +314,5 @@ FIGURES: dict[str, Callable[[], go.Figure]] = {
     "spon_robust": robust_figure,
     "cka_heatmaps": cka_figure,
     "task_scores": tasks_figure,
+    "spon_perplexity": perplexity_figure,
 }

@@ -1,14 +1,16 @@
 """README and docs result tables, rendered from the JSON files under data/results/.
 
-The README (and any page under docs/) holds each table between two markers naming its source file:
+The README and the pages under docs/ (results.md, library.md, analysis.md, tasks.md, multigpu.md,
+kernels.md, comparisons.md, scale.md) hold each table between two markers naming its source file:
 
     <!-- results: dense_baseline.json -->
     ...generated markdown...
     <!-- /results -->
 
 A word after the file name picks another view of the same record (`<!-- results:
-scale_rehearsal_h200.json targets -->`). `python -m sponlib readme` rewrites those blocks; a test
-checks they match, so a number in the README or the docs is always the one its JSON records.
+scale_rehearsal_h200.json targets -->`; the README's headline is `spon_robust.json headline`).
+`python -m sponlib readme` rewrites those blocks; a test checks they match, so a number in the
+README or the docs is always the one its JSON records.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "widget_latency_cpu.json": speed.render_widget_latency,
     "spon_generalization.json": quality.render_generalization,
     "spon_robust.json": robust.render_robust,
+    "spon_robust.json headline": robust.render_headline,
     "spon_robust_lr.json": robust.render_robust,
     "spon_robust_gemma3.json": robust.render_robust,
     "gemv_cpu.json": speed.render_gemv_cpu,

@@ -1,9 +1,11 @@
 """README tables of the robust-SPON record (data/results/spon_robust.json): the recipes side by
-side on the genre protocol, and the chosen recipe at every level against its targets."""
+side on the genre protocol, the chosen recipe at every level against its targets, and the
+README's headline (perplexity dense / mask / SPON at the main level)."""
 
 from __future__ import annotations
 
 from ..experiments import protocol
+from ..experiments.figures import perplexity_panels
 from ..experiments.robust_record import chosen_entries, interpolation_gaps, tested
 
 TEST_TEXTS = "the test novel and 7 held-out Brown genres"
@@ -169,3 +171,40 @@ def render_robust(record: dict) -> str:
         f"mask: the paired 95% interval of log ppl_SPON − log ppl_mask above 0. {_run(record)}"
     )
     return "\n".join(parts) + "\n"
+
+
+def render_headline(record: dict, level: float = 0.5) -> str:
+    """Perplexity of the dense model, the teal mask and the shipped SPON vectors at `level`, on the
+    test novel and over the held-out genres (the numbers of the README's figure), with the
+    recoveries the record's summary gives."""
+    summary = record["summary"][f"{level:g}"]
+    least, median = summary["recovery_heldout_min"], summary["recovery_heldout_median"]
+    low, high = summary["recovery_in_interval"]
+    worst = summary["worst_heldout"].removeprefix("brown-")
+    recoveries = [
+        f"{_fmt(summary['recovery_in'], 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}]",
+        f"per genre: median {_fmt(median, 2)}, least {_fmt(least, 2)} ({worst})",
+    ]
+    lines = [
+        f"| text | dense | teal mask at {level:g} | SPON at {level:g} | share of the loss SPON wins back |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for (title, values), recovery in zip(perplexity_panels(record).items(), recoveries):
+        at = values["level"].index(level)
+        cells = " | ".join(f"{values[kind][at]:.2f}" for kind in ("dense", "masked", "spon"))
+        lines.append(f"| {title} | {cells} | {recovery} |")
+    worse = sum(row["worse_than_mask"] for row in record["summary"].values())
+    levels = ", ".join(record["summary"])
+    tests = record["settings"]["texts"]["tests"]
+    fewest = min(tests, key=lambda t: t["windows"])
+    lines += [
+        "",
+        f"Perplexity on {tests[0]['windows']} windows of {tests[0]['window_len']} tokens per text "
+        f"({fewest['source'].removeprefix('brown-')}: the {fewest['windows']} it holds), seed {tests[0]['seed']}; "
+        f"share won back = (ppl_mask − ppl_SPON) / (ppl_mask − ppl_dense), 95% interval in brackets. "
+        f"SPON is worse than the mask on {worse} test text × level pairs (levels {levels}). "
+        f"Vectors: recipe {summary['recipe']}, as shipped in `data/artifacts/{record['model']['name']}/`. "
+        f"Model `{record['model']['name']}`, {record['dtype']}, {record['device']['name']}; "
+        f"record `data/results/spon_robust.json`.",
+    ]
+    return "\n".join(lines) + "\n"
