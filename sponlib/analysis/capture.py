@@ -5,7 +5,7 @@ of every projection. (What the head reads off a residual state, the "logit lens"
     dense = capture(model, ids)                        # dense model
     with Sparsifier(model, thresholds):                # masked (add alphas= for SPON)
         masked = capture(model, ids, tokens=dense.tokens)
-    masked["blocks.5.resid_post"]                      # (N, d) float32 on the CPU
+    masked["blocks.5.resid_post"]                      # (N, d) float32 (float64 models: float64) on the CPU
 
 Names:
     blocks.0.resid_pre                the residual stream entering block 0 (the embeddings)
@@ -15,8 +15,9 @@ Names:
 Projections that read one tensor (q/k/v, gate/up) share one captured tensor under their names.
 
 Memory is bounded by the token selection: only the chosen (window, position) pairs are kept, as
-float32 on the CPU, whatever device the model runs on. Capture hooks run before any other pre-hook
-(e.g. a Sparsifier's mask), so projection inputs are the states the mask is applied to.
+float32 on the CPU (float64 for a model that computes in float64), whatever device the model
+runs on. Capture hooks run before any other pre-hook (e.g. a Sparsifier's mask), so projection
+inputs are the states the mask is applied to.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def select_tokens(
 class Capture:
     """States captured on one forward pass (or several batches of one)."""
 
-    states: dict[str, torch.Tensor]  # name -> (N, d) float32, CPU
+    states: dict[str, torch.Tensor]  # name -> (N, d) float32 (float64 for a float64 model), CPU
     tokens: torch.Tensor  # (N, 2): window index and position of each captured row
     n_blocks: int
     measured: float | None = None  # measured sparsity of the run (weighted), when masked
@@ -128,7 +129,8 @@ def capture(
 
     def keep(name: str):
         def hook(x: torch.Tensor) -> None:  # x: (b, L, d)
-            parts.setdefault(name, []).append(x[rows[:, 0], rows[:, 1]].detach().to("cpu", torch.float32))
+            kept = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays exact
+            parts.setdefault(name, []).append(x[rows[:, 0], rows[:, 1]].detach().to("cpu", kept))
 
         return hook
 
