@@ -13,6 +13,7 @@ from sponlib.records import results_dir
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 WIDGET = "application/vnd.jupyter.widget-view+json"
+PLOTLY = "application/vnd.plotly.v1+json"
 
 
 def _code_cells(path: Path) -> list[dict]:
@@ -51,3 +52,12 @@ def test_live_output_is_marked_and_records_exist(path):
             assert ignored, f"a widget's output is not comparable; mark the cell # NBVAL_IGNORE_OUTPUT:\n{source[:200]}"
         for name in re.findall(r'load_result\("([^"]+)"\)', source):
             assert (results_dir() / name).is_file(), f"{path.name} cites {name}, which data/results/ lacks"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_saved_figure_carries_a_static_image(path):
+    """GitHub and nbviewer run no JavaScript: each plotly output must hold a PNG of itself, and no
+    HTML (which viewers prefer to a PNG, and which is blank without plotly.js)."""
+    figures = [o["data"] for c in _code_cells(path) for o in c["outputs"] if PLOTLY in o.get("data", {})]
+    for data in figures:
+        assert "image/png" in data and "text/html" not in data, f"{path.name}: a figure without its PNG"

@@ -16,7 +16,7 @@
                record, e.g. data/results/tasks.json)
     comparisons SPON on five mask rules and weight pruning at the same sparsity (data/results/comparisons.json)
     harness    lm-evaluation-harness tasks on a dense, masked or SPON model (optional extra `harness`)
-    readme     regenerate the README's result tables from data/results/
+    readme     regenerate the result tables of the README and docs/ from data/results/
     figures    export the README's figures as PNG from data/results/ (docs/figures/), through chromium
 
 Spelling is American; the British `analyse` and `generalise` stay as aliases, and `sweep`

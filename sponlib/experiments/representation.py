@@ -2,7 +2,7 @@
 masked + SPON on the same tokens at every level that has trained vectors, compared layer by layer,
 plus the evidence on which metrics separate the variants and on what SPON learns.
 
-Written by `python -m sponlib analyse`; read by the README renderer, the plots and the notebooks.
+Written by `python -m sponlib analyze`; read by the docs renderer, the plots and the notebooks.
 """
 
 from __future__ import annotations
