@@ -104,5 +104,20 @@ def test_the_committed_record_meets_the_targets_it_holds():
                 assert abs(measured["weighted"] - measured["channel_target"]) <= 0.01
     assert {(e["method"], e["pattern"]) for e in record["pruning"]} == set(PRUNING)
     assert all(abs(e["zero_share"] - 0.5) < 1e-4 for e in record["pruning"])
-    assert set(missing_cells(record)) <= {f"{r} at {lv:g}" for r in RULES for lv in (0.4, 0.6, 0.7)}
+    assert set(missing_cells(record)) <= {f"larosa at {lv:g}" for lv in (0.4, 0.6, 0.7)}  # still to run
+    assert {e["made_by"]["device"] for entries in record["rules"].values() for e in entries} == {
+        record["device"]["name"]
+    }
     assert Path(record["command"].split("--json ")[1]).as_posix() == "data/results/comparisons.json"
+
+
+def test_a_record_assembled_elsewhere_names_the_device_its_cells_were_made_on():
+    from sponlib.experiments.carried import where_made
+
+    gpu = {"device": "cuda", "name": "NVIDIA H200", "cuda": "13.0"}
+    versions = {"torch": "2.11.0"}
+    rules = {"teal": [{"made_by": {"device": "NVIDIA H200", "versions": versions}}], "wina": [{"made_by": {}}]}
+    assert where_made(rules, [], {"device": gpu}) == (gpu, versions)  # the earlier record's fuller description
+    assert where_made(rules, [], None) == ({"name": "NVIDIA H200"}, versions)
+    rules["wina"][0]["made_by"] = {"device": "cpu", "versions": versions}
+    assert where_made(rules, [], None) is None  # cells from two machines: no one device to name

@@ -70,7 +70,10 @@ def cmd_comparisons(args) -> None:
     calibration = calibration_for(args, model, tokenizer, ["greedy"])
     texts = genre_texts(tokenizer, args.windows, args.window_len, args.seed, args.train_windows, recipes=(recipe,))
     rotations = None
-    if {"larosa", "record"} & set(args.parts):  # a dense pass over calibration text: only where larosa is used
+    # A dense pass over calibration text, only where larosa's cells are made or assembled from this
+    # work folder; larosa's cells carried from an earlier record keep that record's rotations.
+    larosa_done = (Path(args.work) / "larosa" / "record.json").exists()
+    if "larosa" in args.parts or ("record" in args.parts and larosa_done):
         corpus = calibration.meta.get("corpus", protocol.CALIBRATION_TEXT)
         rotations = text_rotations(model, tokenizer, corpus, args.rotation_windows, args.window_len, args.seed)
     run = Comparisons(

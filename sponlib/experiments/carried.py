@@ -72,6 +72,19 @@ def made_by(earlier: dict, entry: dict, part: str) -> dict:
     return known
 
 
+def where_made(rules: dict, pruning: list[dict], earlier: dict | None) -> tuple[dict, dict] | None:
+    """(device, versions) every cell that names them was made with (the earlier record's
+    description of the device when that names the same), or None when cells differ or none says."""
+    made = [e["made_by"] for entries in rules.values() for e in entries] + [e["made_by"] for e in pruning]
+    names = {m.get("device") for m in made} - {None}
+    versions = {json.dumps(m["versions"], sort_keys=True) for m in made if m.get("versions")}
+    if len(names) != 1 or len(versions) != 1:
+        return None
+    name = names.pop()
+    known = (earlier or {}).get("device") or {}
+    return (known if known.get("name") == name else {"name": name}), json.loads(versions.pop())
+
+
 def part_commands(earlier: dict | None, now: list[dict]) -> list[dict]:
     """The commands that made the parts: the earlier record's, then this run's, each once."""
     out = []

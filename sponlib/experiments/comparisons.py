@@ -17,6 +17,7 @@ was made under the same settings (sponlib.experiments.carried), so a run may add
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import time
@@ -28,9 +29,9 @@ import torch
 from ..io import atomic_write_json
 from ..models.adapters import iter_projections
 from ..models.likelihood import window_nlls
-from ..models.placement import input_device
+from ..models.placement import device_record, input_device
 from ..pruning import format_pattern, parse_pattern, prune_model
-from ..records import command_line, model_record, write_result
+from ..records import command_line, library_versions, model_record, write_result
 from ..sparsity.lowrank import bytes_read
 from ..sparsity.rotation import Rotations, fold_rotations
 from ..sparsity.sparsifier import Sparsifier
@@ -109,8 +110,10 @@ class Comparisons:
         """Keep the command line of a run that does parts, for the record: the record is assembled
         from work that several commands may have done side by side."""
         if parts:
-            done = _read(self.work / "commands.json", [])
-            atomic_write_json(self.work / "commands.json", done + [{"parts": parts, "command": command_line()}])
+            with open(self.work / "commands.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # parts started side by side append to one list
+                done = _read(self.work / "commands.json", [])
+                atomic_write_json(self.work / "commands.json", done + [{"parts": parts, "command": command_line()}])
 
     # ------------------------------------------------------------ rules
 
@@ -214,8 +217,8 @@ class Comparisons:
         record already at `json_path` that this work did not make, where its settings match
         (sponlib.experiments.carried)."""
         commands = _read(self.work / "commands.json", [])
-        rules = {rule: self._rule_entries(rule, _made_by(commands, rule)) for rule in RULES}
-        pruning = [e | {"made_by": _made_by(commands, "pruning")} for e in self._pruning_rows()]
+        rules = {rule: self._rule_entries(rule, self._made_by(commands, rule)) for rule in RULES}
+        pruning = [e | {"made_by": self._made_by(commands, "pruning")} for e in self._pruning_rows()]
         settings = {
             **self.settings,
             "rules": list(RULES),
@@ -232,6 +235,8 @@ class Comparisons:
         earlier = self._earlier(settings, dtype)
         rotation_check = _read(self.work / "larosa" / "measured.json", {}).get("rotation_check")
         if earlier is not None:
+            if settings["rotations"] is None and not rules["larosa"]:  # larosa's cells all come from the earlier record
+                settings["rotations"] = earlier["settings"].get("rotations")
             self.carried = carried.carry_rules(earlier, rules, settings) + carried.carry_pruning(earlier, pruning)
             levels = {e["level"] for entries in rules.values() for e in entries} | set(self.levels)
             settings["levels"] = sorted(levels)
@@ -246,6 +251,9 @@ class Comparisons:
             "complete": all(len(rules[r]) == len(settings["levels"]) for r in RULES) and len(pruning) == len(PRUNING),
             "summary": comparison_summary(rules, pruning),
         }
+        made, here = carried.where_made(rules, pruning, earlier), device_record(input_device(self.model))
+        if made is not None and made[0].get("name") != here.get("name"):  # assembled elsewhere: say both
+            payload |= {"device": made[0], "versions": made[1], "assembled_on": here | {"versions": library_versions()}}
         return write_result(
             self.json_path, "comparisons", payload, model=self.model, device=input_device(self.model), dtype=dtype
         )
@@ -266,6 +274,16 @@ class Comparisons:
             }
             for e in sorted(entries, key=lambda e: e["level"])
         ]
+
+    def _made_by(self, commands: list[dict], part: str) -> dict:
+        """The commands that made a part's cells in the work folder, and where they ran (the part's
+        own record there says: the record may be assembled on another machine)."""
+        ran = _read(self.work / part / "record.json", {})
+        return {
+            "commands": [c["command"] for c in commands if part in c["parts"]],
+            "device": (ran.get("device") or {}).get("name"),
+            "versions": ran.get("versions"),
+        }
 
     def _earlier(self, settings: dict, dtype) -> dict | None:
         """The record at `json_path` if its cells can join this one; else None, and `refused` says why."""
@@ -312,10 +330,6 @@ class Comparisons:
                 )
             out.append({k: v for k, v in entry.items() if k != "nlls"} | {"rows": rows})
         return out
-
-
-def _made_by(commands: list[dict], part: str) -> dict:
-    return {"commands": [c["command"] for c in commands if part in c["parts"]]}
 
 
 def _read(path: Path, default):
