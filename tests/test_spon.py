@@ -208,7 +208,8 @@ def test_micro_batches_train_the_vectors_of_the_whole_batch():
         assert losses[0] == pytest.approx(losses[1], rel=1e-5)
         assert max(a.abs().max() for a in whole.alphas.values()) > 0.05  # the vectors moved
         for name, alpha in whole.alphas.items():
-            torch.testing.assert_close(parts.alphas[name], alpha, rtol=0, atol=1e-6)
+            # float32 sums in another order: up to ~1.3e-6 apart on ATen's non-vectorised CPU path
+            torch.testing.assert_close(parts.alphas[name], alpha, rtol=0, atol=5e-6)
 
 
 def test_a_pass_that_runs_out_of_memory_is_halved_when_the_micro_batch_is_left_to_sponlib(monkeypatch):
@@ -281,12 +282,12 @@ def test_the_kl_backward_in_chunks_of_positions_gives_the_loss_and_gradients_of_
     assert plain_loss > 0 and max(g.abs().max() for g in plain_grads.values()) > 0
     for chunk in (7, 48, 1000):
         loss, grads = run(chunk)
-        torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=0)
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=0)  # float32 sums: ~1.4e-6 apart on some CPU paths
         for name, grad in plain_grads.items():
             torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7)
     # validation reads its logits in chunks too: the same KL
     kls = [validation_kl(model, thresholds, vectors.alphas, ids, teacher, 2, "fp32", chunk=c) for c in (7, 1000)]
-    assert kls[0] == pytest.approx(kls[1], rel=1e-6) and kls[0] == pytest.approx(plain_loss.item() * 2, rel=1e-5)
+    assert kls[0] == pytest.approx(kls[1], rel=1e-5) and kls[0] == pytest.approx(plain_loss.item() * 2, rel=1e-5)
 
 
 def test_a_diverging_run_falls_back_to_the_plain_mask():
