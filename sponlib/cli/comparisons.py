@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InvalidArgumentError
 from ..experiments import protocol
 from ..experiments.comparisons import RECIPE, RULES, Comparisons
 from ..experiments.genres import genre_texts, recipe_named
@@ -61,9 +60,6 @@ def add_commands(sub) -> None:
 
 
 def cmd_comparisons(args) -> None:
-    unknown = [part for part in args.parts if part not in PARTS]
-    if unknown:
-        raise InvalidArgumentError(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     recipe = recipe_named(RECIPE)
     config = TrainConfig(steps=args.steps, batch_size=args.train_batch, lr=args.lr, checkpoint_every=50)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)

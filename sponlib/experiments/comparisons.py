@@ -217,8 +217,9 @@ class Comparisons:
         record already at `json_path` that this work did not make, where its settings match
         (sponlib.experiments.carried)."""
         commands = _read(self.work / "commands.json", [])
-        rules = {rule: self._rule_entries(rule, self._made_by(commands, rule)) for rule in RULES}
-        pruning = [e | {"made_by": self._made_by(commands, "pruning")} for e in self._pruning_rows()]
+        rules = {rule: self._rule_entries(rule, commands) for rule in RULES}
+        # the pruning part keeps no run record of its own: its rows name their commands alone
+        pruning = [e | {"made_by": _made_by(commands, "pruning", {})} for e in self._pruning_rows()]
         settings = {
             **self.settings,
             "rules": list(RULES),
@@ -251,17 +252,17 @@ class Comparisons:
             "complete": all(len(rules[r]) == len(settings["levels"]) for r in RULES) and len(pruning) == len(PRUNING),
             "summary": comparison_summary(rules, pruning),
         }
-        made, here = carried.where_made(rules, pruning, earlier), device_record(input_device(self.model))
+        device = input_device(self.model)
+        made, here = carried.where_made(rules, pruning, earlier), device_record(device)
         if made is not None and made[0].get("name") != here.get("name"):  # assembled elsewhere: say both
             payload |= {"device": made[0], "versions": made[1], "assembled_on": here | {"versions": library_versions()}}
-        return write_result(
-            self.json_path, "comparisons", payload, model=self.model, device=input_device(self.model), dtype=dtype
-        )
+        return write_result(self.json_path, "comparisons", payload, model=self.model, device=device, dtype=dtype)
 
-    def _rule_entries(self, rule: str, made_by: dict) -> list[dict]:
-        """One rule's cells made in its work folder, by level."""
+    def _rule_entries(self, rule: str, commands: list[dict]) -> list[dict]:
+        """One rule's cells made in its work folder, by level, each with how it was made."""
         run_record = _read(self.work / rule / "record.json", {})
         measured = _read(self.work / rule / "measured.json", {})
+        made_by = _made_by(commands, rule, run_record)
         entries = [e for e in run_record.get("final", []) if e.get("recipe") == RECIPE]
         return [
             {
@@ -274,16 +275,6 @@ class Comparisons:
             }
             for e in sorted(entries, key=lambda e: e["level"])
         ]
-
-    def _made_by(self, commands: list[dict], part: str) -> dict:
-        """The commands that made a part's cells in the work folder, and where they ran (the part's
-        own record there says: the record may be assembled on another machine)."""
-        ran = _read(self.work / part / "record.json", {})
-        return {
-            "commands": [c["command"] for c in commands if part in c["parts"]],
-            "device": (ran.get("device") or {}).get("name"),
-            "versions": ran.get("versions"),
-        }
 
     def _earlier(self, settings: dict, dtype) -> dict | None:
         """The record at `json_path` if its cells can join this one; else None, and `refused` says why."""
@@ -330,6 +321,16 @@ class Comparisons:
                 )
             out.append({k: v for k, v in entry.items() if k != "nlls"} | {"rows": rows})
         return out
+
+
+def _made_by(commands: list[dict], part: str, ran: dict) -> dict:
+    """The commands that made a part's cells in the work folder, and the device and versions its
+    run record `ran` names (the comparisons record may be assembled on another machine)."""
+    return {
+        "commands": [c["command"] for c in commands if part in c["parts"]],
+        "device": (ran.get("device") or {}).get("name"),
+        "versions": ran.get("versions"),
+    }
 
 
 def _read(path: Path, default):
