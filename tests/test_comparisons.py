@@ -104,7 +104,8 @@ def test_the_committed_record_meets_the_targets_it_holds():
                 assert abs(measured["weighted"] - measured["channel_target"]) <= 0.01
     assert {(e["method"], e["pattern"]) for e in record["pruning"]} == set(PRUNING)
     assert all(abs(e["zero_share"] - 0.5) < 1e-4 for e in record["pruning"])
-    assert set(missing_cells(record)) <= {f"larosa at {lv:g}" for lv in (0.4, 0.6, 0.7)}  # still to run
+    assert record["complete"] and missing_cells(record) == []
+    assert [e["level"] for e in record["rules"]["larosa"]] == record["settings"]["levels"]
     assert {e["made_by"]["device"] for entries in record["rules"].values() for e in entries} == {
         record["device"]["name"]
     }
@@ -121,3 +122,21 @@ def test_a_record_assembled_elsewhere_names_the_device_its_cells_were_made_on():
     assert where_made(rules, [], None) == ({"name": "NVIDIA H200"}, versions)
     rules["wina"][0]["made_by"] = {"device": "cpu", "versions": versions}
     assert where_made(rules, [], None) is None  # cells from two machines: no one device to name
+
+
+def test_larosa_cells_made_with_other_rotations_are_named_when_left_out():
+    from sponlib.experiments.carried import carry_rules, rotations_left_out
+
+    def record(digest, levels):
+        cells = [{"level": level, "made_by": {}} for level in levels]
+        return {"settings": {"rotations": {"sha256": digest}}, "rules": {"larosa": cells}}
+
+    earlier, now = record("a" * 64, [0.25, 0.5]), {"rotations": {"sha256": "b" * 64}}
+    rules = {"larosa": [{"level": 0.4, "made_by": {}}]}
+    why = rotations_left_out(earlier, rules, now)
+    assert why.startswith("larosa 0.25,0.5: made with other rotations (sha256 aaaaaaaaaaaa…, these bbbbbbbbbbbb…)")
+    assert "--levels 0.25,0.5" in why
+    assert carry_rules(earlier, rules, now) == [] and [e["level"] for e in rules["larosa"]] == [0.4]
+    assert rotations_left_out(earlier, rules, earlier["settings"]) is None  # same rotations: all kept
+    made_now = {"larosa": [{"level": 0.25}, {"level": 0.5}]}
+    assert rotations_left_out(earlier, made_now, now) is None  # every earlier level remade

@@ -4,6 +4,8 @@
 Parts can run in parallel processes on one GPU, each resuming from the work folder:
     python -m sponlib comparisons --device cuda --parts larosa --json data/results/comparisons.json
     ... one per rule, and --parts pruning; then --parts record assembles the record.
+Side by side, give each process OMP_NUM_THREADS = cores / processes (docs/comparisons.md), and
+make every larosa level on one machine: its rotations' digest follows the machine's rounding.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def cmd_comparisons(args) -> None:
             print(f"kept nothing of the record already at {args.json}: {run.refused}")
         elif run.carried:
             print(f"kept from the record already at {args.json}: {', '.join(run.carried)}")
+        if run.left_out:
+            print(f"left out of the record already at {args.json}: {run.left_out}")
         for rule, levels in record["summary"]["rules"].items():
             for level, row in levels.items():
                 print(

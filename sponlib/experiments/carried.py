@@ -48,6 +48,24 @@ def carry_rules(earlier: dict, rules: dict, settings: dict) -> list[str]:
     return carried
 
 
+def rotations_left_out(earlier: dict, rules: dict, settings: dict) -> str | None:
+    """What of the earlier record's larosa cells a record made under `settings` cannot keep, and
+    why, or None when it keeps them all. The rotations' digest follows float rounding, so a rerun
+    on another machine (or GPU) makes other rotations, and every larosa level must be remade there."""
+    if same_rotations(earlier, settings):
+        return None
+    made = {e["level"] for e in rules.get("larosa", [])}
+    lost = [e["level"] for e in earlier.get("rules", {}).get("larosa", []) if e["level"] not in made]
+    if not lost:
+        return None
+    digests = [((s.get("rotations") or {}).get("sha256") or "none")[:12] for s in (earlier["settings"], settings)]
+    levels = ",".join(f"{level:g}" for level in lost)
+    return (
+        f"larosa {levels}: made with other rotations (sha256 {digests[0]}…, these {digests[1]}…); "
+        f"remake them with --parts larosa --levels {levels} on this machine, into this work folder"
+    )
+
+
 def carry_pruning(earlier: dict, pruning: list[dict]) -> list[str]:
     """The earlier record's pruned models that were not made now, added to `pruning`."""
     made = {(e["method"], e["pattern"]) for e in pruning}

@@ -82,6 +82,7 @@ class Comparisons:
     settings: dict = field(default_factory=dict)  # how the texts, rotations and pruning were made
     carried: list = field(default_factory=list, init=False)  # cells the last write kept from the earlier record
     refused: str | None = field(default=None, init=False)  # why it kept none, if it kept none
+    left_out: str | None = field(default=None, init=False)  # larosa cells it could not keep, and why
 
     def __post_init__(self):
         self.work = Path(self.work)
@@ -238,6 +239,7 @@ class Comparisons:
         if earlier is not None:
             if settings["rotations"] is None and not rules["larosa"]:  # larosa's cells all come from the earlier record
                 settings["rotations"] = earlier["settings"].get("rotations")
+            self.left_out = carried.rotations_left_out(earlier, rules, settings)
             self.carried = carried.carry_rules(earlier, rules, settings) + carried.carry_pruning(earlier, pruning)
             levels = {e["level"] for entries in rules.values() for e in entries} | set(self.levels)
             settings["levels"] = sorted(levels)

@@ -103,6 +103,8 @@ def render_targets(record: dict) -> str:
         (abs(e["measured"]["weighted"] - e["measured"]["channel_target"]) for e in rules.get("rsparse", [])),
         default=None,
     )
+    missing = len(missing_cells(record))
+    not_run = f"; {missing} protocol cells not run" if missing else ""
     lines = [
         "| measure | target | measured |",
         "| --- | --- | --- |",
@@ -116,7 +118,7 @@ def render_targets(record: dict) -> str:
         f"| rotation folded in: dense logits, float64 | | largest gap {f64.get('max_abs', 0):.1e} (one window "
         f"at a time: {f64.get('noise_floor_abs', 0):.1e}) |",
         f"| SPON never worse than its mask (paired 95% interval) | 0 texts | {worse} of {tests} (rule, level, "
-        f"text) cells; {len(missing_cells(record))} protocol cells not run |",
+        f"text) cells{not_run} |",
         f"| Wanda and SparseGPT, 50% and 2:4, beside teal + SPON | 4 rows | {len(record['pruning'])} rows |",
     ]
     return "\n".join(lines) + "\n\n" + f"Rotation check on {check.get('windows')} windows of {check.get('text')}.\n"
