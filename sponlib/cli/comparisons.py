@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..experiments import protocol
-from ..experiments.comparisons import RECIPE, RULES, Comparisons
+from ..experiments.comparisons import RECIPE, RULES, Comparisons, rule_record_path
 from ..experiments.genres import genre_texts, recipe_named
 from ..models.loading import load_model
 from ..sparsity.rotation import ROTATION_WINDOWS, text_rotations
@@ -70,7 +70,7 @@ def cmd_comparisons(args) -> None:
     rotations = None
     # A dense pass over calibration text, only where larosa's cells are made or assembled from this
     # work folder; larosa's cells carried from an earlier record keep that record's rotations.
-    larosa_done = (Path(args.work) / "larosa" / "record.json").exists()
+    larosa_done = rule_record_path(args.work, "larosa").exists()
     if "larosa" in args.parts or ("record" in args.parts and larosa_done):
         corpus = calibration.meta.get("corpus", protocol.CALIBRATION_TEXT)
         rotations = text_rotations(model, tokenizer, corpus, args.rotation_windows, args.window_len, args.seed)

@@ -58,7 +58,7 @@ def rotations_left_out(earlier: dict, rules: dict, settings: dict) -> str | None
     lost = [e["level"] for e in earlier.get("rules", {}).get("larosa", []) if e["level"] not in made]
     if not lost:
         return None
-    digests = [((s.get("rotations") or {}).get("sha256") or "none")[:12] for s in (earlier["settings"], settings)]
+    digests = [(_rotation_digest(s) or "none")[:12] for s in (earlier["settings"], settings)]
     levels = ",".join(f"{level:g}" for level in lost)
     return (
         f"larosa {levels}: made with other rotations (sha256 {digests[0]}…, these {digests[1]}…); "
@@ -119,8 +119,12 @@ def _comparable(settings: dict) -> dict:
 
 def same_rotations(earlier: dict, settings: dict) -> bool:
     """Whether larosa's cells of `earlier` were made with the rotations of `settings` (by digest)."""
-    digest = [(s.get("rotations") or {}).get("sha256") for s in (earlier.get("settings", {}), settings)]
-    return digest[0] is not None and digest[0] == digest[1]
+    digest = _rotation_digest(earlier.get("settings", {}))
+    return digest is not None and digest == _rotation_digest(settings)
+
+
+def _rotation_digest(settings: dict) -> str | None:
+    return (settings.get("rotations") or {}).get("sha256")
 
 
 def _with_parts(command: str, part: str) -> str:

@@ -262,7 +262,7 @@ class Comparisons:
 
     def _rule_entries(self, rule: str, commands: list[dict]) -> list[dict]:
         """One rule's cells made in its work folder, by level, each with how it was made."""
-        run_record = _read(self.work / rule / "record.json", {})
+        run_record = _read(rule_record_path(self.work, rule), {})
         measured = _read(self.work / rule / "measured.json", {})
         made_by = _made_by(commands, rule, run_record)
         entries = [e for e in run_record.get("final", []) if e.get("recipe") == RECIPE]
@@ -323,6 +323,11 @@ class Comparisons:
                 )
             out.append({k: v for k, v in entry.items() if k != "nlls"} | {"rows": rows})
         return out
+
+
+def rule_record_path(work: Path, rule: str) -> Path:
+    """The run record a rule's part leaves in the work folder (its RobustRun writes it)."""
+    return Path(work) / rule / "record.json"
 
 
 def _made_by(commands: list[dict], part: str, ran: dict) -> dict:

@@ -260,12 +260,11 @@ def perplexity_panels(record: dict) -> dict[str, dict[str, list[float]]]:
     recipe of a robust record: the test novel, and the geometric mean over the held-out genres
     (exp of the mean log perplexity, each genre counting once)."""
     entries = chosen_entries(record, "final")
-    panels = {"Persuasion (in domain)": {"level": [], "dense": [], "masked": [], "spon": []}}
+    novel = "Persuasion (in domain)"
     genres = f"{len(entries[0]['rows']) - 2} held-out genres (geometric mean)"
-    panels[genres] = {"level": [], "dense": [], "masked": [], "spon": []}
+    panels = {title: {"level": [], "dense": [], "masked": [], "spon": []} for title in (novel, genres)}
     for entry in entries:
-        novel, others = entry["rows"][1], entry["rows"][2:]
-        for title, rows in ((next(iter(panels)), [novel]), (genres, others)):
+        for title, rows in ((novel, entry["rows"][1:2]), (genres, entry["rows"][2:])):
             panels[title]["level"].append(entry["level"])
             for kind in ("dense", "masked", "spon"):
                 values = [row[f"ppl_{kind}"] for row in rows]  # the novel's own value, exactly
